@@ -1,0 +1,1 @@
+//! Wire types shared by teosd, teos-cli and the tests.

@@ -1,0 +1,5 @@
+//! teosd: The Eye of Satoshi, a Lightning Network watchtower.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![deny(missing_docs)]
+
+pub mod protocol;

@@ -1,0 +1,20 @@
+//! The TEOS wire protocol: identities, locators, encrypted blobs, message signing, appointments,
+//! receipts and UUIDs, byte-compatible with the reference tower (see
+//! `docs/architecture.md` and the vectors in this module's tests).
+
+mod appointment;
+mod crypto;
+mod ids;
+mod receipts;
+mod signing;
+
+pub use appointment::{Appointment, Uuid};
+pub use crypto::{decrypt_penalty, encrypt_penalty, DecryptError};
+pub use ids::{IdError, Locator, TowerId, UserId, LOCATOR_LEN, USER_ID_LEN};
+pub use receipts::{appointment_receipt_bytes, registration_receipt_bytes};
+pub use signing::{
+    recover_signer, sign_message, SignatureError, TowerSigner, SIGNATURE_ZBASE32_LEN,
+};
+
+#[cfg(test)]
+mod vectors;
