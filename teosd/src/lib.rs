@@ -2,4 +2,5 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod protocol;

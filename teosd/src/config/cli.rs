@@ -1,0 +1,153 @@
+//! Command-line flags. Spellings follow the reference tower (`--datadir`, `--btcnetwork`, ...);
+//! each flag can also come from a `TEOS_*` environment variable, which a flag overrides.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The Eye of Satoshi: a Lightning Network watchtower.
+///
+/// Settings come from, lowest to highest priority: defaults, `<datadir>/teos.toml`, `TEOS_*`
+/// environment variables, and these flags. The bitcoind RPC password is read only from the config
+/// file or TEOS_BTC_RPC_PASSWORD, never from the command line.
+#[derive(Debug, Default, Parser)]
+#[command(name = "teosd", version, about, long_about)]
+pub struct Cli {
+    /// Data directory [default: ~/.teos]. Holds teos.toml, the TLS material and a folder per network.
+    #[arg(long = "datadir", env = "TEOS_DATADIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Bitcoin network: mainnet, testnet, testnet4, signet or regtest [default: mainnet].
+    #[arg(long = "btcnetwork", env = "TEOS_BTC_NETWORK", value_name = "NETWORK")]
+    pub btc_network: Option<String>,
+
+    /// bitcoind RPC user (with btc_rpc_password in teos.toml or TEOS_BTC_RPC_PASSWORD).
+    #[arg(long = "btcrpcuser", env = "TEOS_BTC_RPC_USER", value_name = "USER")]
+    pub btc_rpc_user: Option<String>,
+
+    /// Refused: a password on the command line shows in process listings. Use teos.toml,
+    /// TEOS_BTC_RPC_PASSWORD or the cookie.
+    #[arg(long = "btcrpcpassword", value_name = "PASSWORD", hide = true)]
+    pub btc_rpc_password: Option<String>,
+
+    /// bitcoind cookie file [default: bitcoind's default cookie for the network when no user is set].
+    #[arg(
+        long = "btcrpccookie",
+        env = "TEOS_BTC_RPC_COOKIE",
+        value_name = "PATH"
+    )]
+    pub btc_rpc_cookie: Option<String>,
+
+    /// bitcoind RPC host [default: localhost].
+    #[arg(
+        long = "btcrpcconnect",
+        env = "TEOS_BTC_RPC_CONNECT",
+        value_name = "HOST"
+    )]
+    pub btc_rpc_connect: Option<String>,
+
+    /// bitcoind RPC port [default: the network's: 8332, 18332, 48332, 38332, 18443].
+    #[arg(long = "btcrpcport", env = "TEOS_BTC_RPC_PORT", value_name = "PORT")]
+    pub btc_rpc_port: Option<u16>,
+
+    /// bitcoind's zmqpubhashblock endpoint (e.g. tcp://127.0.0.1:28332) for instant block
+    /// notifications; polling stays on as a fallback [default: off].
+    #[arg(
+        long = "zmqpubhashblock",
+        env = "TEOS_ZMQ_HASHBLOCK",
+        value_name = "ENDPOINT"
+    )]
+    pub zmq_hashblock: Option<String>,
+
+    /// Seconds between polls of bitcoind for a new tip [default: 1].
+    #[arg(long = "pollingdelta", env = "TEOS_POLLING_DELTA", value_name = "SECS")]
+    pub polling_delta: Option<u64>,
+
+    /// Address of the public HTTP API [default: 127.0.0.1].
+    #[arg(long = "apibind", env = "TEOS_API_BIND", value_name = "ADDR")]
+    pub api_bind: Option<String>,
+
+    /// Port of the public HTTP API [default: 9814].
+    #[arg(long = "apiport", env = "TEOS_API_PORT", value_name = "PORT")]
+    pub api_port: Option<u16>,
+
+    /// Address of the admin gRPC API (mTLS) [default: 127.0.0.1].
+    #[arg(long = "rpcbind", env = "TEOS_RPC_BIND", value_name = "ADDR")]
+    pub rpc_bind: Option<String>,
+
+    /// Port of the admin gRPC API [default: 8814].
+    #[arg(long = "rpcport", env = "TEOS_RPC_PORT", value_name = "PORT")]
+    pub rpc_port: Option<u16>,
+
+    /// Trust X-Real-IP for client addresses in logs (only behind a reverse proxy).
+    #[arg(long = "behindproxy", env = "TEOS_BEHIND_PROXY")]
+    pub behind_proxy: bool,
+
+    /// Slots granted per registration [default: 10000].
+    #[arg(
+        long = "subscriptionslots",
+        env = "TEOS_SUBSCRIPTION_SLOTS",
+        value_name = "N"
+    )]
+    pub subscription_slots: Option<u32>,
+
+    /// Blocks a registration lasts [default: 4320].
+    #[arg(
+        long = "subscriptionduration",
+        env = "TEOS_SUBSCRIPTION_DURATION",
+        value_name = "BLOCKS"
+    )]
+    pub subscription_duration: Option<u32>,
+
+    /// Grace blocks after expiry before a user's data is removed [default: 6].
+    #[arg(long = "expirydelta", env = "TEOS_EXPIRY_DELTA", value_name = "BLOCKS")]
+    pub expiry_delta: Option<u32>,
+
+    /// Smallest to_self_delay accepted [default: 20].
+    #[arg(
+        long = "mintoselfdelay",
+        env = "TEOS_MIN_TO_SELF_DELAY",
+        value_name = "BLOCKS"
+    )]
+    pub min_to_self_delay: Option<u32>,
+
+    /// Largest encrypted blob accepted, in bytes [default: 2048].
+    #[arg(long = "maxblobsize", env = "TEOS_MAX_BLOB_SIZE", value_name = "BYTES")]
+    pub max_blob_size: Option<usize>,
+
+    /// Recent blocks searched for an appointment's dispute on arrival [default: 100].
+    #[arg(
+        long = "recentblocklookback",
+        env = "TEOS_RECENT_BLOCK_LOOKBACK",
+        value_name = "BLOCKS"
+    )]
+    pub recent_block_lookback: Option<u32>,
+
+    /// Blocks without confirmation before a penalty is sent again [default: 6].
+    #[arg(
+        long = "rebroadcastafter",
+        env = "TEOS_REBROADCAST_AFTER",
+        value_name = "BLOCKS"
+    )]
+    pub rebroadcast_after: Option<u32>,
+
+    /// RocksDB block cache in MiB [default: 32].
+    #[arg(long = "dbcachemib", env = "TEOS_DB_CACHE_MIB", value_name = "MIB")]
+    pub db_cache_mib: Option<usize>,
+
+    /// Rotate the tower key at start; old keys are kept in the store.
+    #[arg(long = "overwritekey")]
+    pub overwrite_key: bool,
+
+    /// Debug logs for teosd.
+    #[arg(long = "debug", env = "TEOS_DEBUG")]
+    pub debug: bool,
+
+    /// Debug logs for dependencies.
+    #[arg(long = "depsdebug", env = "TEOS_DEPS_DEBUG")]
+    pub deps_debug: bool,
+
+    /// Log one JSON object per line (for log collectors).
+    #[arg(long = "logjson", env = "TEOS_LOG_JSON")]
+    pub log_json: bool,
+}

@@ -1,0 +1,113 @@
+//! `teos.toml`: the reference tower's keys, strictly parsed. Unknown keys are errors; the
+//! reference's keys that no longer apply are accepted with a warning.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// The config file's contents. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    pub btc_network: Option<String>,
+    pub btc_rpc_user: Option<String>,
+    pub btc_rpc_password: Option<String>,
+    pub btc_rpc_cookie: Option<String>,
+    pub btc_rpc_connect: Option<String>,
+    pub btc_rpc_port: Option<u16>,
+    pub zmq_hashblock: Option<String>,
+    pub polling_delta: Option<u64>,
+    pub api_bind: Option<String>,
+    pub api_port: Option<u16>,
+    pub rpc_bind: Option<String>,
+    pub rpc_port: Option<u16>,
+    pub behind_proxy: Option<bool>,
+    pub subscription_slots: Option<u32>,
+    pub subscription_duration: Option<u32>,
+    pub expiry_delta: Option<u32>,
+    pub min_to_self_delay: Option<u32>,
+    pub max_blob_size: Option<usize>,
+    pub recent_block_lookback: Option<u32>,
+    pub rebroadcast_after: Option<u32>,
+    pub db_cache_mib: Option<usize>,
+    pub debug: Option<bool>,
+    pub deps_debug: Option<bool>,
+    pub log_format: Option<String>,
+    // Keys of the reference tower that have no effect here.
+    internal_api_bind: Option<toml::Value>,
+    internal_api_port: Option<toml::Value>,
+    tor_support: Option<toml::Value>,
+    tor_control_port: Option<toml::Value>,
+    onion_hidden_service_port: Option<toml::Value>,
+    overwrite_key: Option<toml::Value>,
+    force_update: Option<toml::Value>,
+}
+
+impl FileConfig {
+    /// Reads the file; a missing file is an empty config.
+    pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => FileConfig::parse(&text).map_err(|message| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// One warning per reference-tower key that is ignored here.
+    pub fn deprecation_warnings(&self) -> Vec<String> {
+        let ignored = [
+            (
+                "internal_api_bind",
+                self.internal_api_bind.is_some(),
+                "there is no internal gRPC hop: the HTTP API calls the tower in-process",
+            ),
+            (
+                "internal_api_port",
+                self.internal_api_port.is_some(),
+                "there is no internal gRPC hop: the HTTP API calls the tower in-process",
+            ),
+            (
+                "tor_support",
+                self.tor_support.is_some(),
+                "teosd does not drive Tor; map an onion service to api_port in torrc",
+            ),
+            (
+                "tor_control_port",
+                self.tor_control_port.is_some(),
+                "teosd does not drive Tor",
+            ),
+            (
+                "onion_hidden_service_port",
+                self.onion_hidden_service_port.is_some(),
+                "teosd does not drive Tor",
+            ),
+            (
+                "overwrite_key",
+                self.overwrite_key.is_some(),
+                "only the --overwritekey flag rotates the key",
+            ),
+            (
+                "force_update",
+                self.force_update.is_some(),
+                "teosd never skips blocks",
+            ),
+        ];
+        ignored
+            .iter()
+            .filter(|(_, set, _)| *set)
+            .map(|(key, _, why)| format!("config key `{key}` is ignored: {why}"))
+            .collect()
+    }
+}

@@ -1,0 +1,467 @@
+//! The tower's configuration: one typed struct, layered as defaults < `<datadir>/teos.toml` <
+//! `TEOS_*` environment < command-line flags, validated once. See `docs/config.md`.
+
+mod cli;
+mod file;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bitcoin::Network;
+
+pub use cli::Cli;
+use file::FileConfig;
+
+/// Name of the configuration file inside the data directory.
+pub const CONFIG_FILE_NAME: &str = "teos.toml";
+
+/// Everything that can be wrong with a configuration. Each names the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the key and line.
+        message: String,
+    },
+    /// A setting has a value that cannot be used.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// No data directory was given and no home directory could be found.
+    #[error("no home directory found: pass --datadir")]
+    NoHome,
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// A string that never shows in `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    /// The secret itself: only for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"****\"")
+    }
+}
+
+/// How teosd authenticates to bitcoind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BitcoindAuth {
+    /// `rpcuser`/`rpcpassword`.
+    UserPass {
+        /// The user.
+        user: String,
+        /// The password.
+        password: Secret,
+    },
+    /// bitcoind's cookie file, re-read whenever authentication fails.
+    Cookie(PathBuf),
+}
+
+/// Where and how to reach bitcoind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BitcoindConfig {
+    /// Host name or address of the RPC server.
+    pub host: String,
+    /// RPC port.
+    pub port: u16,
+    /// Credentials.
+    pub auth: BitcoindAuth,
+    /// bitcoind's `zmqpubhashblock` endpoint, if block notifications are enabled.
+    pub zmq_hashblock: Option<String>,
+    /// How often to poll for a new tip (also the fallback when ZMQ is on).
+    pub polling_interval: Duration,
+}
+
+impl BitcoindConfig {
+    /// `http://host:port/`.
+    pub fn rpc_url(&self) -> String {
+        format!("http://{}:{}/", self.host, self.port)
+    }
+}
+
+/// Subscription and appointment policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Slots granted per registration.
+    pub subscription_slots: u32,
+    /// Blocks a registration lasts.
+    pub subscription_duration: u32,
+    /// Grace period in blocks after expiry before a user's data is removed.
+    pub expiry_delta: u32,
+    /// Smallest `to_self_delay` accepted.
+    pub min_to_self_delay: u32,
+    /// Largest encrypted blob accepted, in bytes.
+    pub max_blob_size: usize,
+    /// How many recent blocks are searched for an appointment's dispute when it arrives.
+    pub recent_block_lookback: u32,
+    /// Blocks without a confirmation after which a penalty is sent again.
+    pub rebroadcast_after: u32,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Debug level for teosd's own modules.
+    pub debug: bool,
+    /// Debug level for dependencies.
+    pub deps_debug: bool,
+    /// One JSON object per line instead of text.
+    pub json: bool,
+}
+
+/// The validated configuration of one tower.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Root data directory (config file, TLS material).
+    pub data_dir: PathBuf,
+    /// The Bitcoin network.
+    pub network: Network,
+    /// bitcoind access.
+    pub bitcoind: BitcoindConfig,
+    /// Where the public HTTP API listens.
+    pub public_http_addr: SocketAddr,
+    /// Where the admin gRPC API listens.
+    pub admin_grpc_addr: SocketAddr,
+    /// Take client addresses for logs from `X-Real-IP` (behind a reverse proxy).
+    pub behind_proxy: bool,
+    /// Subscription and appointment policy.
+    pub policy: Policy,
+    /// Rotate the tower key at start (old keys are kept).
+    pub overwrite_key: bool,
+    /// RocksDB block cache, in MiB.
+    pub db_cache_mib: usize,
+    /// Logging.
+    pub log: LogConfig,
+    /// Things the operator should hear about (deprecated keys), logged once tracing is up.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// The per-network directory (`<datadir>/<network>`) holding the store.
+    pub fn network_dir(&self) -> PathBuf {
+        self.data_dir.join(network_dir_name(self.network))
+    }
+
+    /// Builds the configuration from parsed flags (which carry the `TEOS_*` environment), the
+    /// config file in the data directory, and the environment-only secrets.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let data_dir = match &cli.data_dir {
+            Some(dir) => dir.clone(),
+            None => default_data_dir()?,
+        };
+        let file = FileConfig::read(&data_dir.join(CONFIG_FILE_NAME))?;
+        let password_env = std::env::var("TEOS_BTC_RPC_PASSWORD").ok();
+        Config::build(data_dir, cli, file, password_env)
+    }
+
+    fn build(
+        data_dir: PathBuf,
+        cli: &Cli,
+        file: FileConfig,
+        password_env: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        if cli.btc_rpc_password.is_some() {
+            return Err(invalid(
+                "btc_rpc_password",
+                "refusing a password on the command line, where process listings show it; set \
+                 `btc_rpc_password` in teos.toml or TEOS_BTC_RPC_PASSWORD, or use the cookie",
+            ));
+        }
+        let warnings = file.deprecation_warnings();
+        let network_name = pick(&cli.btc_network, &file.btc_network, "mainnet".to_string());
+        let network = parse_network(&network_name)?;
+        let bitcoind = bitcoind_config(cli, &file, network, password_env)?;
+        let api_bind = pick(&cli.api_bind, &file.api_bind, "127.0.0.1".to_string());
+        let api_port = pick(&cli.api_port, &file.api_port, 9814);
+        let rpc_bind = pick(&cli.rpc_bind, &file.rpc_bind, "127.0.0.1".to_string());
+        let rpc_port = pick(&cli.rpc_port, &file.rpc_port, 8814);
+        let policy = policy(cli, &file)?;
+        Ok(Config {
+            data_dir,
+            network,
+            bitcoind,
+            public_http_addr: socket_addr("api_bind", &api_bind, api_port)?,
+            admin_grpc_addr: socket_addr("rpc_bind", &rpc_bind, rpc_port)?,
+            behind_proxy: cli.behind_proxy || file.behind_proxy.unwrap_or(false),
+            policy,
+            overwrite_key: cli.overwrite_key,
+            db_cache_mib: pick(&cli.db_cache_mib, &file.db_cache_mib, 32),
+            log: LogConfig {
+                debug: cli.debug || file.debug.unwrap_or(false),
+                deps_debug: cli.deps_debug || file.deps_debug.unwrap_or(false),
+                json: cli.log_json || file.log_format.as_deref() == Some("json"),
+            },
+            warnings,
+        }
+        .checked(file.log_format.as_deref())?)
+    }
+
+    fn checked(self, log_format: Option<&str>) -> Result<Config, ConfigError> {
+        if let Some(format) = log_format {
+            if format != "json" && format != "text" {
+                return Err(invalid(
+                    "log_format",
+                    format!("`{format}`: expected `text` or `json`"),
+                ));
+            }
+        }
+        if self.db_cache_mib == 0 {
+            return Err(invalid("db_cache_mib", "must be at least 1"));
+        }
+        Ok(self)
+    }
+
+    /// The settings that differ from their defaults, for the start-up log line. Never includes
+    /// secrets.
+    pub fn summary(&self) -> String {
+        format!(
+            "network={} datadir={} bitcoind={}:{} auth={} http={} admin={} slots={} duration={} \
+             expiry_delta={} min_to_self_delay={} polling={:?} zmq={}",
+            self.network,
+            self.data_dir.display(),
+            self.bitcoind.host,
+            self.bitcoind.port,
+            match &self.bitcoind.auth {
+                BitcoindAuth::UserPass { user, .. } => format!("user:{user}"),
+                BitcoindAuth::Cookie(path) => format!("cookie:{}", path.display()),
+            },
+            self.public_http_addr,
+            self.admin_grpc_addr,
+            self.policy.subscription_slots,
+            self.policy.subscription_duration,
+            self.policy.expiry_delta,
+            self.policy.min_to_self_delay,
+            self.bitcoind.polling_interval,
+            self.bitcoind.zmq_hashblock.as_deref().unwrap_or("off"),
+        )
+    }
+}
+
+/// Flags (with their environment variables) beat the file, which beats the default.
+fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>, default: T) -> T {
+    flag.clone().or_else(|| file.clone()).unwrap_or(default)
+}
+
+fn default_data_dir() -> Result<PathBuf, ConfigError> {
+    directories::BaseDirs::new()
+        .map(|d| d.home_dir().join(".teos"))
+        .ok_or(ConfigError::NoHome)
+}
+
+/// The per-network folder name.
+pub fn network_dir_name(network: Network) -> &'static str {
+    match network {
+        Network::Bitcoin => "mainnet",
+        Network::Testnet => "testnet",
+        Network::Testnet4 => "testnet4",
+        Network::Signet => "signet",
+        _ => "regtest",
+    }
+}
+
+fn parse_network(name: &str) -> Result<Network, ConfigError> {
+    match name {
+        "mainnet" | "main" | "bitcoin" => Ok(Network::Bitcoin),
+        "testnet" | "test" | "testnet3" => Ok(Network::Testnet),
+        "testnet4" => Ok(Network::Testnet4),
+        "signet" => Ok(Network::Signet),
+        "regtest" => Ok(Network::Regtest),
+        other => Err(invalid(
+            "btc_network",
+            format!(
+                "unknown network `{other}`: expected mainnet, testnet, testnet4, signet or regtest"
+            ),
+        )),
+    }
+}
+
+fn default_rpc_port(network: Network) -> u16 {
+    match network {
+        Network::Bitcoin => 8332,
+        Network::Testnet => 18332,
+        Network::Testnet4 => 48332,
+        Network::Signet => 38332,
+        _ => 18443,
+    }
+}
+
+/// bitcoind's default cookie: `~/.bitcoin[/<net>]/.cookie`.
+fn default_cookie(network: Network) -> Result<PathBuf, ConfigError> {
+    let base = directories::BaseDirs::new()
+        .ok_or(ConfigError::NoHome)?
+        .home_dir()
+        .join(".bitcoin");
+    Ok(match network {
+        Network::Bitcoin => base.join(".cookie"),
+        Network::Testnet => base.join("testnet3/.cookie"),
+        Network::Testnet4 => base.join("testnet4/.cookie"),
+        Network::Signet => base.join("signet/.cookie"),
+        _ => base.join("regtest/.cookie"),
+    })
+}
+
+fn bitcoind_config(
+    cli: &Cli,
+    file: &FileConfig,
+    network: Network,
+    password_env: Option<String>,
+) -> Result<BitcoindConfig, ConfigError> {
+    let user = pick(&cli.btc_rpc_user, &file.btc_rpc_user, String::new());
+    let password = password_env
+        .or_else(|| file.btc_rpc_password.clone())
+        .unwrap_or_default();
+    let cookie = pick(&cli.btc_rpc_cookie, &file.btc_rpc_cookie, String::new());
+    let auth =
+        match (user.is_empty(), password.is_empty(), cookie.is_empty()) {
+            (false, false, true) => BitcoindAuth::UserPass {
+                user,
+                password: Secret::new(password),
+            },
+            (true, true, false) => BitcoindAuth::Cookie(expand_home(&cookie)),
+            (true, true, true) => BitcoindAuth::Cookie(default_cookie(network)?),
+            (_, _, false) => return Err(invalid(
+                "btc_rpc_cookie",
+                "conflicting bitcoind credentials: give either btc_rpc_user and btc_rpc_password, \
+                 or btc_rpc_cookie, not both",
+            )),
+            (true, false, true) => {
+                return Err(invalid(
+                    "btc_rpc_user",
+                    "btc_rpc_password is set but btc_rpc_user is not",
+                ))
+            }
+            (false, true, true) => {
+                return Err(invalid(
+                    "btc_rpc_password",
+                    "btc_rpc_user is set but btc_rpc_password is not",
+                ))
+            }
+        };
+    let port = match pick(&cli.btc_rpc_port, &file.btc_rpc_port, 0) {
+        0 => default_rpc_port(network),
+        port => port,
+    };
+    let host = pick(
+        &cli.btc_rpc_connect,
+        &file.btc_rpc_connect,
+        "localhost".to_string(),
+    );
+    let host = host
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    if host.is_empty() {
+        return Err(invalid("btc_rpc_connect", "empty host"));
+    }
+    let polling_secs = pick(&cli.polling_delta, &file.polling_delta, 1);
+    if polling_secs == 0 {
+        return Err(invalid("polling_delta", "must be at least 1 second"));
+    }
+    let zmq = cli
+        .zmq_hashblock
+        .clone()
+        .or_else(|| file.zmq_hashblock.clone())
+        .filter(|s| !s.is_empty());
+    Ok(BitcoindConfig {
+        host,
+        port,
+        auth,
+        zmq_hashblock: zmq,
+        polling_interval: Duration::from_secs(polling_secs),
+    })
+}
+
+fn policy(cli: &Cli, file: &FileConfig) -> Result<Policy, ConfigError> {
+    let policy = Policy {
+        subscription_slots: pick(&cli.subscription_slots, &file.subscription_slots, 10_000),
+        subscription_duration: pick(
+            &cli.subscription_duration,
+            &file.subscription_duration,
+            4320,
+        ),
+        expiry_delta: pick(&cli.expiry_delta, &file.expiry_delta, 6),
+        min_to_self_delay: pick(&cli.min_to_self_delay, &file.min_to_self_delay, 20),
+        max_blob_size: pick(&cli.max_blob_size, &file.max_blob_size, 2048),
+        recent_block_lookback: pick(&cli.recent_block_lookback, &file.recent_block_lookback, 100),
+        rebroadcast_after: pick(&cli.rebroadcast_after, &file.rebroadcast_after, 6),
+    };
+    if policy.subscription_slots == 0 {
+        return Err(invalid("subscription_slots", "must be at least 1"));
+    }
+    if policy.subscription_duration == 0 {
+        return Err(invalid("subscription_duration", "must be at least 1 block"));
+    }
+    if policy.max_blob_size < 16 || policy.max_blob_size > 65_536 {
+        return Err(invalid(
+            "max_blob_size",
+            "must be between 16 and 65536 bytes",
+        ));
+    }
+    if policy.rebroadcast_after == 0 {
+        return Err(invalid("rebroadcast_after", "must be at least 1 block"));
+    }
+    Ok(policy)
+}
+
+fn socket_addr(key: &'static str, host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if host == "localhost" {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!("`{host}` is not an address or a resolvable host name"),
+            )
+        })
+}
+
+fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), directories::BaseDirs::new()) {
+        (Some(rest), Some(dirs)) => dirs.home_dir().join(rest),
+        _ => Path::new(path).to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

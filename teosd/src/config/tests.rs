@@ -1,0 +1,215 @@
+use super::*;
+
+fn cli(args: &[&str]) -> Cli {
+    let mut argv = vec!["teosd"];
+    argv.extend_from_slice(args);
+    Cli::try_parse_from(argv).unwrap()
+}
+
+fn build(args: &[&str], toml: &str, password_env: Option<&str>) -> Result<Config, ConfigError> {
+    let file = FileConfig::parse(toml).map_err(|message| ConfigError::Parse {
+        path: "teos.toml".into(),
+        message,
+    })?;
+    Config::build(
+        "/tmp/teos-test".into(),
+        &cli(args),
+        file,
+        password_env.map(str::to_string),
+    )
+}
+
+use clap::Parser;
+
+#[test]
+fn defaults_follow_the_reference_tower() {
+    let config = build(&[], "", None).unwrap();
+    assert_eq!(config.network, Network::Bitcoin);
+    assert_eq!(config.public_http_addr, "127.0.0.1:9814".parse().unwrap());
+    assert_eq!(config.admin_grpc_addr, "127.0.0.1:8814".parse().unwrap());
+    assert_eq!(config.bitcoind.port, 8332);
+    assert_eq!(config.bitcoind.host, "localhost");
+    assert!(
+        matches!(config.bitcoind.auth, BitcoindAuth::Cookie(ref p) if p.ends_with(".bitcoin/.cookie"))
+    );
+    assert_eq!(config.policy.subscription_slots, 10_000);
+    assert_eq!(config.policy.subscription_duration, 4320);
+    assert_eq!(config.policy.expiry_delta, 6);
+    assert_eq!(config.policy.min_to_self_delay, 20);
+    assert_eq!(config.policy.recent_block_lookback, 100);
+    assert_eq!(config.bitcoind.polling_interval, Duration::from_secs(1));
+    assert!(config.warnings.is_empty());
+    assert_eq!(
+        config.network_dir(),
+        PathBuf::from("/tmp/teos-test/mainnet")
+    );
+}
+
+#[test]
+fn file_overrides_defaults_and_flags_override_file() {
+    let toml = "btc_network = \"regtest\"\napi_port = 1111\nsubscription_slots = 21\nbtc_rpc_port = 1234\n";
+    let config = build(&["--apiport", "2222"], toml, None).unwrap();
+    assert_eq!(config.network, Network::Regtest);
+    assert_eq!(config.public_http_addr.port(), 2222);
+    assert_eq!(config.policy.subscription_slots, 21);
+    assert_eq!(config.bitcoind.port, 1234);
+    assert_eq!(
+        config.network_dir(),
+        PathBuf::from("/tmp/teos-test/regtest")
+    );
+}
+
+#[test]
+fn every_network_has_its_folder_and_port() {
+    for (name, dir, port) in [
+        ("mainnet", "mainnet", 8332),
+        ("main", "mainnet", 8332),
+        ("testnet", "testnet", 18332),
+        ("testnet4", "testnet4", 48332),
+        ("signet", "signet", 38332),
+        ("regtest", "regtest", 18443),
+    ] {
+        let config = build(&["--btcnetwork", name], "", None).unwrap();
+        assert!(config.network_dir().ends_with(dir), "{name}");
+        assert_eq!(config.bitcoind.port, port, "{name}");
+    }
+}
+
+#[test]
+fn unknown_network_is_an_error() {
+    let err = build(&["--btcnetwork", "liquid"], "", None).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown network `liquid`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_it() {
+    let err = build(&[], "btc_netwrok = \"regtest\"\n", None).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }));
+    assert!(err.to_string().contains("btc_netwrok"), "{err}");
+}
+
+#[test]
+fn malformed_file_is_an_error() {
+    let err = build(&[], "api_port = \n", None).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    let err = build(&[], "api_port = \"ninety\"\n", None).unwrap_err();
+    assert!(
+        err.to_string().contains("api_port") || err.to_string().contains("invalid type"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reference_only_keys_warn() {
+    let config = build(
+        &[],
+        "internal_api_bind = \"127.0.0.1\"\ninternal_api_port = 50051\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(config.warnings.len(), 2);
+    assert!(config.warnings[0].contains("internal_api_bind"));
+}
+
+#[test]
+fn user_and_password_authenticate() {
+    let config = build(
+        &["--btcrpcuser", "alice"],
+        "btc_rpc_password = \"hunter2\"\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        config.bitcoind.auth,
+        BitcoindAuth::UserPass {
+            user: "alice".into(),
+            password: Secret::new("hunter2".into())
+        }
+    );
+    // The environment beats the file for the password.
+    let config = build(
+        &["--btcrpcuser", "alice"],
+        "btc_rpc_password = \"hunter2\"\n",
+        Some("env"),
+    )
+    .unwrap();
+    assert!(
+        matches!(config.bitcoind.auth, BitcoindAuth::UserPass { ref password, .. } if password.expose() == "env")
+    );
+}
+
+#[test]
+fn conflicting_credentials_are_an_error() {
+    let toml = "btc_rpc_user = \"CSW\"\nbtc_rpc_password = \"NotSatoshi\"\nbtc_rpc_cookie = \"~/.bitcoin/.cookie\"\n";
+    let err = build(&[], toml, None).unwrap_err();
+    assert!(
+        err.to_string().contains("conflicting bitcoind credentials"),
+        "{err}"
+    );
+    assert!(build(&["--btcrpcuser", "alice"], "", None).is_err());
+    assert!(build(&[], "btc_rpc_password = \"x\"\n", None).is_err());
+}
+
+#[test]
+fn password_on_command_line_is_refused() {
+    let err = build(&["--btcrpcpassword", "hunter2"], "", None).unwrap_err();
+    assert!(err.to_string().contains("command line"), "{err}");
+    assert!(!err.to_string().contains("hunter2"));
+}
+
+#[test]
+fn password_never_shows_in_debug_or_summary() {
+    let config = build(
+        &["--btcrpcuser", "alice"],
+        "btc_rpc_password = \"hunter2\"\n",
+        None,
+    )
+    .unwrap();
+    assert!(!format!("{config:?}").contains("hunter2"));
+    assert!(!config.summary().contains("hunter2"));
+    assert!(format!("{config:?}").contains("****"));
+}
+
+#[test]
+fn cookie_path_expands_home() {
+    let config = build(&["--btcrpccookie", "~/x/.cookie"], "", None).unwrap();
+    match config.bitcoind.auth {
+        BitcoindAuth::Cookie(path) => assert!(path.is_absolute() && path.ends_with("x/.cookie")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_values_are_errors() {
+    assert!(build(&[], "polling_delta = 0\n", None).is_err());
+    assert!(build(&[], "subscription_slots = 0\n", None).is_err());
+    assert!(build(&[], "log_format = \"xml\"\n", None).is_err());
+    assert!(build(&["--apibind", "not an address!"], "", None).is_err());
+    assert!(build(&[], "api_port = 70000\n", None).is_err());
+}
+
+#[test]
+fn help_documents_every_option() {
+    use clap::CommandFactory;
+    let help = Cli::command().render_long_help().to_string();
+    for flag in [
+        "--datadir",
+        "--btcnetwork",
+        "--btcrpcuser",
+        "--btcrpccookie",
+        "--btcrpcconnect",
+        "--btcrpcport",
+        "--apibind",
+        "--apiport",
+        "--rpcbind",
+        "--rpcport",
+        "--overwritekey",
+        "--pollingdelta",
+        "--zmqpubhashblock",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
