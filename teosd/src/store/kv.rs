@@ -1,0 +1,107 @@
+//! The key-value seam under the store: column families, atomic batches and ordered scans.
+//! RocksDB implements it for real; [`super::memory::MemoryKv`] implements it for tests.
+
+/// A column family. Layouts are in `docs/schema.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cf {
+    /// Schema version, tower keys, chain tip.
+    Meta,
+    /// user_id → subscription.
+    Users,
+    /// expiry ‖ user_id → ().
+    UsersByExpiry,
+    /// locator ‖ user_id → appointment.
+    Appointments,
+    /// user_id ‖ locator → ().
+    UserLocators,
+    /// locator ‖ user_id → tracker.
+    Trackers,
+    /// penalty_txid ‖ locator ‖ user_id → ().
+    TrackersByPenalty,
+    /// height ‖ hash → previous hash: the recently processed chain.
+    Blocks,
+}
+
+impl Cf {
+    /// Every column family, in a fixed order.
+    pub const ALL: [Cf; 8] = [
+        Cf::Meta,
+        Cf::Users,
+        Cf::UsersByExpiry,
+        Cf::Appointments,
+        Cf::UserLocators,
+        Cf::Trackers,
+        Cf::TrackersByPenalty,
+        Cf::Blocks,
+    ];
+
+    /// The column family's name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Users => "users",
+            Cf::UsersByExpiry => "users_by_expiry",
+            Cf::Appointments => "appointments",
+            Cf::UserLocators => "user_locators",
+            Cf::Trackers => "trackers",
+            Cf::TrackersByPenalty => "trackers_by_penalty",
+            Cf::Blocks => "blocks",
+        }
+    }
+
+    /// Length of the key prefix that lookups by prefix use (and RocksDB's bloom filters index).
+    pub fn prefix_len(self) -> Option<usize> {
+        match self {
+            Cf::Appointments | Cf::Trackers => Some(16),
+            Cf::UserLocators => Some(33),
+            Cf::TrackersByPenalty => Some(32),
+            _ => None,
+        }
+    }
+}
+
+/// One change in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Set a key.
+    Put(Cf, Vec<u8>, Vec<u8>),
+    /// Remove a key.
+    Delete(Cf, Vec<u8>),
+}
+
+/// Errors from the storage backend.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The backend failed (I/O, corruption detected while reading, ...).
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+/// An ordered key-value store with column families and atomic, durable batches.
+pub trait Kv: Send + Sync + std::fmt::Debug {
+    /// Reads one key.
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
+
+    /// Applies every op or none, and returns only once the batch is durable (synced to stable
+    /// storage). Concurrent callers may share one sync.
+    fn write(&self, ops: Vec<Op>) -> Result<(), KvError>;
+
+    /// Up to `limit` entries whose key starts with `prefix` and is `>= from`, in key order.
+    /// `from` must itself start with `prefix`.
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError>;
+
+    /// Up to `limit` entries with `from <= key < to`, in key order.
+    fn range(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError>;
+}

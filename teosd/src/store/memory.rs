@@ -1,0 +1,83 @@
+//! An in-memory [`Kv`] for tests: the same semantics as RocksDB, no durability.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::kv::{Cf, Kv, KvError, Op};
+
+type Table = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// A [`Kv`] in a `BTreeMap` per column family.
+#[derive(Debug, Default)]
+pub struct MemoryKv {
+    tables: Mutex<BTreeMap<Cf, Table>>,
+}
+
+impl MemoryKv {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Kv for MemoryKv {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        let tables = self.tables.lock().expect("memory kv lock");
+        Ok(tables.get(&cf).and_then(|t| t.get(key)).cloned())
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<(), KvError> {
+        let mut tables = self.tables.lock().expect("memory kv lock");
+        for op in ops {
+            match op {
+                Op::Put(cf, k, v) => {
+                    tables.entry(cf).or_default().insert(k, v);
+                }
+                Op::Delete(cf, k) => {
+                    tables.entry(cf).or_default().remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+        let tables = self.tables.lock().expect("memory kv lock");
+        let Some(table) = tables.get(&cf) else {
+            return Ok(Vec::new());
+        };
+        Ok(table
+            .range(from.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn range(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+        let tables = self.tables.lock().expect("memory kv lock");
+        let Some(table) = tables.get(&cf) else {
+            return Ok(Vec::new());
+        };
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        Ok(table
+            .range(from.to_vec()..to.to_vec())
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}

@@ -1,0 +1,340 @@
+//! The tower's store of record. Every change that spans keys is one atomic, durable batch
+//! ([`Batch`] → [`Store::commit`]); readers never see half of one. Layouts: `docs/schema.md`.
+//!
+//! Calls are blocking: async code reaches the store through `tokio::task::spawn_blocking`.
+
+mod kv;
+mod memory;
+mod records;
+mod rocks;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::SecretKey;
+use bitcoin::BlockHash;
+
+pub use kv::{Cf, Kv, KvError, Op};
+pub use memory::MemoryKv;
+pub use records::{DecodeError, StoredAppointment, UserRecord};
+pub use rocks::{OpenError, RocksKv};
+
+use crate::protocol::{Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
+
+/// The layout version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META_SCHEMA_VERSION: &[u8] = b"schema_version";
+const META_TOWER_KEY: &[u8] = b"tower_key/";
+const META_TIP: &[u8] = b"tip";
+
+/// Store errors. None of them is ever answered by resetting data.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Could not open the database.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The backend failed.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// The store was written by a different layout version.
+    #[error("store schema version {found} is not supported (this teosd reads version {SCHEMA_VERSION}); \
+             the data was left untouched")]
+    SchemaVersion {
+        /// The version on disk.
+        found: u32,
+    },
+    /// The store holds data but no schema version.
+    #[error("store has data but no schema version: not a teosd store, or damaged; the data was left untouched")]
+    MissingSchemaVersion,
+    /// A record did not decode.
+    #[error("corrupt record in `{cf}`: {source}")]
+    Corrupt {
+        /// Column family name.
+        cf: &'static str,
+        /// What was wrong.
+        source: DecodeError,
+    },
+}
+
+fn corrupt(cf: Cf, what: &'static str, why: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        cf: cf.name(),
+        source: DecodeError {
+            what,
+            why: why.into(),
+        },
+    }
+}
+
+fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(a.len() + b.len());
+    key.extend_from_slice(a);
+    key.extend_from_slice(b);
+    key
+}
+
+fn appointment_key(locator: &Locator, user: &UserId) -> Vec<u8> {
+    join(locator.as_bytes(), &user.to_bytes())
+}
+
+fn expiry_key(expiry: u32, user: &UserId) -> Vec<u8> {
+    join(&expiry.to_be_bytes(), &user.to_bytes())
+}
+
+/// A set of changes applied atomically by [`Store::commit`].
+#[derive(Debug, Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    /// Writes a user, moving its expiry index entry from `old` if it changed.
+    pub fn put_user(&mut self, user: &UserId, old: Option<&UserRecord>, new: &UserRecord) {
+        if let Some(old) = old.filter(|o| o.subscription_expiry != new.subscription_expiry) {
+            self.ops.push(Op::Delete(
+                Cf::UsersByExpiry,
+                expiry_key(old.subscription_expiry, user),
+            ));
+        }
+        self.ops.push(Op::Put(
+            Cf::UsersByExpiry,
+            expiry_key(new.subscription_expiry, user),
+            Vec::new(),
+        ));
+        self.ops
+            .push(Op::Put(Cf::Users, user.to_bytes().to_vec(), new.encode()));
+    }
+
+    /// Writes (or overwrites) `user`'s appointment at its locator.
+    pub fn put_appointment(&mut self, user: &UserId, stored: &StoredAppointment) {
+        let locator = stored.appointment.locator;
+        self.ops.push(Op::Put(
+            Cf::Appointments,
+            appointment_key(&locator, user),
+            stored.encode(),
+        ));
+        self.ops.push(Op::Put(
+            Cf::UserLocators,
+            join(&user.to_bytes(), locator.as_bytes()),
+            Vec::new(),
+        ));
+    }
+
+    /// Removes `user`'s appointment at `locator`.
+    pub fn delete_appointment(&mut self, user: &UserId, locator: &Locator) {
+        self.ops
+            .push(Op::Delete(Cf::Appointments, appointment_key(locator, user)));
+        self.ops.push(Op::Delete(
+            Cf::UserLocators,
+            join(&user.to_bytes(), locator.as_bytes()),
+        ));
+    }
+
+    /// Records the tower key number `index`.
+    pub fn put_tower_key(&mut self, index: u32, secret: &SecretKey) {
+        self.ops.push(Op::Put(
+            Cf::Meta,
+            join(META_TOWER_KEY, &index.to_be_bytes()),
+            secret.secret_bytes().to_vec(),
+        ));
+    }
+
+    /// Records the last block whose effects this batch completes.
+    pub fn set_tip(&mut self, height: u32, hash: &BlockHash) {
+        self.ops.push(Op::Put(
+            Cf::Meta,
+            META_TIP.to_vec(),
+            join(&height.to_be_bytes(), hash.as_byte_array()),
+        ));
+    }
+
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// The store: typed reads, and atomic durable batches.
+#[derive(Debug, Clone)]
+pub struct Store {
+    kv: Arc<dyn Kv>,
+}
+
+impl Store {
+    /// Opens the RocksDB store at `path` (created if missing), checking its schema version.
+    pub fn open(path: &Path, cache_mib: usize) -> Result<Store, StoreError> {
+        Store::with_kv(Arc::new(RocksKv::open(path, cache_mib)?))
+    }
+
+    /// A store in memory, for tests.
+    pub fn in_memory() -> Store {
+        Store::with_kv(Arc::new(MemoryKv::new())).expect("an empty memory store initialises")
+    }
+
+    /// Wraps a backend, initialising an empty one and checking the schema version of any other.
+    pub fn with_kv(kv: Arc<dyn Kv>) -> Result<Store, StoreError> {
+        let store = Store { kv };
+        match store.kv.get(Cf::Meta, META_SCHEMA_VERSION)? {
+            Some(bytes) => match records::be_u32(&bytes, 0) {
+                Some(SCHEMA_VERSION) if bytes.len() == 4 => Ok(store),
+                Some(found) => Err(StoreError::SchemaVersion { found }),
+                None => Err(corrupt(
+                    Cf::Meta,
+                    "schema version",
+                    format!("{} bytes", bytes.len()),
+                )),
+            },
+            None if store.is_empty()? => {
+                let version = SCHEMA_VERSION.to_be_bytes().to_vec();
+                store.kv.write(vec![Op::Put(
+                    Cf::Meta,
+                    META_SCHEMA_VERSION.to_vec(),
+                    version,
+                )])?;
+                Ok(store)
+            }
+            None => Err(StoreError::MissingSchemaVersion),
+        }
+    }
+
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        for cf in Cf::ALL {
+            if !self.kv.range(cf, &[], &[0xff; 64], 1)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// A new, empty batch.
+    pub fn batch(&self) -> Batch {
+        Batch::default()
+    }
+
+    /// Applies the batch atomically; returns once it is durable.
+    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        Ok(self.kv.write(batch.ops)?)
+    }
+
+    /// Every tower key, oldest first. The last is the current one.
+    pub fn tower_keys(&self) -> Result<Vec<SecretKey>, StoreError> {
+        let rows = self
+            .kv
+            .scan(Cf::Meta, META_TOWER_KEY, META_TOWER_KEY, usize::MAX)?;
+        rows.iter()
+            .map(|(_, v)| {
+                SecretKey::from_slice(v)
+                    .map_err(|_| corrupt(Cf::Meta, "tower key", "not a secret key"))
+            })
+            .collect()
+    }
+
+    /// The last block whose effects are stored.
+    pub fn tip(&self) -> Result<Option<(u32, BlockHash)>, StoreError> {
+        let Some(bytes) = self.kv.get(Cf::Meta, META_TIP)? else {
+            return Ok(None);
+        };
+        match (bytes.len(), records::be_u32(&bytes, 0)) {
+            (36, Some(height)) => {
+                let hash = BlockHash::from_slice(&bytes[4..])
+                    .map_err(|e| corrupt(Cf::Meta, "tip", e.to_string()))?;
+                Ok(Some((height, hash)))
+            }
+            (len, _) => Err(corrupt(Cf::Meta, "tip", format!("{len} bytes"))),
+        }
+    }
+
+    /// A user's subscription.
+    pub fn user(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.kv
+            .get(Cf::Users, &user.to_bytes())?
+            .map(|v| {
+                UserRecord::decode(&v).map_err(|source| StoreError::Corrupt {
+                    cf: Cf::Users.name(),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// `user`'s appointment at `locator`.
+    pub fn appointment(
+        &self,
+        locator: &Locator,
+        user: &UserId,
+    ) -> Result<Option<StoredAppointment>, StoreError> {
+        self.kv
+            .get(Cf::Appointments, &appointment_key(locator, user))?
+            .map(|v| decode_appointment(*locator, &v))
+            .transpose()
+    }
+
+    /// Every user's appointment at `locator`.
+    pub fn appointments_at(
+        &self,
+        locator: &Locator,
+    ) -> Result<Vec<(UserId, StoredAppointment)>, StoreError> {
+        let rows = self.kv.scan(
+            Cf::Appointments,
+            locator.as_bytes(),
+            locator.as_bytes(),
+            usize::MAX,
+        )?;
+        rows.iter()
+            .map(|(k, v)| {
+                let user = UserId::from_slice(&k[LOCATOR_LEN..])
+                    .map_err(|e| corrupt(Cf::Appointments, "key", e.to_string()))?;
+                Ok((user, decode_appointment(*locator, v)?))
+            })
+            .collect()
+    }
+
+    /// The locators of `user`'s appointments, in byte order.
+    pub fn user_locators(&self, user: &UserId) -> Result<Vec<Locator>, StoreError> {
+        let prefix = user.to_bytes();
+        let rows = self
+            .kv
+            .scan(Cf::UserLocators, &prefix, &prefix, usize::MAX)?;
+        rows.iter()
+            .map(|(k, _)| {
+                Locator::from_slice(&k[USER_ID_LEN..])
+                    .map_err(|e| corrupt(Cf::UserLocators, "key", e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Users whose `subscription_expiry` is below `height`, up to `limit`.
+    pub fn users_expiring_before(
+        &self,
+        height: u32,
+        limit: usize,
+    ) -> Result<Vec<(u32, UserId)>, StoreError> {
+        let rows = self
+            .kv
+            .range(Cf::UsersByExpiry, &[], &height.to_be_bytes(), limit)?;
+        rows.iter()
+            .map(|(k, _)| {
+                let expiry = records::be_u32(k, 0)
+                    .ok_or_else(|| corrupt(Cf::UsersByExpiry, "key", "short"))?;
+                let user = UserId::from_slice(&k[4..])
+                    .map_err(|e| corrupt(Cf::UsersByExpiry, "key", e.to_string()))?;
+                Ok((expiry, user))
+            })
+            .collect()
+    }
+}
+
+fn decode_appointment(locator: Locator, bytes: &[u8]) -> Result<StoredAppointment, StoreError> {
+    StoredAppointment::decode(locator, bytes).map_err(|source| StoreError::Corrupt {
+        cf: Cf::Appointments.name(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests;

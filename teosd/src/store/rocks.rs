@@ -1,0 +1,233 @@
+//! RocksDB behind [`Kv`]: synced WAL writes (RocksDB groups concurrent writers into one sync),
+//! bloom filters on lookup prefixes, one bounded block cache.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
+    ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
+};
+
+use super::kv::{Cf, Kv, KvError, Op};
+
+/// Errors opening the database directory.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory exists and has files, but no RocksDB `CURRENT` file.
+    #[error(
+        "{0} is not empty and holds no database (no CURRENT file): refusing to create one over it"
+    )]
+    NotADatabase(PathBuf),
+    /// RocksDB refused to open it (corruption, lock held by another teosd, I/O error).
+    #[error("cannot open the store at {path}: {message}")]
+    Rocks {
+        /// The directory.
+        path: PathBuf,
+        /// RocksDB's message.
+        message: String,
+    },
+    /// File system error.
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A RocksDB database with teosd's column families.
+pub struct RocksKv {
+    db: DB,
+    sync: WriteOptions,
+}
+
+impl std::fmt::Debug for RocksKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksKv")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+fn cf_options(cf: Cf, cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut opts = Options::default();
+    if let Some(len) = cf.prefix_len() {
+        opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(len));
+        opts.set_memtable_prefix_bloom_ratio(0.1);
+        table.set_whole_key_filtering(true);
+    }
+    opts.set_block_based_table_factory(&table);
+    opts.set_write_buffer_size(8 << 20);
+    opts.set_max_write_buffer_number(2);
+    opts
+}
+
+impl RocksKv {
+    /// Opens (or, in a missing or empty directory, creates) the database.
+    pub fn open(path: &Path, cache_mib: usize) -> Result<RocksKv, OpenError> {
+        let exists = has_files(path)?;
+        if exists && !path.join("CURRENT").exists() {
+            return Err(OpenError::NotADatabase(path.to_path_buf()));
+        }
+        std::fs::create_dir_all(path).map_err(|source| OpenError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cache = Cache::new_lru_cache(cache_mib.max(1) << 20).map_err(|e| OpenError::Rocks {
+            path: path.to_path_buf(),
+            message: e.into_string(),
+        })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(!exists);
+        opts.create_missing_column_families(true);
+        opts.set_paranoid_checks(true);
+        opts.set_max_open_files(256);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_total_wal_size(64 << 20);
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| OpenError::Rocks {
+            path: path.to_path_buf(),
+            message: e.into_string(),
+        })?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        Ok(RocksKv { db, sync })
+    }
+
+    fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(cf.name())
+            .expect("every column family is created at open")
+    }
+
+    fn collect(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        upper: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+        let mut read = ReadOptions::default();
+        read.set_total_order_seek(true);
+        if let Some(upper) = upper {
+            read.set_iterate_upper_bound(upper);
+        }
+        let iter = self.db.iterator_cf_opt(
+            self.handle(cf),
+            read,
+            IteratorMode::From(from, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, v) = item.map_err(backend)?;
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+}
+
+fn has_files(path: &Path) -> Result<bool, OpenError> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(OpenError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn backend(e: rocksdb::Error) -> KvError {
+    KvError::Backend(e.into_string())
+}
+
+/// The smallest key greater than every key that starts with `prefix`, if any.
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < u8::MAX {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
+}
+
+impl Kv for RocksKv {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.db.get_cf(self.handle(cf), key).map_err(backend)
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<(), KvError> {
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            match op {
+                Op::Put(cf, k, v) => batch.put_cf(self.handle(cf), k, v),
+                Op::Delete(cf, k) => batch.delete_cf(self.handle(cf), k),
+            }
+        }
+        self.db.write_opt(batch, &self.sync).map_err(backend)
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+        if cf.prefix_len() == Some(prefix.len()) {
+            // Let the prefix bloom filters skip files that cannot hold the prefix.
+            let mut read = ReadOptions::default();
+            read.set_prefix_same_as_start(true);
+            let iter = self.db.iterator_cf_opt(
+                self.handle(cf),
+                read,
+                IteratorMode::From(from, Direction::Forward),
+            );
+            let mut out = Vec::new();
+            for item in iter {
+                let (k, v) = item.map_err(backend)?;
+                if !k.starts_with(prefix) || out.len() == limit {
+                    break;
+                }
+                out.push((k.into_vec(), v.into_vec()));
+            }
+            return Ok(out);
+        }
+        self.collect(cf, from, prefix_successor(prefix), limit)
+    }
+
+    fn range(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        self.collect(cf, from, Some(to.to_vec()), limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_successor;
+
+    #[test]
+    fn prefix_successor_carries() {
+        assert_eq!(prefix_successor(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_successor(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
+    }
+}
