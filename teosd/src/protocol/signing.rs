@@ -57,11 +57,6 @@ impl TowerSigner {
     pub fn sign(&self, msg: &[u8]) -> String {
         sign_message(msg, &self.secret)
     }
-
-    /// The secret bytes, for the store only.
-    pub(crate) fn secret_bytes(&self) -> [u8; 32] {
-        self.secret.secret_bytes()
-    }
 }
 
 impl std::fmt::Debug for TowerSigner {

@@ -17,7 +17,7 @@ use bitcoin::BlockHash;
 
 pub use kv::{Cf, Kv, KvError, Op};
 pub use memory::MemoryKv;
-pub use records::{DecodeError, StoredAppointment, UserRecord};
+pub use records::{DecodeError, PenaltyStatus, StoredAppointment, TrackerRecord, UserRecord};
 pub use rocks::{OpenError, RocksKv};
 
 use crate::protocol::{Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
@@ -130,6 +130,18 @@ impl Batch {
             Cf::UserLocators,
             join(&user.to_bytes(), locator.as_bytes()),
         ));
+    }
+
+    /// Writes the tracker of `user`'s appointment at `locator`, indexed by penalty txid.
+    pub fn put_tracker(&mut self, locator: &Locator, user: &UserId, tracker: &TrackerRecord) {
+        let key = appointment_key(locator, user);
+        let penalty_txid = tracker.penalty.compute_txid();
+        self.ops.push(Op::Put(
+            Cf::TrackersByPenalty,
+            join(penalty_txid.as_byte_array(), &key),
+            Vec::new(),
+        ));
+        self.ops.push(Op::Put(Cf::Trackers, key, tracker.encode()));
     }
 
     /// Records the tower key number `index`.
@@ -272,6 +284,31 @@ impl Store {
             .get(Cf::Appointments, &appointment_key(locator, user))?
             .map(|v| decode_appointment(*locator, &v))
             .transpose()
+    }
+
+    /// The tracker of `user`'s appointment at `locator`.
+    pub fn tracker(
+        &self,
+        locator: &Locator,
+        user: &UserId,
+    ) -> Result<Option<TrackerRecord>, StoreError> {
+        self.kv
+            .get(Cf::Trackers, &appointment_key(locator, user))?
+            .map(|v| {
+                TrackerRecord::decode(&v).map_err(|source| StoreError::Corrupt {
+                    cf: Cf::Trackers.name(),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// Whether `user`'s appointment at `locator` was triggered.
+    pub fn has_tracker(&self, locator: &Locator, user: &UserId) -> Result<bool, StoreError> {
+        Ok(self
+            .kv
+            .get(Cf::Trackers, &appointment_key(locator, user))?
+            .is_some())
     }
 
     /// Every user's appointment at `locator`.

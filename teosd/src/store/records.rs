@@ -1,6 +1,9 @@
 //! Value layouts of the store's records (see `docs/schema.md`). Decoding never panics: a value
 //! that does not fit its layout is reported as corruption.
 
+use bitcoin::consensus::{deserialize, serialize};
+use bitcoin::{Transaction, Txid};
+
 use crate::protocol::{Appointment, Locator};
 
 /// A value did not decode.
@@ -116,6 +119,80 @@ impl StoredAppointment {
             },
             user_signature,
             start_block,
+        })
+    }
+}
+
+/// Where a penalty stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PenaltyStatus {
+    /// Sent to bitcoind at this height, not yet confirmed.
+    Broadcast(u32),
+    /// Confirmed in the block at this height.
+    Confirmed(u32),
+}
+
+/// A triggered appointment: the dispute seen on chain and the penalty being followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackerRecord {
+    /// The dispute transaction.
+    pub dispute: Transaction,
+    /// Its txid.
+    pub dispute_txid: Txid,
+    /// The decrypted penalty.
+    pub penalty: Transaction,
+    /// Where the penalty stands.
+    pub status: PenaltyStatus,
+}
+
+impl TrackerRecord {
+    /// `status_kind(u8: 0 broadcast, 1 confirmed) ‖ status_height ‖ penalty_len(u32) ‖ penalty ‖
+    /// dispute` (transactions consensus-encoded).
+    pub fn encode(&self) -> Vec<u8> {
+        let penalty = serialize(&self.penalty);
+        let dispute = serialize(&self.dispute);
+        let (kind, height) = match self.status {
+            PenaltyStatus::Broadcast(h) => (0u8, h),
+            PenaltyStatus::Confirmed(h) => (1u8, h),
+        };
+        let mut out = Vec::with_capacity(9 + penalty.len() + dispute.len());
+        out.push(kind);
+        out.extend_from_slice(&height.to_be_bytes());
+        out.extend_from_slice(
+            &u32::try_from(penalty.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(&penalty);
+        out.extend_from_slice(&dispute);
+        out
+    }
+
+    /// Inverse of [`TrackerRecord::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let (Some(&kind), Some(height), Some(len)) =
+            (bytes.first(), be_u32(bytes, 1), be_u32(bytes, 5))
+        else {
+            return Err(err("tracker", "too short"));
+        };
+        let status = match kind {
+            0 => PenaltyStatus::Broadcast(height),
+            1 => PenaltyStatus::Confirmed(height),
+            other => return Err(err("tracker", format!("unknown status {other}"))),
+        };
+        let penalty_end = 9usize.saturating_add(len as usize);
+        let penalty = bytes
+            .get(9..penalty_end)
+            .ok_or_else(|| err("tracker", "truncated penalty"))?;
+        let penalty: Transaction =
+            deserialize(penalty).map_err(|e| err("tracker", e.to_string()))?;
+        let dispute: Transaction =
+            deserialize(&bytes[penalty_end..]).map_err(|e| err("tracker", e.to_string()))?;
+        Ok(TrackerRecord {
+            dispute_txid: dispute.compute_txid(),
+            dispute,
+            penalty,
+            status,
         })
     }
 }

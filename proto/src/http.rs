@@ -1,0 +1,177 @@
+//! JSON bodies of the public HTTP API. Field names, order and encodings follow the reference
+//! tower: bytes are hex (either case in, lowercase out), signatures are zbase32 strings, txids in
+//! responses are in display (big-endian) order.
+
+use serde::{Deserialize, Serialize};
+
+/// Hex (de)serialization with the reference tower's error texts ("Odd number of digits",
+/// "Invalid character 'z' at position 0", "expected a hex encoded string").
+pub mod hex_bytes {
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    /// Lowercase hex.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    /// Hex of either case.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct HexVisitor;
+        impl Visitor<'_> for HexVisitor {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a hex encoded string")
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                hex::decode(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(HexVisitor)
+    }
+}
+
+/// Hex lists.
+pub mod hex_list {
+    use serde::ser::SerializeSeq;
+    use serde::Serializer;
+
+    /// Lowercase hex strings.
+    pub fn serialize<S: Serializer, T: AsRef<[u8]>>(items: &[T], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(items.len()))?;
+        for item in items {
+            seq.serialize_element(&hex::encode(item))?;
+        }
+        seq.end()
+    }
+}
+
+/// `POST /register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// 33-byte compressed public key.
+    #[serde(with = "hex_bytes")]
+    pub user_id: Vec<u8>,
+}
+
+/// Reply to `POST /register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The registered key.
+    #[serde(with = "hex_bytes")]
+    pub user_id: Vec<u8>,
+    /// Slots now available.
+    pub available_slots: u32,
+    /// Height the subscription started.
+    pub subscription_start: u32,
+    /// Height the subscription ends.
+    pub subscription_expiry: u32,
+    /// The tower's signature over the registration receipt.
+    pub subscription_signature: String,
+}
+
+/// The appointment inside `POST /add_appointment` and a watched `get_appointment` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppointmentJson {
+    /// 16-byte locator.
+    #[serde(with = "hex_bytes")]
+    pub locator: Vec<u8>,
+    /// Encrypted penalty.
+    #[serde(with = "hex_bytes")]
+    pub encrypted_blob: Vec<u8>,
+    /// CSV delay of the commitment.
+    pub to_self_delay: u32,
+}
+
+/// `POST /add_appointment`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddAppointmentRequest {
+    /// The appointment; `null` is reported as missing.
+    pub appointment: Option<AppointmentJson>,
+    /// The user's zbase32 signature over the appointment.
+    pub signature: String,
+}
+
+/// Reply to `POST /add_appointment`: the appointment receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddAppointmentResponse {
+    /// The appointment's locator.
+    #[serde(with = "hex_bytes")]
+    pub locator: Vec<u8>,
+    /// The tower's height when it accepted the appointment.
+    pub start_block: u32,
+    /// The tower's signature over the appointment receipt.
+    pub signature: String,
+    /// Slots left after this appointment.
+    pub available_slots: u32,
+    /// Height the subscription ends.
+    pub subscription_expiry: u32,
+}
+
+/// `POST /get_appointment`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetAppointmentRequest {
+    /// 16-byte locator.
+    #[serde(with = "hex_bytes")]
+    pub locator: Vec<u8>,
+    /// The user's signature over `get appointment <locator hex>`.
+    pub signature: String,
+}
+
+/// A triggered appointment: what the tower broadcast.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackerJson {
+    /// The dispute txid, display order.
+    pub dispute_txid: String,
+    /// The penalty txid, display order.
+    pub penalty_txid: String,
+    /// The penalty, consensus hex.
+    pub penalty_rawtx: String,
+}
+
+/// Either form of appointment data, serialized untagged like the reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AppointmentData {
+    /// Still watched.
+    Appointment(AppointmentJson),
+    /// Triggered.
+    Tracker(TrackerJson),
+}
+
+/// Reply to `POST /get_appointment`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetAppointmentResponse {
+    /// The data.
+    pub appointment: AppointmentData,
+    /// `being_watched` or `dispute_responded`.
+    pub status: String,
+}
+
+/// `POST /get_subscription_info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetSubscriptionInfoRequest {
+    /// The user's signature over `get subscription info`.
+    pub signature: String,
+}
+
+/// Reply to `POST /get_subscription_info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GetSubscriptionInfoResponse {
+    /// Slots left.
+    pub available_slots: u32,
+    /// Height the subscription ends.
+    pub subscription_expiry: u32,
+    /// Locators of the user's appointments, hex.
+    #[serde(with = "hex_list")]
+    pub locators: Vec<[u8; 16]>,
+}
+
+/// Every error body: `{"error": <text>, "error_code": <code>}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Human-readable reason.
+    pub error: String,
+    /// A code from [`crate::errors`].
+    pub error_code: u8,
+}

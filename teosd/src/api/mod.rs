@@ -1,0 +1,3 @@
+//! The tower's APIs: the public HTTP API for users ([`http`]).
+
+pub mod http;

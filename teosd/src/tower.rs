@@ -1,0 +1,272 @@
+//! The tower's request-side core as the APIs see it: async methods that run the Gatekeeper and
+//! Watcher on the blocking pool (the store blocks), serialising each user's requests so that a
+//! slot charge and the appointment it pays for are decided and written together.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use crate::gatekeeper::SubscriptionError;
+use crate::protocol::{registration_receipt_bytes, Appointment, Locator, UserId};
+use crate::store::StoreError;
+use crate::watcher::{AppointmentError, AppointmentReceipt, AppointmentState, Watcher};
+
+/// Why a user's request was refused. The APIs map each to their wire errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Registration would overflow the slot count.
+    #[error("Subscription maximum slots count reached")]
+    SlotsOverflow,
+    /// add_appointment: bad signature, unknown user or no slot left.
+    #[error("Invalid signature or user does not have enough slots available")]
+    AppointmentUnauthorized,
+    /// get_appointment: bad signature or unknown user.
+    #[error("User cannot be authenticated")]
+    UserUnauthenticated,
+    /// get_subscription_info: bad signature or unknown user.
+    #[error("User not found. Have you registered?")]
+    UserNotFound,
+    /// The subscription has ended.
+    #[error("Your subscription expired at {0}")]
+    Expired(u32),
+    /// Empty blob.
+    #[error("`encrypted_blob` field is empty")]
+    EmptyBlob,
+    /// Blob over the limit.
+    #[error("`encrypted_blob` is {got} bytes, over the tower's limit of {max}")]
+    BlobTooBig {
+        /// Limit.
+        max: usize,
+        /// Given.
+        got: usize,
+    },
+    /// to_self_delay under the limit.
+    #[error("`to_self_delay` is {got}, below the tower's minimum of {min}")]
+    ToSelfDelayTooSmall {
+        /// Limit.
+        min: u32,
+        /// Given.
+        got: u32,
+    },
+    /// Already triggered.
+    #[error("The provided appointment has already been triggered")]
+    AlreadyTriggered,
+    /// Not found.
+    #[error("Appointment not found")]
+    NotFound,
+    /// The tower failed (store, task); nothing was stored.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for RequestError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure while serving a request");
+        RequestError::Internal("the tower could not access its store".into())
+    }
+}
+
+impl RequestError {
+    fn from_subscription(e: SubscriptionError, unauthenticated: RequestError) -> Self {
+        match e {
+            SubscriptionError::SlotsOverflow => RequestError::SlotsOverflow,
+            SubscriptionError::Unauthenticated => unauthenticated,
+            SubscriptionError::Expired(at) => RequestError::Expired(at),
+            SubscriptionError::Store(e) => e.into(),
+        }
+    }
+
+    fn from_appointment(e: AppointmentError, unauthenticated: RequestError) -> Self {
+        match e {
+            AppointmentError::Subscription(e) => {
+                RequestError::from_subscription(e, unauthenticated)
+            }
+            AppointmentError::EmptyBlob => RequestError::EmptyBlob,
+            AppointmentError::BlobTooBig { max, got } => RequestError::BlobTooBig { max, got },
+            AppointmentError::ToSelfDelayTooSmall { min, got } => {
+                RequestError::ToSelfDelayTooSmall { min, got }
+            }
+            AppointmentError::AlreadyTriggered => RequestError::AlreadyTriggered,
+            AppointmentError::NotFound => RequestError::NotFound,
+            AppointmentError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// A signed registration receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationReceipt {
+    /// The user.
+    pub user: UserId,
+    /// Slots now available.
+    pub available_slots: u32,
+    /// Start height.
+    pub subscription_start: u32,
+    /// Expiry height.
+    pub subscription_expiry: u32,
+    /// The tower's signature over the receipt.
+    pub signature: String,
+}
+
+/// A user's subscription as it sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionInfo {
+    /// Slots left.
+    pub available_slots: u32,
+    /// Expiry height.
+    pub subscription_expiry: u32,
+    /// The user's locators.
+    pub locators: Vec<Locator>,
+}
+
+/// Striped locks: requests of one user run one at a time; different users run in parallel.
+#[derive(Debug)]
+pub struct UserLocks {
+    stripes: Vec<Mutex<()>>,
+}
+
+impl Default for UserLocks {
+    fn default() -> Self {
+        UserLocks {
+            stripes: (0..256).map(|_| Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl UserLocks {
+    /// Locks `user`'s stripe.
+    pub fn lock(&self, user: &UserId) -> MutexGuard<'_, ()> {
+        // Byte 1 is the first byte of the key's x coordinate: uniformly spread.
+        let stripe = usize::from(user.to_bytes()[1]) % self.stripes.len();
+        self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The request-side tower shared by the APIs.
+#[derive(Debug, Clone)]
+pub struct Tower {
+    watcher: Arc<Watcher>,
+    locks: Arc<UserLocks>,
+    height: watch::Receiver<u32>,
+}
+
+impl Tower {
+    /// A tower serving `watcher`, at the height `height` publishes.
+    pub fn new(watcher: Watcher, locks: Arc<UserLocks>, height: watch::Receiver<u32>) -> Self {
+        Tower {
+            watcher: Arc::new(watcher),
+            locks,
+            height,
+        }
+    }
+
+    /// The height requests are served at: the last block the tower processed.
+    pub fn height(&self) -> u32 {
+        *self.height.borrow()
+    }
+
+    /// The tower's public id.
+    pub fn tower_id(&self) -> UserId {
+        self.watcher.signer().tower_id()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Watcher, &UserLocks, u32) -> Result<T, RequestError> + Send + 'static,
+    ) -> Result<T, RequestError> {
+        let (watcher, locks, height) = (self.watcher.clone(), self.locks.clone(), self.height());
+        tokio::task::spawn_blocking(move || work(&watcher, &locks, height))
+            .await
+            .map_err(|e| RequestError::Internal(format!("request task failed: {e}")))?
+    }
+
+    /// Registers or renews `user`.
+    pub async fn register(&self, user: UserId) -> Result<RegistrationReceipt, RequestError> {
+        self.blocking(move |watcher, locks, height| {
+            let _guard = locks.lock(&user);
+            let record = watcher
+                .gatekeeper()
+                .register(&user, height)
+                .map_err(|e| RequestError::from_subscription(e, RequestError::UserNotFound))?;
+            let receipt = registration_receipt_bytes(
+                &user,
+                record.available_slots,
+                record.subscription_start,
+                record.subscription_expiry,
+            );
+            tracing::info!(user_id = %user, slots = record.available_slots, expiry = record.subscription_expiry, "user registered");
+            Ok(RegistrationReceipt {
+                user,
+                available_slots: record.available_slots,
+                subscription_start: record.subscription_start,
+                subscription_expiry: record.subscription_expiry,
+                signature: watcher.signer().sign(&receipt),
+            })
+        })
+        .await
+    }
+
+    /// Accepts an appointment signed by a registered user.
+    pub async fn add_appointment(
+        &self,
+        appointment: Appointment,
+        signature: String,
+    ) -> Result<AppointmentReceipt, RequestError> {
+        self.blocking(move |watcher, locks, height| {
+            let unauthorized = || RequestError::AppointmentUnauthorized;
+            let refuse = |e| RequestError::from_appointment(e, unauthorized());
+            watcher.inspect(&appointment).map_err(refuse)?;
+            let (user, _) = watcher.authenticate_appointment(&appointment, &signature, height).map_err(refuse)?;
+            let _guard = locks.lock(&user);
+            // Re-read under the lock: a concurrent request of this user may have charged a slot.
+            let (_, record) = watcher.authenticate_appointment(&appointment, &signature, height).map_err(refuse)?;
+            let locator = appointment.locator;
+            let receipt = watcher.store_appointment(&user, &record, appointment, signature, height).map_err(refuse)?;
+            tracing::info!(user_id = %user, %locator, slots = receipt.available_slots, "appointment accepted");
+            Ok(receipt)
+        })
+        .await
+    }
+
+    /// The state of the signer's appointment at `locator`.
+    pub async fn get_appointment(
+        &self,
+        locator: Locator,
+        signature: String,
+    ) -> Result<AppointmentState, RequestError> {
+        self.blocking(move |watcher, _, height| {
+            let msg = format!("get appointment {locator}");
+            let refuse = |e| RequestError::from_subscription(e, RequestError::UserUnauthenticated);
+            let (user, _) = watcher
+                .gatekeeper()
+                .authenticate(msg.as_bytes(), &signature, height)
+                .map_err(refuse)?;
+            watcher
+                .appointment_state(&user, &locator)
+                .map_err(|e| RequestError::from_appointment(e, RequestError::UserUnauthenticated))
+        })
+        .await
+    }
+
+    /// The signer's subscription.
+    pub async fn subscription_info(
+        &self,
+        signature: String,
+    ) -> Result<SubscriptionInfo, RequestError> {
+        self.blocking(move |watcher, _, height| {
+            let refuse = |e| RequestError::from_subscription(e, RequestError::UserNotFound);
+            let (user, record) = watcher
+                .gatekeeper()
+                .authenticate(b"get subscription info", &signature, height)
+                .map_err(refuse)?;
+            Ok(SubscriptionInfo {
+                available_slots: record.available_slots,
+                subscription_expiry: record.subscription_expiry,
+                locators: watcher.store_locators(&user)?,
+            })
+        })
+        .await
+    }
+}

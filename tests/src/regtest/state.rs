@@ -1,0 +1,328 @@
+//! The node's state: the chain and the mempool, and the operations that keep them consistent
+//! (mining, transaction relay, reorgs).
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bitcoin::{Block, BlockHash, ScriptBuf, Transaction, Txid};
+
+use super::chain::Chain;
+use super::codes::*;
+use super::mempool::Mempool;
+use super::miner::assemble_block;
+use super::persist::BlockLog;
+use super::validation::{
+    check_block, check_block_sanity, check_mempool_accept, fee_for, select_block_txs,
+    AcceptOptions, Accepted, Reject,
+};
+use super::{block_subsidy, RpcError};
+
+/// Blocks disconnected by `invalidateblock` whose transactions still go back to the mempool
+/// (bitcoind stops at 10: deeper invalidations leave the mempool alone).
+const MAX_INVALIDATE_RESURRECT: usize = 10;
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Maps a mempool refusal to bitcoind's `sendrawtransaction` error.
+pub(crate) fn reject_to_rpc(reject: Reject) -> RpcError {
+    match reject {
+        Reject::MissingInputs => RpcError::new(RPC_TRANSACTION_ERROR, reject.reason()),
+        Reject::Invalid(reason) => RpcError::new(RPC_TRANSACTION_REJECTED, reason),
+    }
+}
+
+/// Transactions of disconnected blocks, by block height.
+type Disconnected = Vec<(u32, Vec<Transaction>)>;
+
+#[derive(Debug)]
+pub(crate) struct NodeState {
+    pub chain: Chain,
+    pub mempool: Mempool,
+    log: Option<BlockLog>,
+}
+
+impl NodeState {
+    pub fn new() -> Self {
+        NodeState {
+            chain: Chain::new(),
+            mempool: Mempool::default(),
+            log: None,
+        }
+    }
+
+    /// A node whose blocks are kept in (and first reloaded from) the log at `path`.
+    pub fn with_log(path: &Path) -> io::Result<Self> {
+        let (log, blocks) = BlockLog::open(path)?;
+        let mut state = NodeState::new();
+        for block in blocks {
+            if let Err(reason) = state.submit_block(block) {
+                tracing::debug!(%reason, "block from the log not connected");
+            }
+        }
+        state.log = Some(log);
+        Ok(state)
+    }
+
+    /// Where confirmations of `txid` stand: `Some(0)` in the mempool, `Some(n)` confirmed `n`
+    /// times in the active chain, `None` unknown.
+    pub fn tx_confirmations(&self, txid: &Txid) -> Option<u32> {
+        if self.mempool.contains(txid) {
+            return Some(0);
+        }
+        let (_, entry) = self.chain.find_active_tx(txid)?;
+        Some(self.chain.height() - entry.height + 1)
+    }
+
+    /// Checks `tx` for the mempool without adding it.
+    pub fn test_accept(&self, tx: &Transaction) -> Result<Accepted, Reject> {
+        check_mempool_accept(
+            &self.chain,
+            &self.mempool,
+            tx,
+            AcceptOptions {
+                bypass_limits: false,
+                allow_replacement: true,
+            },
+        )
+    }
+
+    /// `sendrawtransaction`: `max_fee_rate` in sat/kvB, 0 for no limit.
+    pub fn send_raw_transaction(
+        &mut self,
+        tx: Transaction,
+        max_fee_rate: u64,
+    ) -> Result<Txid, RpcError> {
+        let txid = tx.compute_txid();
+        if self.chain.has_unspent_outputs(&tx) {
+            return Err(RpcError::new(
+                RPC_VERIFY_ALREADY_IN_CHAIN,
+                "Transaction outputs already in utxo set",
+            ));
+        }
+        if self.mempool.contains(&txid) {
+            return Ok(txid);
+        }
+        let accepted = self.test_accept(&tx).map_err(reject_to_rpc)?;
+        if max_fee_rate > 0 && accepted.fee.to_sat() > fee_for(max_fee_rate, accepted.vsize) {
+            return Err(RpcError::new(
+                RPC_TRANSACTION_ERROR,
+                "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)",
+            ));
+        }
+        for replaced in &accepted.replaced {
+            self.mempool.remove(replaced);
+        }
+        let height = self.chain.height();
+        self.mempool
+            .insert(tx, accepted.fee, unix_now(), height);
+        Ok(txid)
+    }
+
+    fn next_block_time(&self) -> u32 {
+        let tip = self.chain.tip();
+        let mtp = self.chain.median_time_past(&tip.hash);
+        let now = u32::try_from(unix_now()).unwrap_or(u32::MAX);
+        now.max(tip.block.header.time + 1).max(mtp + 1)
+    }
+
+    /// A block on the tip holding `txs` (already checked to fit), paying to `payout`.
+    fn build_block(&self, txs: Vec<Transaction>, fees: bitcoin::Amount, payout: ScriptBuf) -> Block {
+        let height = self.chain.height() + 1;
+        assemble_block(
+            self.chain.tip().hash,
+            height,
+            self.next_block_time(),
+            txs,
+            payout,
+            block_subsidy(height) + fees,
+        )
+    }
+
+    /// Stores, checks and connects a block built on the tip.
+    fn connect_new_block(&mut self, block: Block) -> Result<BlockHash, RpcError> {
+        let undo = check_block(&self.chain, &block)
+            .map_err(|reason| RpcError::new(RPC_VERIFY_ERROR, format!("ConnectBlock: {reason}")))?;
+        self.log_block(&block);
+        let hash = self
+            .chain
+            .add_block(block)
+            .map_err(|reason| RpcError::new(RPC_MISC_ERROR, reason))?;
+        self.chain.connect_tip(&hash, undo);
+        self.update_mempool(Vec::new());
+        Ok(hash)
+    }
+
+    fn log_block(&mut self, block: &Block) {
+        if let Some(log) = &mut self.log {
+            if let Err(error) = log.append(block) {
+                tracing::warn!(path = %log.path().display(), %error, "could not log a block");
+            }
+        }
+    }
+
+    /// `generatetoaddress`: `n` blocks holding the mempool's transactions.
+    pub fn generate(&mut self, n: u32, payout: &ScriptBuf) -> Result<Vec<BlockHash>, RpcError> {
+        let mut hashes = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let candidates = self
+                .mempool
+                .ordered()
+                .into_iter()
+                .map(|e| e.tx.clone())
+                .collect();
+            let (txs, fees) = select_block_txs(&self.chain, candidates, false)
+                .map_err(|reason| RpcError::new(RPC_MISC_ERROR, reason))?;
+            let block = self.build_block(txs, fees, payout.clone());
+            hashes.push(self.connect_new_block(block)?);
+        }
+        Ok(hashes)
+    }
+
+    /// `generateblock`: a block holding exactly `txs`, connected when `submit`.
+    pub fn generate_block(
+        &mut self,
+        payout: &ScriptBuf,
+        txs: Vec<Transaction>,
+        submit: bool,
+    ) -> Result<Block, RpcError> {
+        let (txs, fees) = select_block_txs(&self.chain, txs, true).map_err(|reason| {
+            RpcError::new(
+                RPC_VERIFY_ERROR,
+                format!("TestBlockValidity failed: {reason}"),
+            )
+        })?;
+        let block = self.build_block(txs, fees, payout.clone());
+        if submit {
+            self.connect_new_block(block.clone())?;
+        }
+        Ok(block)
+    }
+
+    /// `submitblock`: `Ok` when the block became the tip, else bitcoind's result string.
+    pub fn submit_block(&mut self, block: Block) -> Result<(), String> {
+        check_block_sanity(&block)?;
+        let hash = block.block_hash();
+        if let Some(entry) = self.chain.get(&hash) {
+            return Err(if entry.invalid { "duplicate-invalid" } else { "duplicate" }.into());
+        }
+        match self.chain.get(&block.header.prev_blockhash) {
+            None => return Err("prev-blk-not-found".into()),
+            Some(parent) if parent.invalid => return Err("bad-prevblk".into()),
+            Some(_) => {}
+        }
+        self.log_block(&block);
+        self.chain.add_block(block)?;
+        let failures = self.activate_best_chain(Vec::new());
+        if let Some(reason) = failures.get(&hash) {
+            return Err(reason.clone());
+        }
+        if !self.chain.is_active(&hash) {
+            return Err("inconclusive".into());
+        }
+        Ok(())
+    }
+
+    /// `invalidateblock`.
+    pub fn invalidate(&mut self, hash: &BlockHash) -> Result<(), RpcError> {
+        let entry = self
+            .chain
+            .get(hash)
+            .ok_or_else(|| RpcError::new(RPC_INVALID_ADDRESS_OR_KEY, "Block not found"))?;
+        if entry.height == 0 {
+            return Err(RpcError::new(
+                RPC_INVALID_PARAMETER,
+                "The genesis block cannot be invalidated",
+            ));
+        }
+        let mut disconnected = Vec::new();
+        while self.chain.is_active(hash) {
+            let gone = self.chain.disconnect_tip();
+            if disconnected.len() < MAX_INVALIDATE_RESURRECT {
+                disconnected.push(self.block_txs(&gone));
+            }
+        }
+        self.chain.mark_invalid(hash);
+        self.activate_best_chain(disconnected);
+        Ok(())
+    }
+
+    /// `reconsiderblock`.
+    pub fn reconsider(&mut self, hash: &BlockHash) -> Result<(), RpcError> {
+        if self.chain.get(hash).is_none() {
+            return Err(RpcError::new(RPC_INVALID_ADDRESS_OR_KEY, "Block not found"));
+        }
+        self.chain.clear_invalid(hash);
+        self.activate_best_chain(Vec::new());
+        Ok(())
+    }
+
+    fn block_txs(&self, hash: &BlockHash) -> (u32, Vec<Transaction>) {
+        let entry = self.chain.get(hash).expect("a stored block");
+        (entry.height, entry.block.txdata.iter().skip(1).cloned().collect())
+    }
+
+    /// Moves the active chain to the best valid branch, then brings the mempool in line.
+    /// Returns the blocks that failed to connect, with the reason.
+    fn activate_best_chain(&mut self, mut disconnected: Disconnected) -> HashMap<BlockHash, String> {
+        let mut failures = HashMap::new();
+        loop {
+            let best = self.chain.best_valid_tip();
+            if best == self.chain.tip().hash {
+                break;
+            }
+            let fork = self.chain.fork_point(&best);
+            while self.chain.tip().hash != fork {
+                let gone = self.chain.disconnect_tip();
+                disconnected.push(self.block_txs(&gone));
+            }
+            for hash in self.chain.path_from(&fork, &best) {
+                let block = &self.chain.get(&hash).expect("a stored block").block;
+                match check_block(&self.chain, block) {
+                    Ok(undo) => self.chain.connect_tip(&hash, undo),
+                    Err(reason) => {
+                        tracing::debug!(%hash, %reason, "block failed to connect");
+                        self.chain.mark_invalid(&hash);
+                        failures.insert(hash, reason);
+                        break;
+                    }
+                }
+            }
+        }
+        disconnected.sort_by_key(|(height, _)| *height);
+        self.update_mempool(disconnected.into_iter().flat_map(|(_, txs)| txs).collect());
+        failures
+    }
+
+    /// Re-checks the mempool against the active chain, after `resurrected` transactions (from
+    /// disconnected blocks, parents first). Mined and conflicting transactions drop out.
+    fn update_mempool(&mut self, resurrected: Vec<Transaction>) {
+        let old = self.mempool.drain_ordered();
+        let opts = AcceptOptions {
+            bypass_limits: true,
+            allow_replacement: false,
+        };
+        let height = self.chain.height();
+        let now = unix_now();
+        let candidates = resurrected
+            .into_iter()
+            .map(|tx| (tx, now, height))
+            .chain(old.into_iter().map(|e| (e.tx, e.time, e.height)));
+        for (tx, time, height) in candidates {
+            match check_mempool_accept(&self.chain, &self.mempool, &tx, opts) {
+                Ok(accepted) => {
+                    self.mempool.insert(tx, accepted.fee, time, height);
+                }
+                Err(reject) => {
+                    tracing::trace!(txid = %tx.compute_txid(), reason = %reject.reason(), "left the mempool");
+                }
+            }
+        }
+    }
+}
