@@ -73,12 +73,8 @@ impl Gatekeeper {
         signature: &str,
         height: u32,
     ) -> Result<(UserId, UserRecord), SubscriptionError> {
-        let user =
-            recover_signer(msg, signature).map_err(|_| SubscriptionError::Unauthenticated)?;
-        let record = self
-            .store
-            .user(&user)?
-            .ok_or(SubscriptionError::Unauthenticated)?;
+        let user = recover_signer(msg, signature).map_err(|_| SubscriptionError::Unauthenticated)?;
+        let record = self.store.user(&user)?.ok_or(SubscriptionError::Unauthenticated)?;
         if height >= record.subscription_expiry {
             return Err(SubscriptionError::Expired(record.subscription_expiry));
         }
@@ -96,14 +92,8 @@ impl Gatekeeper {
         if slots == 0 {
             return Ok(*record);
         }
-        let available_slots = record
-            .available_slots
-            .checked_sub(slots)
-            .ok_or(SubscriptionError::Unauthenticated)?;
-        let charged = UserRecord {
-            available_slots,
-            ..*record
-        };
+        let available_slots = record.available_slots.checked_sub(slots).ok_or(SubscriptionError::Unauthenticated)?;
+        let charged = UserRecord { available_slots, ..*record };
         batch.put_user(user, Some(record), &charged);
         Ok(charged)
     }

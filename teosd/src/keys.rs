@@ -39,16 +39,10 @@ mod tests {
     fn first_start_creates_then_reuses_then_rotates_keeping_old_keys() {
         let store = Store::in_memory();
         let first = load_or_create_tower_key(&store, false).unwrap();
-        assert_eq!(
-            load_or_create_tower_key(&store, false).unwrap().tower_id(),
-            first.tower_id()
-        );
+        assert_eq!(load_or_create_tower_key(&store, false).unwrap().tower_id(), first.tower_id());
         let rotated = load_or_create_tower_key(&store, true).unwrap();
         assert_ne!(rotated.tower_id(), first.tower_id());
         assert_eq!(store.tower_keys().unwrap().len(), 2);
-        assert_eq!(
-            load_or_create_tower_key(&store, false).unwrap().tower_id(),
-            rotated.tower_id()
-        );
+        assert_eq!(load_or_create_tower_key(&store, false).unwrap().tower_id(), rotated.tower_id());
     }
 }

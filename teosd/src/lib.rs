@@ -2,11 +2,12 @@
 //!
 //! The binary parses [`config::Config`], sets up tracing and calls [`run`]. Everything else lives
 //! here: the protocol ([`protocol`]), the store ([`store`]), the request-side core
-//! ([`gatekeeper`], [`watcher`], [`tower`]) and the APIs ([`api`]).
+//! ([`gatekeeper`], [`watcher`], [`tower`]), bitcoind access ([`bitcoind`]) and the APIs ([`api`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod bitcoind;
 pub mod config;
 pub mod gatekeeper;
 pub mod keys;
@@ -14,3 +15,157 @@ pub mod protocol;
 pub mod store;
 pub mod tower;
 pub mod watcher;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::http::BodyLimits;
+use crate::bitcoind::chain::ChainFollower;
+use crate::bitcoind::rpc::BitcoindRpc;
+use crate::config::Config;
+use crate::gatekeeper::Gatekeeper;
+use crate::protocol::TowerSigner;
+use crate::store::Store;
+use crate::tower::{Tower, UserLocks};
+use crate::watcher::Watcher;
+
+/// How long shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the tower until `shutdown` is cancelled (SIGINT, SIGTERM or the admin `stop`).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.summary(), "starting teosd");
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let network_dir = prepare_data_dir(&config)?;
+    let store = open_store(&network_dir, config.db_cache_mib).await?;
+    let signer = load_tower_key(&store, config.overwrite_key).await?;
+    tracing::info!(tower_id = %signer.tower_id(), "tower key loaded");
+
+    let locks = Arc::new(UserLocks::default());
+    let start_height = store.tip().context("reading the stored chain tip")?.map_or(0, |(h, _)| h);
+    let (height_tx, height_rx) = watch::channel(start_height);
+    let rpc = Arc::new(BitcoindRpc::new(&config.bitcoind).context("creating the bitcoind client")?);
+    let follower =
+        ChainFollower::new(rpc, store.clone(), locks.clone(), config.policy.expiry_delta, config.network, height_tx);
+    if !catch_up(&follower, &config, &shutdown).await? {
+        tracing::info!("shutdown requested before bitcoind was reached");
+        return Ok(());
+    }
+
+    let gatekeeper = Gatekeeper::new(store.clone(), config.policy.clone());
+    let tower = Tower::new(Watcher::new(store.clone(), gatekeeper, signer), locks, height_rx);
+    let tasks = TaskTracker::new();
+    let http_stop = CancellationToken::new();
+    start_public_api(&config, tower, &tasks, http_stop.clone()).await?;
+    let chain_stop = CancellationToken::new();
+    tasks.spawn(follower.follow(config.bitcoind.polling_interval, chain_stop.clone()));
+    tasks.close();
+    tracing::info!(height = start_height, "Tower ready");
+
+    shutdown.cancelled().await;
+    stop_in_order(&tasks, &http_stop, &chain_stop).await;
+    drop(store);
+    tracing::info!("Shutdown complete");
+    Ok(())
+}
+
+/// Creates `<datadir>` and `<datadir>/<network>` (owner-only), returning the latter.
+fn prepare_data_dir(config: &Config) -> anyhow::Result<PathBuf> {
+    let dir = config.network_dir();
+    for path in [&config.data_dir, &dir] {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        restrict_permissions(path)?;
+    }
+    Ok(dir)
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting permissions of {}", path.display()))
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+async fn open_store(network_dir: &Path, cache_mib: usize) -> anyhow::Result<Store> {
+    let path = network_dir.join("db");
+    let store = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || Store::open(&path, cache_mib)
+    })
+    .await?
+    .with_context(|| format!("opening the store at {}", path.display()))?;
+    tracing::info!(path = %path.display(), "store opened");
+    Ok(store)
+}
+
+async fn load_tower_key(store: &Store, rotate: bool) -> anyhow::Result<TowerSigner> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || keys::load_or_create_tower_key(&store, rotate))
+        .await?
+        .context("loading the tower key")
+}
+
+/// Waits for bitcoind and processes every block missed while the tower was down, before any
+/// API opens. Returns false if shutdown came first.
+async fn catch_up(follower: &ChainFollower, config: &Config, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+    tracing::info!(url = %config.bitcoind.rpc_url(), "connecting to bitcoind");
+    if !follower.wait_for_bitcoind(shutdown).await? {
+        return Ok(false);
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            result = follower.sync() => match result {
+                Ok(()) => return Ok(true),
+                Err(bitcoind::chain::ChainError::Rpc(e)) if e.is_transient() => {
+                    tracing::warn!(error = %e, "bitcoind went away during catch-up; retrying");
+                    if !follower.wait_for_bitcoind(shutdown).await? {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e).context("catching up with the chain"),
+            }
+        }
+    }
+}
+
+async fn start_public_api(
+    config: &Config,
+    tower: Tower,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.public_http_addr)
+        .await
+        .with_context(|| format!("binding the public HTTP API to {}", config.public_http_addr))?;
+    let addr = listener.local_addr().context("reading the HTTP API address")?;
+    let limits = BodyLimits::for_blob_size(config.policy.max_blob_size);
+    tasks.spawn(api::http::serve(listener, tower, limits, config.behind_proxy, stop));
+    tracing::info!(%addr, "public HTTP API listening");
+    Ok(())
+}
+
+/// Stops accepting requests and lets those in flight finish, then stops the chain follower.
+async fn stop_in_order(tasks: &TaskTracker, http_stop: &CancellationToken, chain_stop: &CancellationToken) {
+    tracing::info!("Shutting down tower: 1/3 closing the public API (finishing requests in flight)");
+    http_stop.cancel();
+    tracing::info!("Shutting down tower: 2/3 stopping the chain follower");
+    chain_stop.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks did not stop in time");
+    }
+    tracing::info!("Shutting down tower: 3/3 closing the store");
+}

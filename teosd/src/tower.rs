@@ -78,14 +78,10 @@ impl RequestError {
 
     fn from_appointment(e: AppointmentError, unauthenticated: RequestError) -> Self {
         match e {
-            AppointmentError::Subscription(e) => {
-                RequestError::from_subscription(e, unauthenticated)
-            }
+            AppointmentError::Subscription(e) => RequestError::from_subscription(e, unauthenticated),
             AppointmentError::EmptyBlob => RequestError::EmptyBlob,
             AppointmentError::BlobTooBig { max, got } => RequestError::BlobTooBig { max, got },
-            AppointmentError::ToSelfDelayTooSmall { min, got } => {
-                RequestError::ToSelfDelayTooSmall { min, got }
-            }
+            AppointmentError::ToSelfDelayTooSmall { min, got } => RequestError::ToSelfDelayTooSmall { min, got },
             AppointmentError::AlreadyTriggered => RequestError::AlreadyTriggered,
             AppointmentError::NotFound => RequestError::NotFound,
             AppointmentError::Store(e) => e.into(),
@@ -127,9 +123,7 @@ pub struct UserLocks {
 
 impl Default for UserLocks {
     fn default() -> Self {
-        UserLocks {
-            stripes: (0..256).map(|_| Mutex::new(())).collect(),
-        }
+        UserLocks { stripes: (0..256).map(|_| Mutex::new(())).collect() }
     }
 }
 
@@ -138,9 +132,7 @@ impl UserLocks {
     pub fn lock(&self, user: &UserId) -> MutexGuard<'_, ()> {
         // Byte 1 is the first byte of the key's x coordinate: uniformly spread.
         let stripe = usize::from(user.to_bytes()[1]) % self.stripes.len();
-        self.stripes[stripe]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.stripes[stripe].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -155,11 +147,7 @@ pub struct Tower {
 impl Tower {
     /// A tower serving `watcher`, at the height `height` publishes.
     pub fn new(watcher: Watcher, locks: Arc<UserLocks>, height: watch::Receiver<u32>) -> Self {
-        Tower {
-            watcher: Arc::new(watcher),
-            locks,
-            height,
-        }
+        Tower { watcher: Arc::new(watcher), locks, height }
     }
 
     /// The height requests are served at: the last block the tower processed.
@@ -231,18 +219,11 @@ impl Tower {
     }
 
     /// The state of the signer's appointment at `locator`.
-    pub async fn get_appointment(
-        &self,
-        locator: Locator,
-        signature: String,
-    ) -> Result<AppointmentState, RequestError> {
+    pub async fn get_appointment(&self, locator: Locator, signature: String) -> Result<AppointmentState, RequestError> {
         self.blocking(move |watcher, _, height| {
             let msg = format!("get appointment {locator}");
             let refuse = |e| RequestError::from_subscription(e, RequestError::UserUnauthenticated);
-            let (user, _) = watcher
-                .gatekeeper()
-                .authenticate(msg.as_bytes(), &signature, height)
-                .map_err(refuse)?;
+            let (user, _) = watcher.gatekeeper().authenticate(msg.as_bytes(), &signature, height).map_err(refuse)?;
             watcher
                 .appointment_state(&user, &locator)
                 .map_err(|e| RequestError::from_appointment(e, RequestError::UserUnauthenticated))
@@ -251,16 +232,11 @@ impl Tower {
     }
 
     /// The signer's subscription.
-    pub async fn subscription_info(
-        &self,
-        signature: String,
-    ) -> Result<SubscriptionInfo, RequestError> {
+    pub async fn subscription_info(&self, signature: String) -> Result<SubscriptionInfo, RequestError> {
         self.blocking(move |watcher, _, height| {
             let refuse = |e| RequestError::from_subscription(e, RequestError::UserNotFound);
-            let (user, record) = watcher
-                .gatekeeper()
-                .authenticate(b"get subscription info", &signature, height)
-                .map_err(refuse)?;
+            let (user, record) =
+                watcher.gatekeeper().authenticate(b"get subscription info", &signature, height).map_err(refuse)?;
             Ok(SubscriptionInfo {
                 available_slots: record.available_slots,
                 subscription_expiry: record.subscription_expiry,

@@ -81,11 +81,7 @@ pub struct Watcher {
 impl Watcher {
     /// A watcher signing receipts with `signer`.
     pub fn new(store: Store, gatekeeper: Gatekeeper, signer: TowerSigner) -> Self {
-        Watcher {
-            store,
-            gatekeeper,
-            signer,
-        }
+        Watcher { store, gatekeeper, signer }
     }
 
     /// The tower's signer.
@@ -106,10 +102,7 @@ impl Watcher {
             return Err(AppointmentError::EmptyBlob);
         }
         if blob_len > policy.max_blob_size {
-            return Err(AppointmentError::BlobTooBig {
-                max: policy.max_blob_size,
-                got: blob_len,
-            });
+            return Err(AppointmentError::BlobTooBig { max: policy.max_blob_size, got: blob_len });
         }
         if appointment.to_self_delay < policy.min_to_self_delay {
             return Err(AppointmentError::ToSelfDelayTooSmall {
@@ -127,9 +120,7 @@ impl Watcher {
         signature: &str,
         height: u32,
     ) -> Result<(UserId, UserRecord), AppointmentError> {
-        Ok(self
-            .gatekeeper
-            .authenticate(&appointment.signed_bytes(), signature, height)?)
+        Ok(self.gatekeeper.authenticate(&appointment.signed_bytes(), signature, height)?)
     }
 
     /// Stores `appointment` for an authenticated `user` and charges a slot if it is new (an
@@ -150,11 +141,7 @@ impl Watcher {
         let cost = u32::from(self.store.appointment(&locator, user)?.is_none());
         let mut batch = self.store.batch();
         let charged = self.gatekeeper.charge(&mut batch, user, record, cost)?;
-        let stored = StoredAppointment {
-            appointment,
-            user_signature: signature,
-            start_block: height,
-        };
+        let stored = StoredAppointment { appointment, user_signature: signature, start_block: height };
         batch.put_appointment(user, &stored);
         self.store.commit(batch)?;
         let receipt = appointment_receipt_bytes(&stored.user_signature, height);
@@ -168,11 +155,7 @@ impl Watcher {
     }
 
     /// The state of `user`'s appointment at `locator`.
-    pub fn appointment_state(
-        &self,
-        user: &UserId,
-        locator: &Locator,
-    ) -> Result<AppointmentState, AppointmentError> {
+    pub fn appointment_state(&self, user: &UserId, locator: &Locator) -> Result<AppointmentState, AppointmentError> {
         if let Some(tracker) = self.store.tracker(locator, user)? {
             return Ok(AppointmentState::DisputeResponded {
                 dispute_txid: tracker.dispute_txid,

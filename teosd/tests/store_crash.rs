@@ -29,11 +29,7 @@ fn locator(t: u8, seq: u32) -> Locator {
 
 fn stored(t: u8, seq: u32) -> StoredAppointment {
     StoredAppointment {
-        appointment: Appointment {
-            locator: locator(t, seq),
-            encrypted_blob: vec![t; 300],
-            to_self_delay: seq,
-        },
+        appointment: Appointment { locator: locator(t, seq), encrypted_blob: vec![t; 300], to_self_delay: seq },
         user_signature: "x".repeat(104),
         start_block: seq,
     }
@@ -46,11 +42,7 @@ fn write_forever(store: &Store, t: u8) {
     let mut old = store.user(&me).unwrap();
     let mut seq = old.map_or(0, |r| r.available_slots + 1);
     loop {
-        let record = UserRecord {
-            available_slots: seq,
-            subscription_start: 0,
-            subscription_expiry: seq,
-        };
+        let record = UserRecord { available_slots: seq, subscription_start: 0, subscription_expiry: seq };
         let mut batch = store.batch();
         batch.put_user(&me, old.as_ref(), &record);
         batch.put_appointment(&me, &stored(t, seq));
@@ -100,9 +92,7 @@ fn run_child_and_kill(dir: &Path, kill_after: usize) -> Vec<(u8, u32)> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut acked = Vec::new();
     while acked.len() < kill_after {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("child stalled");
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("child stalled");
         acked.extend(parse_ack(&line));
     }
     child.kill().unwrap(); // SIGKILL
@@ -124,51 +114,27 @@ fn check_consistent(store: &Store, acked: &[(u8, u32)]) {
     for t in 0..WRITERS {
         let locators = store.user_locators(&user(t)).unwrap();
         let Some(record) = store.user(&user(t)).unwrap() else {
-            assert!(
-                locators.is_empty(),
-                "appointments without their user record"
-            );
-            assert!(
-                acked.iter().all(|(w, _)| *w != t),
-                "acknowledged batch lost"
-            );
+            assert!(locators.is_empty(), "appointments without their user record");
+            assert!(acked.iter().all(|(w, _)| *w != t), "acknowledged batch lost");
             continue;
         };
         let last = record.available_slots;
-        assert_eq!(
-            locators.len() as u32,
-            last + 1,
-            "writer {t}: user record and appointments disagree"
-        );
+        assert_eq!(locators.len() as u32, last + 1, "writer {t}: user record and appointments disagree");
         for seq in 0..=last {
-            assert_eq!(
-                store.appointment(&locator(t, seq), &user(t)).unwrap(),
-                Some(stored(t, seq))
-            );
+            assert_eq!(store.appointment(&locator(t, seq), &user(t)).unwrap(), Some(stored(t, seq)));
         }
         assert_eq!(
-            store
-                .users_expiring_before(u32::MAX, 100)
-                .unwrap()
-                .iter()
-                .filter(|(_, u)| *u == user(t))
-                .count(),
+            store.users_expiring_before(u32::MAX, 100).unwrap().iter().filter(|(_, u)| *u == user(t)).count(),
             1
         );
         let max_acked = acked.iter().filter(|(w, _)| *w == t).map(|(_, s)| *s).max();
-        assert!(
-            max_acked.is_none_or(|m| m <= last),
-            "writer {t}: acknowledged {max_acked:?} but store has {last}"
-        );
+        assert!(max_acked.is_none_or(|m| m <= last), "writer {t}: acknowledged {max_acked:?} but store has {last}");
     }
 }
 
 #[test]
 fn acknowledged_batches_survive_sigkill() {
-    let cycles: usize = std::env::var("TEOS_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let cycles: usize = std::env::var("TEOS_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -178,8 +144,7 @@ fn acknowledged_batches_survive_sigkill() {
         seed ^= seed << 17;
         let kill_after = 1 + (seed % 60) as usize;
         let acked = run_child_and_kill(&path, kill_after);
-        let store =
-            Store::open(&path, 8).unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
+        let store = Store::open(&path, 8).unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
         check_consistent(&store, &acked);
     }
 }

@@ -1,1 +1,13 @@
-//! Test support.
+//! Test support for teos' end-to-end tests.
+//!
+//! * [`regtest`]: a bitcoind-compatible regtest node (JSON-RPC over HTTP, real blocks, mempool,
+//!   reorgs), in process or as the `teos-regtest-node` binary.
+//! * [`backend`]: [`backend::Bitcoind`], the node the tests run against: ours, or a real bitcoind
+//!   when `BITCOIND_EXE` names one.
+//! * [`rpc_client`]: a small JSON-RPC client with cookie auth.
+//! * [`wallet`]: anyone-can-spend outputs, coinbase funding, commitment and penalty transactions.
+
+pub mod backend;
+pub mod regtest;
+pub mod rpc_client;
+pub mod wallet;

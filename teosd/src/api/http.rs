@@ -9,9 +9,9 @@ use bitcoin::consensus::encode::serialize_hex;
 use serde::Serialize;
 use teos_proto::errors as codes;
 use teos_proto::http::{
-    AddAppointmentRequest, AddAppointmentResponse, ApiError, AppointmentData, AppointmentJson,
-    GetAppointmentRequest, GetAppointmentResponse, GetSubscriptionInfoRequest,
-    GetSubscriptionInfoResponse, RegisterRequest, RegisterResponse, TrackerJson,
+    AddAppointmentRequest, AddAppointmentResponse, ApiError, AppointmentData, AppointmentJson, GetAppointmentRequest,
+    GetAppointmentResponse, GetSubscriptionInfoRequest, GetSubscriptionInfoResponse, RegisterRequest, RegisterResponse,
+    TrackerJson,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,11 +38,7 @@ pub struct BodyLimits {
 impl BodyLimits {
     /// Limits for a tower accepting blobs of up to `max_blob_size` bytes.
     pub fn for_blob_size(max_blob_size: usize) -> Self {
-        BodyLimits {
-            small: 256,
-            get_appointment: 512,
-            add_appointment: 2 * max_blob_size as u64 + 512,
-        }
+        BodyLimits { small: 256, get_appointment: 512, add_appointment: 2 * max_blob_size as u64 + 512 }
     }
 }
 
@@ -50,15 +46,26 @@ impl BodyLimits {
 struct UnsupportedContentType;
 impl Reject for UnsupportedContentType {}
 
-fn error_reply(status: StatusCode, code: u8, message: impl Into<String>) -> Response {
-    let body = ApiError {
-        error: message.into(),
-        error_code: code,
-    };
-    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+/// A refused request: status, `error_code` and text, turned into a JSON reply at the edge.
+#[derive(Debug)]
+struct WireError {
+    status: StatusCode,
+    code: u8,
+    message: String,
 }
 
-fn bad_request(code: u8, message: impl Into<String>) -> Response {
+impl WireError {
+    fn into_response(self) -> Response {
+        let body = ApiError { error: self.message, error_code: self.code };
+        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+}
+
+fn error_reply(status: StatusCode, code: u8, message: impl Into<String>) -> WireError {
+    WireError { status, code, message: message.into() }
+}
+
+fn bad_request(code: u8, message: impl Into<String>) -> WireError {
     error_reply(StatusCode::BAD_REQUEST, code, message)
 }
 
@@ -67,30 +74,17 @@ fn ok_json<T: Serialize>(body: &T) -> Response {
 }
 
 /// The one mapping from core errors to HTTP status and `error_code`.
-fn request_error_reply(e: RequestError) -> Response {
+fn request_error_reply(e: RequestError) -> WireError {
     let (status, code) = match &e {
-        RequestError::SlotsOverflow => (
-            StatusCode::BAD_REQUEST,
-            codes::REGISTRATION_RESOURCE_EXHAUSTED,
-        ),
+        RequestError::SlotsOverflow => (StatusCode::BAD_REQUEST, codes::REGISTRATION_RESOURCE_EXHAUSTED),
         RequestError::AppointmentUnauthorized
         | RequestError::UserUnauthenticated
         | RequestError::UserNotFound
-        | RequestError::Expired(_) => (
-            StatusCode::UNAUTHORIZED,
-            codes::INVALID_SIGNATURE_OR_SUBSCRIPTION_ERROR,
-        ),
+        | RequestError::Expired(_) => (StatusCode::UNAUTHORIZED, codes::INVALID_SIGNATURE_OR_SUBSCRIPTION_ERROR),
         RequestError::EmptyBlob => (StatusCode::BAD_REQUEST, codes::EMPTY_FIELD),
-        RequestError::BlobTooBig { .. } => {
-            (StatusCode::BAD_REQUEST, codes::APPOINTMENT_FIELD_TOO_BIG)
-        }
-        RequestError::ToSelfDelayTooSmall { .. } => {
-            (StatusCode::BAD_REQUEST, codes::APPOINTMENT_FIELD_TOO_SMALL)
-        }
-        RequestError::AlreadyTriggered => (
-            StatusCode::BAD_REQUEST,
-            codes::APPOINTMENT_ALREADY_TRIGGERED,
-        ),
+        RequestError::BlobTooBig { .. } => (StatusCode::BAD_REQUEST, codes::APPOINTMENT_FIELD_TOO_BIG),
+        RequestError::ToSelfDelayTooSmall { .. } => (StatusCode::BAD_REQUEST, codes::APPOINTMENT_FIELD_TOO_SMALL),
+        RequestError::AlreadyTriggered => (StatusCode::BAD_REQUEST, codes::APPOINTMENT_ALREADY_TRIGGERED),
         RequestError::NotFound => (StatusCode::NOT_FOUND, codes::APPOINTMENT_NOT_FOUND),
         RequestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::UNEXPECTED_ERROR),
     };
@@ -98,7 +92,7 @@ fn request_error_reply(e: RequestError) -> Response {
 }
 
 /// Parses a JSON body, mapping serde's complaints to the reference tower's codes.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
     serde_json::from_slice(body).map_err(|e| {
         let message = e.to_string();
         if message.starts_with("missing field") {
@@ -106,9 +100,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response
             bad_request(codes::MISSING_FIELD, &message[..cut])
         } else if message.starts_with("invalid type") {
             bad_request(codes::WRONG_FIELD_TYPE, message)
-        } else if message.starts_with("Odd number of digits")
-            || message.starts_with("Invalid character")
-        {
+        } else if message.starts_with("Odd number of digits") || message.starts_with("Invalid character") {
             bad_request(codes::WRONG_FIELD_FORMAT, message)
         } else {
             bad_request(codes::INVALID_REQUEST_FORMAT, message)
@@ -116,34 +108,25 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response
     })
 }
 
-fn check_field(name: &str, bytes: &[u8], expected: usize) -> Result<(), Response> {
+fn check_field(name: &str, bytes: &[u8], expected: usize) -> Result<(), WireError> {
     if bytes.is_empty() {
-        return Err(bad_request(
-            codes::EMPTY_FIELD,
-            format!("`{name}` field is empty"),
-        ));
+        return Err(bad_request(codes::EMPTY_FIELD, format!("`{name}` field is empty")));
     }
     if bytes.len() != expected {
-        let message = format!(
-            "Wrong `{name}` field size. Expected {expected}, received {}",
-            bytes.len()
-        );
+        let message = format!("Wrong `{name}` field size. Expected {expected}, received {}", bytes.len());
         return Err(bad_request(codes::WRONG_FIELD_SIZE, message));
     }
     Ok(())
 }
 
-fn check_signature(signature: &str) -> Result<(), Response> {
+fn check_signature(signature: &str) -> Result<(), WireError> {
     if signature.is_empty() {
-        return Err(bad_request(
-            codes::EMPTY_FIELD,
-            "`signature` field is empty",
-        ));
+        return Err(bad_request(codes::EMPTY_FIELD, "`signature` field is empty"));
     }
     Ok(())
 }
 
-fn locator_from(bytes: &[u8]) -> Result<Locator, Response> {
+fn locator_from(bytes: &[u8]) -> Result<Locator, WireError> {
     check_field("locator", bytes, LOCATOR_LEN)?;
     Locator::from_slice(bytes).map_err(|e| bad_request(codes::WRONG_FIELD_SIZE, e.to_string()))
 }
@@ -159,7 +142,7 @@ async fn register(tower: Tower, body: bytes::Bytes) -> Response {
             )
         })?;
         let receipt = tower.register(user).await.map_err(request_error_reply)?;
-        Ok::<_, Response>(ok_json(&RegisterResponse {
+        Ok::<_, WireError>(ok_json(&RegisterResponse {
             user_id: receipt.user.to_bytes().to_vec(),
             available_slots: receipt.available_slots,
             subscription_start: receipt.subscription_start,
@@ -167,17 +150,14 @@ async fn register(tower: Tower, body: bytes::Bytes) -> Response {
             subscription_signature: receipt.signature,
         }))
     };
-    result.await.unwrap_or_else(|reply| reply)
+    result.await.unwrap_or_else(WireError::into_response)
 }
 
 async fn add_appointment(tower: Tower, body: bytes::Bytes) -> Response {
     let result = async {
         let request: AddAppointmentRequest = parse_body(&body)?;
         let Some(appointment) = request.appointment else {
-            return Err(bad_request(
-                codes::MISSING_FIELD,
-                "missing field `appointment`",
-            ));
+            return Err(bad_request(codes::MISSING_FIELD, "missing field `appointment`"));
         };
         let locator = locator_from(&appointment.locator)?;
         check_signature(&request.signature)?;
@@ -186,10 +166,7 @@ async fn add_appointment(tower: Tower, body: bytes::Bytes) -> Response {
             encrypted_blob: appointment.encrypted_blob,
             to_self_delay: appointment.to_self_delay,
         };
-        let receipt = tower
-            .add_appointment(appointment, request.signature)
-            .await
-            .map_err(request_error_reply)?;
+        let receipt = tower.add_appointment(appointment, request.signature).await.map_err(request_error_reply)?;
         Ok(ok_json(&AddAppointmentResponse {
             locator: receipt.locator.as_bytes().to_vec(),
             start_block: receipt.start_block,
@@ -198,7 +175,7 @@ async fn add_appointment(tower: Tower, body: bytes::Bytes) -> Response {
             subscription_expiry: receipt.subscription_expiry,
         }))
     };
-    result.await.unwrap_or_else(|reply| reply)
+    result.await.unwrap_or_else(WireError::into_response)
 }
 
 async fn get_appointment(tower: Tower, body: bytes::Bytes) -> Response {
@@ -206,13 +183,10 @@ async fn get_appointment(tower: Tower, body: bytes::Bytes) -> Response {
         let request: GetAppointmentRequest = parse_body(&body)?;
         let locator = locator_from(&request.locator)?;
         check_signature(&request.signature)?;
-        let state = tower
-            .get_appointment(locator, request.signature)
-            .await
-            .map_err(request_error_reply)?;
-        Ok::<_, Response>(ok_json(&appointment_state_json(state)))
+        let state = tower.get_appointment(locator, request.signature).await.map_err(request_error_reply)?;
+        Ok::<_, WireError>(ok_json(&appointment_state_json(state)))
     };
-    result.await.unwrap_or_else(|reply| reply)
+    result.await.unwrap_or_else(WireError::into_response)
 }
 
 fn appointment_state_json(state: AppointmentState) -> GetAppointmentResponse {
@@ -225,10 +199,7 @@ fn appointment_state_json(state: AppointmentState) -> GetAppointmentResponse {
             }),
             status: "being_watched".into(),
         },
-        AppointmentState::DisputeResponded {
-            dispute_txid,
-            penalty,
-        } => GetAppointmentResponse {
+        AppointmentState::DisputeResponded { dispute_txid, penalty } => GetAppointmentResponse {
             appointment: AppointmentData::Tracker(TrackerJson {
                 dispute_txid: dispute_txid.to_string(),
                 penalty_txid: penalty.compute_txid().to_string(),
@@ -243,17 +214,14 @@ async fn get_subscription_info(tower: Tower, body: bytes::Bytes) -> Response {
     let result = async {
         let request: GetSubscriptionInfoRequest = parse_body(&body)?;
         check_signature(&request.signature)?;
-        let info = tower
-            .subscription_info(request.signature)
-            .await
-            .map_err(request_error_reply)?;
-        Ok::<_, Response>(ok_json(&GetSubscriptionInfoResponse {
+        let info = tower.subscription_info(request.signature).await.map_err(request_error_reply)?;
+        Ok::<_, WireError>(ok_json(&GetSubscriptionInfoResponse {
             available_slots: info.available_slots,
             subscription_expiry: info.subscription_expiry,
             locators: info.locators.iter().map(|l| *l.as_bytes()).collect(),
         }))
     };
-    result.await.unwrap_or_else(|reply| reply)
+    result.await.unwrap_or_else(WireError::into_response)
 }
 
 /// Accepts a missing Content-Type (the reference does); refuses any that is not JSON.
@@ -263,13 +231,7 @@ fn json_content_type() -> impl Filter<Extract = (), Error = Rejection> + Clone {
             match headers.get(warp::http::header::CONTENT_TYPE) {
                 None => Ok(()),
                 Some(value) => {
-                    let essence = value
-                        .to_str()
-                        .unwrap_or("")
-                        .split(';')
-                        .next()
-                        .unwrap_or("")
-                        .trim();
+                    let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
                     if essence.eq_ignore_ascii_case("application/json") {
                         Ok(())
                     } else {
@@ -281,10 +243,7 @@ fn json_content_type() -> impl Filter<Extract = (), Error = Rejection> + Clone {
         .untuple_one()
 }
 
-fn post_route(
-    name: &'static str,
-    limit: u64,
-) -> impl Filter<Extract = (bytes::Bytes,), Error = Rejection> + Clone {
+fn post_route(name: &'static str, limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = Rejection> + Clone {
     warp::path(name)
         .and(warp::path::end())
         .and(warp::post())
@@ -294,18 +253,15 @@ fn post_route(
 }
 
 fn client_addr(behind_proxy: bool) -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
-    warp::addr::remote()
-        .and(warp::header::headers_cloned())
-        .map(move |remote: Option<SocketAddr>, headers: HeaderMap| {
-            let real_ip = headers
-                .get("x-real-ip")
-                .and_then(|v| v.to_str().ok())
-                .filter(|_| behind_proxy);
+    warp::addr::remote().and(warp::header::headers_cloned()).map(
+        move |remote: Option<SocketAddr>, headers: HeaderMap| {
+            let real_ip = headers.get("x-real-ip").and_then(|v| v.to_str().ok()).filter(|_| behind_proxy);
             match real_ip {
                 Some(ip) => ip.to_string(),
                 None => remote.map_or_else(|| "unknown".to_string(), |a| a.ip().to_string()),
             }
-        })
+        },
+    )
 }
 
 /// The router: every route, and JSON bodies for every rejection.
@@ -315,26 +271,22 @@ pub fn routes(
     behind_proxy: bool,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let with_tower = warp::any().map(move || tower.clone());
-    let register = post_route("register", limits.small)
-        .and(with_tower.clone())
-        .then(|b, t| register(t, b));
+    let register = post_route("register", limits.small).and(with_tower.clone()).then(|b, t| register(t, b));
     let add = post_route("add_appointment", limits.add_appointment)
         .and(with_tower.clone())
         .then(|b, t| add_appointment(t, b));
     let get = post_route("get_appointment", limits.get_appointment)
         .and(with_tower.clone())
         .then(|b, t| get_appointment(t, b));
-    let info = post_route("get_subscription_info", limits.small)
-        .and(with_tower)
-        .then(|b, t| get_subscription_info(t, b));
-    let ping = warp::path("ping")
-        .and(warp::path::end())
-        .and(warp::get())
-        .map(|| StatusCode::OK.into_response());
+    let info =
+        post_route("get_subscription_info", limits.small).and(with_tower).then(|b, t| get_subscription_info(t, b));
+    let ping = warp::path("ping").and(warp::path::end()).and(warp::get()).map(|| StatusCode::OK.into_response());
     let log = client_addr(behind_proxy);
     log.and(warp::method())
         .and(warp::path::full())
-        .and(register.or(add).unify().or(get).unify().or(info).unify().or(ping).unify().recover(rejection_reply).unify())
+        .and(
+            register.or(add).unify().or(get).unify().or(info).unify().or(ping).unify().recover(rejection_reply).unify(),
+        )
         .map(|client: String, method: warp::http::Method, path: warp::path::FullPath, reply: Response| {
             tracing::debug!(%client, %method, path = path.as_str(), status = reply.status().as_u16(), "http request");
             reply
@@ -343,29 +295,13 @@ pub fn routes(
 
 async fn rejection_reply(rejection: Rejection) -> Result<Response, Infallible> {
     let reply = if rejection.is_not_found() {
-        error_reply(
-            StatusCode::NOT_FOUND,
-            codes::ROUTE_NOT_FOUND,
-            "No such route",
-        )
+        error_reply(StatusCode::NOT_FOUND, codes::ROUTE_NOT_FOUND, "No such route")
     } else if rejection.find::<MethodNotAllowed>().is_some() {
-        error_reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            codes::METHOD_NOT_ALLOWED,
-            "HTTP method not allowed",
-        )
+        error_reply(StatusCode::METHOD_NOT_ALLOWED, codes::METHOD_NOT_ALLOWED, "HTTP method not allowed")
     } else if rejection.find::<LengthRequired>().is_some() {
-        error_reply(
-            StatusCode::LENGTH_REQUIRED,
-            codes::CONTENT_LENGTH_REQUIRED,
-            "A content-length header is required",
-        )
+        error_reply(StatusCode::LENGTH_REQUIRED, codes::CONTENT_LENGTH_REQUIRED, "A content-length header is required")
     } else if rejection.find::<PayloadTooLarge>().is_some() {
-        error_reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            codes::PAYLOAD_TOO_LARGE,
-            "The request payload is too large",
-        )
+        error_reply(StatusCode::PAYLOAD_TOO_LARGE, codes::PAYLOAD_TOO_LARGE, "The request payload is too large")
     } else if rejection.find::<UnsupportedContentType>().is_some() {
         error_reply(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -373,12 +309,9 @@ async fn rejection_reply(rejection: Rejection) -> Result<Response, Infallible> {
             "The request's content-type is not supported",
         )
     } else {
-        bad_request(
-            codes::INVALID_REQUEST_FORMAT,
-            format!("Invalid request: {rejection:?}"),
-        )
+        bad_request(codes::INVALID_REQUEST_FORMAT, format!("Invalid request: {rejection:?}"))
     };
-    Ok(reply)
+    Ok(reply.into_response())
 }
 
 /// Serves the API on `listener` until `shutdown` fires, then finishes requests in flight.

@@ -19,7 +19,8 @@ use crate::watcher::Watcher;
 
 const USER_ID: &str = "034f355bdcb7cc0af728ef3cceb9615d90684bb5b2ca5f859ab0f0b704075871aa";
 const LOCATOR: &str = "b4a11e76c7115e2cd79526f3543e6bec";
-const USER_SIG: &str = "d9p9eu5na6jn9ppw1s57tgzrar5cejkdo9hqbwc7soih9wbrdmn9qanwrhr76w4aef4fr8h7wod7q3z56drh5tihyjd1ukcpeujp5w7x";
+const USER_SIG: &str =
+    "d9p9eu5na6jn9ppw1s57tgzrar5cejkdo9hqbwc7soih9wbrdmn9qanwrhr76w4aef4fr8h7wod7q3z56drh5tihyjd1ukcpeujp5w7x";
 
 struct Harness {
     store: Store,
@@ -43,19 +44,10 @@ fn policy() -> Policy {
 fn harness() -> Harness {
     let store = Store::in_memory();
     let signer = TowerSigner::new(SecretKey::from_slice(&[0x33; 32]).unwrap());
-    let watcher = Watcher::new(
-        store.clone(),
-        Gatekeeper::new(store.clone(), policy()),
-        signer,
-    );
+    let watcher = Watcher::new(store.clone(), Gatekeeper::new(store.clone(), policy()), signer);
     let (height, rx) = watch::channel(100);
     let tower = Tower::new(watcher, Arc::new(UserLocks::default()), rx);
-    Harness {
-        store,
-        tower,
-        height,
-        limits: BodyLimits::for_blob_size(2048),
-    }
+    Harness { store, tower, height, limits: BodyLimits::for_blob_size(2048) }
 }
 
 fn user_sk(n: u8) -> SecretKey {
@@ -67,59 +59,34 @@ fn user_id(n: u8) -> String {
 }
 
 impl Harness {
-    async fn raw(
-        &self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-        content_type: Option<&str>,
-    ) -> (StatusCode, String) {
+    async fn raw(&self, method: &str, path: &str, body: &[u8], content_type: Option<&str>) -> (StatusCode, String) {
         let mut req = warp::test::request().method(method).path(path);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
         if !body.is_empty() || method == "POST" {
-            req = req
-                .header("content-length", body.len().to_string())
-                .body(body.to_vec());
+            req = req.header("content-length", body.len().to_string()).body(body);
         }
-        let res = req
-            .reply(&routes(self.tower.clone(), self.limits, false))
-            .await;
-        (
-            res.status(),
-            String::from_utf8(res.body().to_vec()).unwrap(),
-        )
+        let res = req.reply(&routes(self.tower.clone(), self.limits, false)).await;
+        (res.status(), String::from_utf8(res.body().to_vec()).unwrap())
     }
 
     async fn post(&self, path: &str, body: &str) -> (StatusCode, String) {
-        self.raw("POST", path, body.as_bytes(), Some("application/json"))
-            .await
+        self.raw("POST", path, body.as_bytes(), Some("application/json")).await
     }
 
     async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let (status, text) = self.post(path, &body.to_string()).await;
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")),
-        )
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")))
     }
 
     async fn register(&self, n: u8) -> Value {
-        let (status, body) = self
-            .post_json("/register", json!({ "user_id": user_id(n) }))
-            .await;
+        let (status, body) = self.post_json("/register", json!({ "user_id": user_id(n) })).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body
     }
 
-    async fn add(
-        &self,
-        n: u8,
-        locator: &str,
-        blob: &str,
-        to_self_delay: u32,
-    ) -> (StatusCode, Value) {
+    async fn add(&self, n: u8, locator: &str, blob: &str, to_self_delay: u32) -> (StatusCode, Value) {
         let appointment = Appointment {
             locator: Locator::from_str(locator).unwrap(),
             encrypted_blob: hex::decode(blob).unwrap(),
@@ -132,42 +99,28 @@ impl Harness {
 
     async fn get(&self, n: u8, locator: &str) -> (StatusCode, Value) {
         let signature = sign_message(format!("get appointment {locator}").as_bytes(), &user_sk(n));
-        self.post_json(
-            "/get_appointment",
-            json!({"locator": locator, "signature": signature}),
-        )
-        .await
+        self.post_json("/get_appointment", json!({"locator": locator, "signature": signature})).await
     }
 
     async fn info(&self, n: u8) -> (StatusCode, Value) {
         let signature = sign_message(b"get subscription info", &user_sk(n));
-        self.post_json("/get_subscription_info", json!({ "signature": signature }))
-            .await
+        self.post_json("/get_subscription_info", json!({ "signature": signature })).await
     }
 }
 
 fn error(status: (StatusCode, String), expected_status: StatusCode, message: &str, code: u8) {
     assert_eq!(status.0, expected_status, "{}", status.1);
-    assert_eq!(
-        status.1,
-        json!({"error": message, "error_code": code}).to_string()
-    );
+    assert_eq!(status.1, json!({"error": message, "error_code": code}).to_string());
 }
 
 #[tokio::test]
 async fn transcript_register() {
     let h = harness();
-    let (status, body) = h
-        .post_json("/register", json!({ "user_id": USER_ID }))
-        .await;
+    let (status, body) = h.post_json("/register", json!({ "user_id": USER_ID })).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["user_id"], USER_ID);
     assert_eq!(
-        (
-            body["available_slots"].as_u64(),
-            body["subscription_start"].as_u64(),
-            body["subscription_expiry"].as_u64()
-        ),
+        (body["available_slots"].as_u64(), body["subscription_start"].as_u64(), body["subscription_expiry"].as_u64()),
         (Some(21), Some(100), Some(600))
     );
     let receipt = registration_receipt_bytes(&UserId::from_str(USER_ID).unwrap(), 21, 100, 600);
@@ -176,9 +129,7 @@ async fn transcript_register() {
     let keys: Vec<_> = body.as_object().unwrap().keys().cloned().collect();
     assert_eq!(keys.len(), 5);
 
-    let (_, again) = h
-        .post_json("/register", json!({ "user_id": USER_ID }))
-        .await;
+    let (_, again) = h.post_json("/register", json!({ "user_id": USER_ID })).await;
     assert_eq!(
         (
             again["available_slots"].as_u64(),
@@ -188,10 +139,7 @@ async fn transcript_register() {
         (Some(42), Some(100), Some(1100))
     );
     // Field order is the reference's.
-    let text = h
-        .post("/register", &json!({ "user_id": USER_ID }).to_string())
-        .await
-        .1;
+    let text = h.post("/register", &json!({ "user_id": USER_ID }).to_string()).await.1;
     assert!(text.starts_with("{\"user_id\":") && text.contains("\"available_slots\":63,\"subscription_start\":100,\"subscription_expiry\":1600,\"subscription_signature\":"), "{text}");
 }
 
@@ -199,8 +147,7 @@ async fn transcript_register() {
 async fn transcript_register_errors() {
     let h = harness();
     error(
-        h.post("/register", &json!({"public_key": USER_ID}).to_string())
-            .await,
+        h.post("/register", &json!({"public_key": USER_ID}).to_string()).await,
         StatusCode::BAD_REQUEST,
         "missing field `user_id`",
         1,
@@ -211,14 +158,7 @@ async fn transcript_register_errors() {
         "The request's content-type is not supported",
         44,
     );
-    let no_ct = h
-        .raw(
-            "POST",
-            "/register",
-            json!({"user_id": USER_ID}).to_string().as_bytes(),
-            None,
-        )
-        .await;
+    let no_ct = h.raw("POST", "/register", json!({"user_id": USER_ID}).to_string().as_bytes(), None).await;
     assert_eq!(no_ct.0, StatusCode::OK);
     let with_charset = h
         .raw(
@@ -229,24 +169,14 @@ async fn transcript_register_errors() {
         )
         .await;
     assert_eq!(with_charset.0, StatusCode::OK);
-    error(
-        h.post("/register", "").await,
-        StatusCode::BAD_REQUEST,
-        "EOF while parsing a value at line 1 column 0",
-        6,
-    );
+    error(h.post("/register", "").await, StatusCode::BAD_REQUEST, "EOF while parsing a value at line 1 column 0", 6);
     error(
         h.post("/register", "\"\"").await,
         StatusCode::BAD_REQUEST,
         "invalid type: string \"\", expected struct RegisterRequest at line 1 column 2",
         3,
     );
-    error(
-        h.post("/register", r#"{"user_id":""}"#).await,
-        StatusCode::BAD_REQUEST,
-        "`user_id` field is empty",
-        2,
-    );
+    error(h.post("/register", r#"{"user_id":""}"#).await, StatusCode::BAD_REQUEST, "`user_id` field is empty", 2);
     error(
         h.post("/register", r#"{"user_id":"a"}"#).await,
         StatusCode::BAD_REQUEST,
@@ -273,76 +203,35 @@ async fn transcript_register_errors() {
     );
     let not_a_point = format!("04{}", &USER_ID[2..]);
     error(
-        h.post("/register", &json!({"user_id": not_a_point}).to_string())
-            .await,
+        h.post("/register", &json!({"user_id": not_a_point}).to_string()).await,
         StatusCode::BAD_REQUEST,
         "Provided public key does not match expected format (33-byte compressed key)",
         5,
     );
     // Uppercase hex is accepted; output is lowercase.
-    let (status, body) = h
-        .post_json("/register", json!({"user_id": USER_ID.to_uppercase()}))
-        .await;
-    assert_eq!(
-        (status, body["user_id"].as_str()),
-        (StatusCode::OK, Some(USER_ID))
-    );
+    let (status, body) = h.post_json("/register", json!({"user_id": USER_ID.to_uppercase()})).await;
+    assert_eq!((status, body["user_id"].as_str()), (StatusCode::OK, Some(USER_ID)));
 }
 
 #[tokio::test]
 async fn transcript_http_errors_are_json() {
     let h = harness();
-    let res = warp::test::request()
-        .method("POST")
-        .path("/register")
-        .reply(&routes(h.tower.clone(), h.limits, false))
-        .await;
+    let res =
+        warp::test::request().method("POST").path("/register").reply(&routes(h.tower.clone(), h.limits, false)).await;
     assert_eq!(res.status(), StatusCode::LENGTH_REQUIRED);
     assert_eq!(
         res.body().as_ref(),
-        json!({"error": "A content-length header is required", "error_code": 42})
-            .to_string()
-            .as_bytes()
+        json!({"error": "A content-length header is required", "error_code": 42}).to_string().as_bytes()
     );
     let big = format!(r#"{{"user_id":"{}"}}"#, "a".repeat(300));
-    error(
-        h.post("/register", &big).await,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "The request payload is too large",
-        43,
-    );
-    error(
-        h.raw("GET", "/register", b"", None).await,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "HTTP method not allowed",
-        41,
-    );
+    error(h.post("/register", &big).await, StatusCode::PAYLOAD_TOO_LARGE, "The request payload is too large", 43);
+    error(h.raw("GET", "/register", b"", None).await, StatusCode::METHOD_NOT_ALLOWED, "HTTP method not allowed", 41);
     let ping = h.raw("GET", "/ping", b"", None).await;
     assert_eq!(ping, (StatusCode::OK, String::new()));
-    error(
-        h.raw("POST", "/ping", b"", None).await,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "HTTP method not allowed",
-        41,
-    );
-    error(
-        h.post("/nope", "{}").await,
-        StatusCode::NOT_FOUND,
-        "No such route",
-        40,
-    );
-    error(
-        h.raw("GET", "/nope", b"", None).await,
-        StatusCode::NOT_FOUND,
-        "No such route",
-        40,
-    );
-    error(
-        h.raw("GET", "/ping/extra", b"", None).await,
-        StatusCode::NOT_FOUND,
-        "No such route",
-        40,
-    );
+    error(h.raw("POST", "/ping", b"", None).await, StatusCode::METHOD_NOT_ALLOWED, "HTTP method not allowed", 41);
+    error(h.post("/nope", "{}").await, StatusCode::NOT_FOUND, "No such route", 40);
+    error(h.raw("GET", "/nope", b"", None).await, StatusCode::NOT_FOUND, "No such route", 40);
+    error(h.raw("GET", "/ping/extra", b"", None).await, StatusCode::NOT_FOUND, "No such route", 40);
 }
 
 #[tokio::test]
@@ -355,27 +244,13 @@ async fn transcript_add_appointment() {
     let (status, text) = h.post("/add_appointment", &body.to_string()).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let reply: Value = serde_json::from_str(&text).unwrap();
-    assert!(
-        text.starts_with(&format!(
-            "{{\"locator\":\"{LOCATOR}\",\"start_block\":100,\"signature\":\""
-        )),
-        "{text}"
-    );
-    assert!(
-        text.ends_with("\"available_slots\":62,\"subscription_expiry\":1600}"),
-        "{text}"
-    );
+    assert!(text.starts_with(&format!("{{\"locator\":\"{LOCATOR}\",\"start_block\":100,\"signature\":\"")), "{text}");
+    assert!(text.ends_with("\"available_slots\":62,\"subscription_expiry\":1600}"), "{text}");
     let receipt = crate::protocol::appointment_receipt_bytes(USER_SIG, 100);
-    assert_eq!(
-        recover_signer(&receipt, reply["signature"].as_str().unwrap()).unwrap(),
-        h.tower.tower_id()
-    );
+    assert_eq!(recover_signer(&receipt, reply["signature"].as_str().unwrap()).unwrap(), h.tower.tower_id());
 
     // The same request again is an update: same reply, no charge.
-    assert_eq!(
-        h.post("/add_appointment", &body.to_string()).await,
-        (StatusCode::OK, text.clone())
-    );
+    assert_eq!(h.post("/add_appointment", &body.to_string()).await, (StatusCode::OK, text.clone()));
     // Unlike the reference, an empty blob is refused (it used to refund a slot) and nothing changes.
     error(h.post("/add_appointment", &json!({"appointment": {"locator": LOCATOR, "encrypted_blob": "", "to_self_delay": 42}, "signature": sign_message(&hex::decode(format!("{LOCATOR}0000002a")).unwrap(), &user_sk(0x11))}).to_string()).await,
         StatusCode::BAD_REQUEST, "`encrypted_blob` field is empty", 2);
@@ -388,34 +263,22 @@ async fn transcript_add_appointment() {
         7,
     );
     error(
-        h.post(
-            "/add_appointment",
-            &json!({"signature": USER_SIG}).to_string(),
-        )
-        .await,
+        h.post("/add_appointment", &json!({"signature": USER_SIG}).to_string()).await,
         StatusCode::BAD_REQUEST,
         "missing field `appointment`",
         1,
     );
     error(
-        h.post(
-            "/add_appointment",
-            &json!({"appointment": null, "signature": USER_SIG}).to_string(),
-        )
-        .await,
+        h.post("/add_appointment", &json!({"appointment": null, "signature": USER_SIG}).to_string()).await,
         StatusCode::BAD_REQUEST,
         "missing field `appointment`",
         1,
     );
     let with_locator = |l: &str| {
-        json!({"appointment": {"locator": l, "encrypted_blob": "deadbeef", "to_self_delay": 42}, "signature": USER_SIG}).to_string()
+        json!({"appointment": {"locator": l, "encrypted_blob": "deadbeef", "to_self_delay": 42}, "signature": USER_SIG})
+            .to_string()
     };
-    error(
-        h.post("/add_appointment", &with_locator("")).await,
-        StatusCode::BAD_REQUEST,
-        "`locator` field is empty",
-        2,
-    );
+    error(h.post("/add_appointment", &with_locator("")).await, StatusCode::BAD_REQUEST, "`locator` field is empty", 2);
     error(
         h.post("/add_appointment", &with_locator("aabb")).await,
         StatusCode::BAD_REQUEST,
@@ -423,30 +286,31 @@ async fn transcript_add_appointment() {
         4,
     );
     error(h.post("/add_appointment", &json!({"appointment": {"locator": LOCATOR, "encrypted_blob": "deadbeef", "to_self_delay": 42}, "signature": ""}).to_string()).await, StatusCode::BAD_REQUEST, "`signature` field is empty", 2);
-    error(h.post("/add_appointment", &json!({"appointment": {"locator": LOCATOR, "encrypted_blob": "deadbeef"}, "signature": USER_SIG}).to_string()).await, StatusCode::BAD_REQUEST, "missing field `to_self_delay`", 1);
+    error(
+        h.post(
+            "/add_appointment",
+            &json!({"appointment": {"locator": LOCATOR, "encrypted_blob": "deadbeef"}, "signature": USER_SIG})
+                .to_string(),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "missing field `to_self_delay`",
+        1,
+    );
     let negative = h.post("/add_appointment", &format!(r#"{{"appointment":{{"locator":"{LOCATOR}","encrypted_blob":"deadbeef","to_self_delay":-1}},"signature":"{USER_SIG}"}}"#)).await;
     assert_eq!(negative.0, StatusCode::BAD_REQUEST);
     let negative: Value = serde_json::from_str(&negative.1).unwrap();
     assert!(
-        negative["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("invalid value: integer `-1`, expected u32 at line 1 column"),
+        negative["error"].as_str().unwrap().starts_with("invalid value: integer `-1`, expected u32 at line 1 column"),
         "{negative}"
     );
     assert_eq!(negative["error_code"], 6);
     // Signed by an unregistered key.
     let (status, body) = h.add(0x55, LOCATOR, "deadbeef", 42).await;
-    assert_eq!(
-        (status, body["error_code"].as_u64()),
-        (StatusCode::UNAUTHORIZED, Some(7))
-    );
+    assert_eq!((status, body["error_code"].as_u64()), (StatusCode::UNAUTHORIZED, Some(7)));
     // Nothing above charged a slot or changed the appointment.
     let (_, info) = h.info(0x11).await;
-    assert_eq!(
-        info,
-        json!({"available_slots": 62, "subscription_expiry": 1600, "locators": [LOCATOR]})
-    );
+    assert_eq!(info, json!({"available_slots": 62, "subscription_expiry": 1600, "locators": [LOCATOR]}));
     let (_, got) = h.get(0x11, LOCATOR).await;
     assert_eq!(
         got,
@@ -461,22 +325,12 @@ async fn inspector_limits() {
     let (status, _) = h.add(1, LOCATOR, &"ab".repeat(2048), 20).await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = h.add(1, LOCATOR, &"ab".repeat(2049), 20).await;
-    assert_eq!(
-        (status, body["error_code"].as_u64()),
-        (StatusCode::BAD_REQUEST, Some(34)),
-        "{body}"
-    );
+    assert_eq!((status, body["error_code"].as_u64()), (StatusCode::BAD_REQUEST, Some(34)), "{body}");
     let (status, body) = h.add(1, LOCATOR, "deadbeef", 19).await;
-    assert_eq!(
-        body,
-        json!({"error": "`to_self_delay` is 19, below the tower's minimum of 20", "error_code": 33})
-    );
+    assert_eq!(body, json!({"error": "`to_self_delay` is 19, below the tower's minimum of 20", "error_code": 33}));
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let huge = json!({"appointment": {"locator": LOCATOR, "encrypted_blob": "ab".repeat(4096), "to_self_delay": 42}, "signature": USER_SIG});
-    assert_eq!(
-        h.post("/add_appointment", &huge.to_string()).await.0,
-        StatusCode::PAYLOAD_TOO_LARGE
-    );
+    assert_eq!(h.post("/add_appointment", &huge.to_string()).await.0, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
 #[tokio::test]
@@ -493,82 +347,30 @@ async fn transcript_get_appointment_and_subscription_info() {
     let unknown = "9ef53c7d6c2ecfad7fcb73d6b9bffa10";
     assert_eq!(
         h.get(0x11, unknown).await,
-        (
-            StatusCode::NOT_FOUND,
-            json!({"error": "Appointment not found", "error_code": 36})
-        )
+        (StatusCode::NOT_FOUND, json!({"error": "Appointment not found", "error_code": 36}))
     );
     assert_eq!(
         h.get(0x55, LOCATOR).await,
-        (
-            StatusCode::UNAUTHORIZED,
-            json!({"error": "User cannot be authenticated", "error_code": 7})
-        )
+        (StatusCode::UNAUTHORIZED, json!({"error": "User cannot be authenticated", "error_code": 7}))
     );
-    let garbage = h
-        .post_json(
-            "/get_appointment",
-            json!({"locator": LOCATOR, "signature": "garbage"}),
-        )
-        .await;
-    assert_eq!(
-        garbage,
-        (
-            StatusCode::UNAUTHORIZED,
-            json!({"error": "User cannot be authenticated", "error_code": 7})
-        )
-    );
-    assert_eq!(
-        h.post_json("/get_appointment", json!({"locator": "", "signature": "x"}))
-            .await
-            .1["error_code"],
-        2
-    );
-    assert_eq!(
-        h.post_json(
-            "/get_appointment",
-            json!({"locator": "aa", "signature": "x"})
-        )
-        .await
-        .1["error_code"],
-        4
-    );
-    assert_eq!(
-        h.post_json(
-            "/get_appointment",
-            json!({"locator": LOCATOR, "signature": ""})
-        )
-        .await
-        .1["error_code"],
-        2
-    );
+    let garbage = h.post_json("/get_appointment", json!({"locator": LOCATOR, "signature": "garbage"})).await;
+    assert_eq!(garbage, (StatusCode::UNAUTHORIZED, json!({"error": "User cannot be authenticated", "error_code": 7})));
+    assert_eq!(h.post_json("/get_appointment", json!({"locator": "", "signature": "x"})).await.1["error_code"], 2);
+    assert_eq!(h.post_json("/get_appointment", json!({"locator": "aa", "signature": "x"})).await.1["error_code"], 4);
+    assert_eq!(h.post_json("/get_appointment", json!({"locator": LOCATOR, "signature": ""})).await.1["error_code"], 2);
 
     let (status, info) = h.info(0x11).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        info,
-        json!({"available_slots": 20, "subscription_expiry": 600, "locators": [LOCATOR]})
-    );
+    assert_eq!(info, json!({"available_slots": 20, "subscription_expiry": 600, "locators": [LOCATOR]}));
     assert_eq!(
         h.info(0x55).await,
-        (
-            StatusCode::UNAUTHORIZED,
-            json!({"error": "User not found. Have you registered?", "error_code": 7})
-        )
+        (StatusCode::UNAUTHORIZED, json!({"error": "User not found. Have you registered?", "error_code": 7}))
     );
-    assert_eq!(
-        h.post_json("/get_subscription_info", json!({"signature": ""}))
-            .await
-            .1["error_code"],
-        2
-    );
+    assert_eq!(h.post_json("/get_subscription_info", json!({"signature": ""})).await.1["error_code"], 2);
 }
 
 fn tracker_fixture() -> TrackerRecord {
-    use bitcoin::{
-        absolute, transaction, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut,
-        Witness,
-    };
+    use bitcoin::{absolute, transaction, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
     let tx = |prev: OutPoint| Transaction {
         version: transaction::Version::TWO,
         lock_time: absolute::LockTime::ZERO,
@@ -578,22 +380,11 @@ fn tracker_fixture() -> TrackerRecord {
             sequence: Sequence::MAX,
             witness: Witness::new(),
         }],
-        output: vec![TxOut {
-            value: Amount::from_sat(10_000),
-            script_pubkey: ScriptBuf::new(),
-        }],
+        output: vec![TxOut { value: Amount::from_sat(10_000), script_pubkey: ScriptBuf::new() }],
     };
     let dispute = tx(OutPoint::null());
-    let penalty = tx(OutPoint {
-        txid: dispute.compute_txid(),
-        vout: 0,
-    });
-    TrackerRecord {
-        dispute_txid: dispute.compute_txid(),
-        dispute,
-        penalty,
-        status: PenaltyStatus::Broadcast(101),
-    }
+    let penalty = tx(OutPoint { txid: dispute.compute_txid(), vout: 0 });
+    TrackerRecord { dispute_txid: dispute.compute_txid(), dispute, penalty, status: PenaltyStatus::Broadcast(101) }
 }
 
 #[tokio::test]
@@ -603,11 +394,7 @@ async fn transcript_triggered_appointment() {
     assert_eq!(h.add(0x11, LOCATOR, "deadbeef", 42).await.0, StatusCode::OK);
     let tracker = tracker_fixture();
     let mut batch = h.store.batch();
-    batch.put_tracker(
-        &Locator::from_str(LOCATOR).unwrap(),
-        &UserId::from_str(USER_ID).unwrap(),
-        &tracker,
-    );
+    batch.put_tracker(&Locator::from_str(LOCATOR).unwrap(), &UserId::from_str(USER_ID).unwrap(), &tracker);
     h.store.commit(batch).unwrap();
     let (status, body) = h.get(0x11, LOCATOR).await;
     assert_eq!(status, StatusCode::OK);
@@ -636,23 +423,11 @@ async fn expired_users_get_code_7_and_can_renew() {
     assert_eq!(h.add(1, LOCATOR, "deadbeef", 42).await.0, StatusCode::OK);
     h.height.send(600).unwrap();
     let expired = json!({"error": "Your subscription expired at 600", "error_code": 7});
-    assert_eq!(
-        h.add(1, LOCATOR, "deadbeef", 42).await,
-        (StatusCode::UNAUTHORIZED, expired.clone())
-    );
-    assert_eq!(
-        h.get(1, LOCATOR).await,
-        (StatusCode::UNAUTHORIZED, expired.clone())
-    );
+    assert_eq!(h.add(1, LOCATOR, "deadbeef", 42).await, (StatusCode::UNAUTHORIZED, expired.clone()));
+    assert_eq!(h.get(1, LOCATOR).await, (StatusCode::UNAUTHORIZED, expired.clone()));
     assert_eq!(h.info(1).await, (StatusCode::UNAUTHORIZED, expired));
     let renewed = h.register(1).await;
-    assert_eq!(
-        (
-            renewed["available_slots"].as_u64(),
-            renewed["subscription_expiry"].as_u64()
-        ),
-        (Some(41), Some(1100))
-    );
+    assert_eq!((renewed["available_slots"].as_u64(), renewed["subscription_expiry"].as_u64()), (Some(41), Some(1100)));
     assert_eq!(h.add(1, LOCATOR, "deadbeef", 42).await.0, StatusCode::OK);
 }
 
@@ -661,21 +436,12 @@ async fn out_of_slots_is_code_7_and_updates_stay_free() {
     let h = harness();
     h.register(1).await;
     for i in 0..21u8 {
-        assert_eq!(
-            h.add(1, &hex::encode([i; 16]), "deadbeef", 42).await.0,
-            StatusCode::OK
-        );
+        assert_eq!(h.add(1, &hex::encode([i; 16]), "deadbeef", 42).await.0, StatusCode::OK);
     }
     let (status, body) = h.add(1, &hex::encode([99u8; 16]), "deadbeef", 42).await;
-    assert_eq!(
-        (status, body["error_code"].as_u64()),
-        (StatusCode::UNAUTHORIZED, Some(7))
-    );
+    assert_eq!((status, body["error_code"].as_u64()), (StatusCode::UNAUTHORIZED, Some(7)));
     let (status, body) = h.add(1, &hex::encode([3u8; 16]), "cafebabe", 42).await;
-    assert_eq!(
-        (status, body["available_slots"].as_u64()),
-        (StatusCode::OK, Some(0))
-    );
+    assert_eq!((status, body["available_slots"].as_u64()), (StatusCode::OK, Some(0)));
 }
 
 #[tokio::test]
@@ -688,14 +454,8 @@ async fn users_see_only_their_own_appointments() {
     assert_eq!(h.info(2).await.1["locators"], json!([]));
     // B's appointment at the same locator is B's own; A's is untouched and A's slots unchanged.
     assert_eq!(h.add(2, LOCATOR, "bbbb", 42).await.0, StatusCode::OK);
-    assert_eq!(
-        h.get(1, LOCATOR).await.1["appointment"]["encrypted_blob"],
-        "aaaa"
-    );
-    assert_eq!(
-        h.get(2, LOCATOR).await.1["appointment"]["encrypted_blob"],
-        "bbbb"
-    );
+    assert_eq!(h.get(1, LOCATOR).await.1["appointment"]["encrypted_blob"], "aaaa");
+    assert_eq!(h.get(2, LOCATOR).await.1["appointment"]["encrypted_blob"], "bbbb");
     assert_eq!(h.info(1).await.1["available_slots"], 20);
 }
 
@@ -719,11 +479,7 @@ async fn concurrent_adds_charge_exactly() {
     let distinct: Vec<_> = (0..30u8)
         .map(|i| {
             let h = h.clone();
-            tokio::spawn(async move {
-                h.add(1, &hex::encode([i + 100; 16]), "deadbeef", 42)
-                    .await
-                    .0
-            })
+            tokio::spawn(async move { h.add(1, &hex::encode([i + 100; 16]), "deadbeef", 42).await.0 })
         })
         .collect();
     let mut accepted = 0;
@@ -734,13 +490,7 @@ async fn concurrent_adds_charge_exactly() {
     }
     assert_eq!(accepted, 20);
     let (_, info) = h.info(1).await;
-    assert_eq!(
-        (
-            info["available_slots"].as_u64(),
-            info["locators"].as_array().unwrap().len()
-        ),
-        (Some(0), 21)
-    );
+    assert_eq!((info["available_slots"].as_u64(), info["locators"].as_array().unwrap().len()), (Some(0), 21));
     // Another user's concurrent requests are unaffected.
     let other: Vec<_> = (0..10u8)
         .map(|i| {
@@ -772,9 +522,7 @@ impl Rng {
 async fn generated_requests_never_panic_and_always_answer_documented_codes() {
     let h = harness();
     h.register(1).await;
-    let documented = [
-        1u64, 2, 3, 4, 5, 6, 7, 33, 34, 35, 36, 40, 41, 42, 43, 44, 65,
-    ];
+    let documented = [1u64, 2, 3, 4, 5, 6, 7, 33, 34, 35, 36, 40, 41, 42, 43, 44, 65];
     let paths = [
         "/register",
         "/add_appointment",
@@ -811,49 +559,34 @@ async fn generated_requests_never_panic_and_always_answer_documented_codes() {
         "true",
         "\u{fffd}",
     ];
-    let content_types = [
-        None,
-        Some("application/json"),
-        Some("text/plain"),
-        Some("application/json; charset=utf-8"),
-        Some("\u{7f}"),
-    ];
+    let content_types =
+        [None, Some("application/json"), Some("text/plain"), Some("application/json; charset=utf-8"), Some("\u{7f}")];
     let mut rng = Rng(0x5eed);
     for _ in 0..1500 {
         let body: String = (0..rng.next() % 12).map(|_| rng.pick(&fragments)).collect();
-        let body = if rng.next() % 8 == 0 {
-            (0..rng.next() % 64)
-                .map(|_| (rng.next() % 256) as u8)
-                .collect::<Vec<_>>()
+        let body = if rng.next().is_multiple_of(8) {
+            (0..rng.next() % 64).map(|_| (rng.next() % 256) as u8).collect::<Vec<_>>()
         } else {
             body.into_bytes()
         };
         let ct = content_types[(rng.next() % content_types.len() as u64) as usize];
-        let mut req = warp::test::request()
-            .method(rng.pick(&methods))
-            .path(rng.pick(&paths));
+        let mut req = warp::test::request().method(rng.pick(&methods)).path(rng.pick(&paths));
         if let Some(ct) = ct {
             if let Ok(v) = warp::http::HeaderValue::from_str(ct) {
                 req = req.header("content-type", v);
             }
         }
-        if rng.next() % 10 != 0 {
+        if !rng.next().is_multiple_of(10) {
             req = req.header("content-length", body.len().to_string());
         }
-        let res = req
-            .body(body)
-            .reply(&routes(h.tower.clone(), h.limits, false))
-            .await;
+        let res = req.body(body).reply(&routes(h.tower.clone(), h.limits, false)).await;
         if res.status() == StatusCode::OK {
             continue;
         }
-        let value: Value = serde_json::from_slice(res.body())
-            .unwrap_or_else(|_| panic!("non-JSON error body {:?}", res.body()));
+        let value: Value =
+            serde_json::from_slice(res.body()).unwrap_or_else(|_| panic!("non-JSON error body {:?}", res.body()));
         let code = value["error_code"].as_u64().unwrap();
-        assert!(
-            documented.contains(&code),
-            "undocumented code {code}: {value}"
-        );
+        assert!(documented.contains(&code), "undocumented code {code}: {value}");
         assert!(value["error"].is_string());
     }
 }

@@ -31,19 +31,11 @@ pub struct Cli {
     pub btc_rpc_password: Option<String>,
 
     /// bitcoind cookie file [default: bitcoind's default cookie for the network when no user is set].
-    #[arg(
-        long = "btcrpccookie",
-        env = "TEOS_BTC_RPC_COOKIE",
-        value_name = "PATH"
-    )]
+    #[arg(long = "btcrpccookie", env = "TEOS_BTC_RPC_COOKIE", value_name = "PATH")]
     pub btc_rpc_cookie: Option<String>,
 
     /// bitcoind RPC host [default: localhost].
-    #[arg(
-        long = "btcrpcconnect",
-        env = "TEOS_BTC_RPC_CONNECT",
-        value_name = "HOST"
-    )]
+    #[arg(long = "btcrpcconnect", env = "TEOS_BTC_RPC_CONNECT", value_name = "HOST")]
     pub btc_rpc_connect: Option<String>,
 
     /// bitcoind RPC port [default: the network's: 8332, 18332, 48332, 38332, 18443].
@@ -52,11 +44,7 @@ pub struct Cli {
 
     /// bitcoind's zmqpubhashblock endpoint (e.g. tcp://127.0.0.1:28332) for instant block
     /// notifications; polling stays on as a fallback [default: off].
-    #[arg(
-        long = "zmqpubhashblock",
-        env = "TEOS_ZMQ_HASHBLOCK",
-        value_name = "ENDPOINT"
-    )]
+    #[arg(long = "zmqpubhashblock", env = "TEOS_ZMQ_HASHBLOCK", value_name = "ENDPOINT")]
     pub zmq_hashblock: Option<String>,
 
     /// Seconds between polls of bitcoind for a new tip [default: 1].
@@ -84,19 +72,11 @@ pub struct Cli {
     pub behind_proxy: bool,
 
     /// Slots granted per registration [default: 10000].
-    #[arg(
-        long = "subscriptionslots",
-        env = "TEOS_SUBSCRIPTION_SLOTS",
-        value_name = "N"
-    )]
+    #[arg(long = "subscriptionslots", env = "TEOS_SUBSCRIPTION_SLOTS", value_name = "N")]
     pub subscription_slots: Option<u32>,
 
     /// Blocks a registration lasts [default: 4320].
-    #[arg(
-        long = "subscriptionduration",
-        env = "TEOS_SUBSCRIPTION_DURATION",
-        value_name = "BLOCKS"
-    )]
+    #[arg(long = "subscriptionduration", env = "TEOS_SUBSCRIPTION_DURATION", value_name = "BLOCKS")]
     pub subscription_duration: Option<u32>,
 
     /// Grace blocks after expiry before a user's data is removed [default: 6].
@@ -104,11 +84,7 @@ pub struct Cli {
     pub expiry_delta: Option<u32>,
 
     /// Smallest to_self_delay accepted [default: 20].
-    #[arg(
-        long = "mintoselfdelay",
-        env = "TEOS_MIN_TO_SELF_DELAY",
-        value_name = "BLOCKS"
-    )]
+    #[arg(long = "mintoselfdelay", env = "TEOS_MIN_TO_SELF_DELAY", value_name = "BLOCKS")]
     pub min_to_self_delay: Option<u32>,
 
     /// Largest encrypted blob accepted, in bytes [default: 2048].
@@ -116,19 +92,11 @@ pub struct Cli {
     pub max_blob_size: Option<usize>,
 
     /// Recent blocks searched for an appointment's dispute on arrival [default: 100].
-    #[arg(
-        long = "recentblocklookback",
-        env = "TEOS_RECENT_BLOCK_LOOKBACK",
-        value_name = "BLOCKS"
-    )]
+    #[arg(long = "recentblocklookback", env = "TEOS_RECENT_BLOCK_LOOKBACK", value_name = "BLOCKS")]
     pub recent_block_lookback: Option<u32>,
 
     /// Blocks without confirmation before a penalty is sent again [default: 6].
-    #[arg(
-        long = "rebroadcastafter",
-        env = "TEOS_REBROADCAST_AFTER",
-        value_name = "BLOCKS"
-    )]
+    #[arg(long = "rebroadcastafter", env = "TEOS_REBROADCAST_AFTER", value_name = "BLOCKS")]
     pub rebroadcast_after: Option<u32>,
 
     /// RocksDB block cache in MiB [default: 32].

@@ -49,15 +49,11 @@ impl FileConfig {
     /// Reads the file; a missing file is an empty config.
     pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => FileConfig::parse(&text).map_err(|message| ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            }),
+            Ok(text) => {
+                FileConfig::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
-            Err(source) => Err(ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            }),
+            Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
         }
     }
 
@@ -83,26 +79,10 @@ impl FileConfig {
                 self.tor_support.is_some(),
                 "teosd does not drive Tor; map an onion service to api_port in torrc",
             ),
-            (
-                "tor_control_port",
-                self.tor_control_port.is_some(),
-                "teosd does not drive Tor",
-            ),
-            (
-                "onion_hidden_service_port",
-                self.onion_hidden_service_port.is_some(),
-                "teosd does not drive Tor",
-            ),
-            (
-                "overwrite_key",
-                self.overwrite_key.is_some(),
-                "only the --overwritekey flag rotates the key",
-            ),
-            (
-                "force_update",
-                self.force_update.is_some(),
-                "teosd never skips blocks",
-            ),
+            ("tor_control_port", self.tor_control_port.is_some(), "teosd does not drive Tor"),
+            ("onion_hidden_service_port", self.onion_hidden_service_port.is_some(), "teosd does not drive Tor"),
+            ("overwrite_key", self.overwrite_key.is_some(), "only the --overwritekey flag rotates the key"),
+            ("force_update", self.force_update.is_some(), "teosd never skips blocks"),
         ];
         ignored
             .iter()

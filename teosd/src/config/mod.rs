@@ -50,10 +50,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { key, reason: reason.into() }
 }
 
 /// A string that never shows in `Debug` or `Display`.
@@ -210,7 +207,7 @@ impl Config {
         let rpc_bind = pick(&cli.rpc_bind, &file.rpc_bind, "127.0.0.1".to_string());
         let rpc_port = pick(&cli.rpc_port, &file.rpc_port, 8814);
         let policy = policy(cli, &file)?;
-        Ok(Config {
+        Config {
             data_dir,
             network,
             bitcoind,
@@ -227,16 +224,13 @@ impl Config {
             },
             warnings,
         }
-        .checked(file.log_format.as_deref())?)
+        .checked(file.log_format.as_deref())
     }
 
     fn checked(self, log_format: Option<&str>) -> Result<Config, ConfigError> {
         if let Some(format) = log_format {
             if format != "json" && format != "text" {
-                return Err(invalid(
-                    "log_format",
-                    format!("`{format}`: expected `text` or `json`"),
-                ));
+                return Err(invalid("log_format", format!("`{format}`: expected `text` or `json`")));
             }
         }
         if self.db_cache_mib == 0 {
@@ -277,9 +271,7 @@ fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>, default: T) -> T {
 }
 
 fn default_data_dir() -> Result<PathBuf, ConfigError> {
-    directories::BaseDirs::new()
-        .map(|d| d.home_dir().join(".teos"))
-        .ok_or(ConfigError::NoHome)
+    directories::BaseDirs::new().map(|d| d.home_dir().join(".teos")).ok_or(ConfigError::NoHome)
 }
 
 /// The per-network folder name.
@@ -302,9 +294,7 @@ fn parse_network(name: &str) -> Result<Network, ConfigError> {
         "regtest" => Ok(Network::Regtest),
         other => Err(invalid(
             "btc_network",
-            format!(
-                "unknown network `{other}`: expected mainnet, testnet, testnet4, signet or regtest"
-            ),
+            format!("unknown network `{other}`: expected mainnet, testnet, testnet4, signet or regtest"),
         )),
     }
 }
@@ -321,10 +311,7 @@ fn default_rpc_port(network: Network) -> u16 {
 
 /// bitcoind's default cookie: `~/.bitcoin[/<net>]/.cookie`.
 fn default_cookie(network: Network) -> Result<PathBuf, ConfigError> {
-    let base = directories::BaseDirs::new()
-        .ok_or(ConfigError::NoHome)?
-        .home_dir()
-        .join(".bitcoin");
+    let base = directories::BaseDirs::new().ok_or(ConfigError::NoHome)?.home_dir().join(".bitcoin");
     Ok(match network {
         Network::Bitcoin => base.join(".cookie"),
         Network::Testnet => base.join("testnet3/.cookie"),
@@ -341,49 +328,30 @@ fn bitcoind_config(
     password_env: Option<String>,
 ) -> Result<BitcoindConfig, ConfigError> {
     let user = pick(&cli.btc_rpc_user, &file.btc_rpc_user, String::new());
-    let password = password_env
-        .or_else(|| file.btc_rpc_password.clone())
-        .unwrap_or_default();
+    let password = password_env.or_else(|| file.btc_rpc_password.clone()).unwrap_or_default();
     let cookie = pick(&cli.btc_rpc_cookie, &file.btc_rpc_cookie, String::new());
-    let auth =
-        match (user.is_empty(), password.is_empty(), cookie.is_empty()) {
-            (false, false, true) => BitcoindAuth::UserPass {
-                user,
-                password: Secret::new(password),
-            },
-            (true, true, false) => BitcoindAuth::Cookie(expand_home(&cookie)),
-            (true, true, true) => BitcoindAuth::Cookie(default_cookie(network)?),
-            (_, _, false) => return Err(invalid(
+    let auth = match (user.is_empty(), password.is_empty(), cookie.is_empty()) {
+        (false, false, true) => BitcoindAuth::UserPass { user, password: Secret::new(password) },
+        (true, true, false) => BitcoindAuth::Cookie(expand_home(&cookie)),
+        (true, true, true) => BitcoindAuth::Cookie(default_cookie(network)?),
+        (_, _, false) => {
+            return Err(invalid(
                 "btc_rpc_cookie",
                 "conflicting bitcoind credentials: give either btc_rpc_user and btc_rpc_password, \
                  or btc_rpc_cookie, not both",
-            )),
-            (true, false, true) => {
-                return Err(invalid(
-                    "btc_rpc_user",
-                    "btc_rpc_password is set but btc_rpc_user is not",
-                ))
-            }
-            (false, true, true) => {
-                return Err(invalid(
-                    "btc_rpc_password",
-                    "btc_rpc_user is set but btc_rpc_password is not",
-                ))
-            }
-        };
+            ))
+        }
+        (true, false, true) => return Err(invalid("btc_rpc_user", "btc_rpc_password is set but btc_rpc_user is not")),
+        (false, true, true) => {
+            return Err(invalid("btc_rpc_password", "btc_rpc_user is set but btc_rpc_password is not"))
+        }
+    };
     let port = match pick(&cli.btc_rpc_port, &file.btc_rpc_port, 0) {
         0 => default_rpc_port(network),
         port => port,
     };
-    let host = pick(
-        &cli.btc_rpc_connect,
-        &file.btc_rpc_connect,
-        "localhost".to_string(),
-    );
-    let host = host
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    let host = pick(&cli.btc_rpc_connect, &file.btc_rpc_connect, "localhost".to_string());
+    let host = host.trim_start_matches("http://").trim_end_matches('/').to_string();
     if host.is_empty() {
         return Err(invalid("btc_rpc_connect", "empty host"));
     }
@@ -391,28 +359,14 @@ fn bitcoind_config(
     if polling_secs == 0 {
         return Err(invalid("polling_delta", "must be at least 1 second"));
     }
-    let zmq = cli
-        .zmq_hashblock
-        .clone()
-        .or_else(|| file.zmq_hashblock.clone())
-        .filter(|s| !s.is_empty());
-    Ok(BitcoindConfig {
-        host,
-        port,
-        auth,
-        zmq_hashblock: zmq,
-        polling_interval: Duration::from_secs(polling_secs),
-    })
+    let zmq = cli.zmq_hashblock.clone().or_else(|| file.zmq_hashblock.clone()).filter(|s| !s.is_empty());
+    Ok(BitcoindConfig { host, port, auth, zmq_hashblock: zmq, polling_interval: Duration::from_secs(polling_secs) })
 }
 
 fn policy(cli: &Cli, file: &FileConfig) -> Result<Policy, ConfigError> {
     let policy = Policy {
         subscription_slots: pick(&cli.subscription_slots, &file.subscription_slots, 10_000),
-        subscription_duration: pick(
-            &cli.subscription_duration,
-            &file.subscription_duration,
-            4320,
-        ),
+        subscription_duration: pick(&cli.subscription_duration, &file.subscription_duration, 4320),
         expiry_delta: pick(&cli.expiry_delta, &file.expiry_delta, 6),
         min_to_self_delay: pick(&cli.min_to_self_delay, &file.min_to_self_delay, 20),
         max_blob_size: pick(&cli.max_blob_size, &file.max_blob_size, 2048),
@@ -426,10 +380,7 @@ fn policy(cli: &Cli, file: &FileConfig) -> Result<Policy, ConfigError> {
         return Err(invalid("subscription_duration", "must be at least 1 block"));
     }
     if policy.max_blob_size < 16 || policy.max_blob_size > 65_536 {
-        return Err(invalid(
-            "max_blob_size",
-            "must be between 16 and 65536 bytes",
-        ));
+        return Err(invalid("max_blob_size", "must be between 16 and 65536 bytes"));
     }
     if policy.rebroadcast_after == 0 {
         return Err(invalid("rebroadcast_after", "must be at least 1 block"));
@@ -448,12 +399,7 @@ fn socket_addr(key: &'static str, host: &str, port: u16) -> Result<SocketAddr, C
         .to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| {
-            invalid(
-                key,
-                format!("`{host}` is not an address or a resolvable host name"),
-            )
-        })
+        .ok_or_else(|| invalid(key, format!("`{host}` is not an address or a resolvable host name")))
 }
 
 fn expand_home(path: &str) -> PathBuf {

@@ -7,16 +7,8 @@ fn cli(args: &[&str]) -> Cli {
 }
 
 fn build(args: &[&str], toml: &str, password_env: Option<&str>) -> Result<Config, ConfigError> {
-    let file = FileConfig::parse(toml).map_err(|message| ConfigError::Parse {
-        path: "teos.toml".into(),
-        message,
-    })?;
-    Config::build(
-        "/tmp/teos-test".into(),
-        &cli(args),
-        file,
-        password_env.map(str::to_string),
-    )
+    let file = FileConfig::parse(toml).map_err(|message| ConfigError::Parse { path: "teos.toml".into(), message })?;
+    Config::build("/tmp/teos-test".into(), &cli(args), file, password_env.map(str::to_string))
 }
 
 use clap::Parser;
@@ -29,9 +21,7 @@ fn defaults_follow_the_reference_tower() {
     assert_eq!(config.admin_grpc_addr, "127.0.0.1:8814".parse().unwrap());
     assert_eq!(config.bitcoind.port, 8332);
     assert_eq!(config.bitcoind.host, "localhost");
-    assert!(
-        matches!(config.bitcoind.auth, BitcoindAuth::Cookie(ref p) if p.ends_with(".bitcoin/.cookie"))
-    );
+    assert!(matches!(config.bitcoind.auth, BitcoindAuth::Cookie(ref p) if p.ends_with(".bitcoin/.cookie")));
     assert_eq!(config.policy.subscription_slots, 10_000);
     assert_eq!(config.policy.subscription_duration, 4320);
     assert_eq!(config.policy.expiry_delta, 6);
@@ -39,10 +29,7 @@ fn defaults_follow_the_reference_tower() {
     assert_eq!(config.policy.recent_block_lookback, 100);
     assert_eq!(config.bitcoind.polling_interval, Duration::from_secs(1));
     assert!(config.warnings.is_empty());
-    assert_eq!(
-        config.network_dir(),
-        PathBuf::from("/tmp/teos-test/mainnet")
-    );
+    assert_eq!(config.network_dir(), PathBuf::from("/tmp/teos-test/mainnet"));
 }
 
 #[test]
@@ -53,10 +40,7 @@ fn file_overrides_defaults_and_flags_override_file() {
     assert_eq!(config.public_http_addr.port(), 2222);
     assert_eq!(config.policy.subscription_slots, 21);
     assert_eq!(config.bitcoind.port, 1234);
-    assert_eq!(
-        config.network_dir(),
-        PathBuf::from("/tmp/teos-test/regtest")
-    );
+    assert_eq!(config.network_dir(), PathBuf::from("/tmp/teos-test/regtest"));
 }
 
 #[test]
@@ -78,10 +62,7 @@ fn every_network_has_its_folder_and_port() {
 #[test]
 fn unknown_network_is_an_error() {
     let err = build(&["--btcnetwork", "liquid"], "", None).unwrap_err();
-    assert!(
-        err.to_string().contains("unknown network `liquid`"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("unknown network `liquid`"), "{err}");
 }
 
 #[test]
@@ -96,59 +77,33 @@ fn malformed_file_is_an_error() {
     let err = build(&[], "api_port = \n", None).unwrap_err();
     assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
     let err = build(&[], "api_port = \"ninety\"\n", None).unwrap_err();
-    assert!(
-        err.to_string().contains("api_port") || err.to_string().contains("invalid type"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("api_port") || err.to_string().contains("invalid type"), "{err}");
 }
 
 #[test]
 fn reference_only_keys_warn() {
-    let config = build(
-        &[],
-        "internal_api_bind = \"127.0.0.1\"\ninternal_api_port = 50051\n",
-        None,
-    )
-    .unwrap();
+    let config = build(&[], "internal_api_bind = \"127.0.0.1\"\ninternal_api_port = 50051\n", None).unwrap();
     assert_eq!(config.warnings.len(), 2);
     assert!(config.warnings[0].contains("internal_api_bind"));
 }
 
 #[test]
 fn user_and_password_authenticate() {
-    let config = build(
-        &["--btcrpcuser", "alice"],
-        "btc_rpc_password = \"hunter2\"\n",
-        None,
-    )
-    .unwrap();
+    let config = build(&["--btcrpcuser", "alice"], "btc_rpc_password = \"hunter2\"\n", None).unwrap();
     assert_eq!(
         config.bitcoind.auth,
-        BitcoindAuth::UserPass {
-            user: "alice".into(),
-            password: Secret::new("hunter2".into())
-        }
+        BitcoindAuth::UserPass { user: "alice".into(), password: Secret::new("hunter2".into()) }
     );
     // The environment beats the file for the password.
-    let config = build(
-        &["--btcrpcuser", "alice"],
-        "btc_rpc_password = \"hunter2\"\n",
-        Some("env"),
-    )
-    .unwrap();
-    assert!(
-        matches!(config.bitcoind.auth, BitcoindAuth::UserPass { ref password, .. } if password.expose() == "env")
-    );
+    let config = build(&["--btcrpcuser", "alice"], "btc_rpc_password = \"hunter2\"\n", Some("env")).unwrap();
+    assert!(matches!(config.bitcoind.auth, BitcoindAuth::UserPass { ref password, .. } if password.expose() == "env"));
 }
 
 #[test]
 fn conflicting_credentials_are_an_error() {
     let toml = "btc_rpc_user = \"CSW\"\nbtc_rpc_password = \"NotSatoshi\"\nbtc_rpc_cookie = \"~/.bitcoin/.cookie\"\n";
     let err = build(&[], toml, None).unwrap_err();
-    assert!(
-        err.to_string().contains("conflicting bitcoind credentials"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("conflicting bitcoind credentials"), "{err}");
     assert!(build(&["--btcrpcuser", "alice"], "", None).is_err());
     assert!(build(&[], "btc_rpc_password = \"x\"\n", None).is_err());
 }
@@ -162,12 +117,7 @@ fn password_on_command_line_is_refused() {
 
 #[test]
 fn password_never_shows_in_debug_or_summary() {
-    let config = build(
-        &["--btcrpcuser", "alice"],
-        "btc_rpc_password = \"hunter2\"\n",
-        None,
-    )
-    .unwrap();
+    let config = build(&["--btcrpcuser", "alice"], "btc_rpc_password = \"hunter2\"\n", None).unwrap();
     assert!(!format!("{config:?}").contains("hunter2"));
     assert!(!config.summary().contains("hunter2"));
     assert!(format!("{config:?}").contains("****"));

@@ -47,9 +47,8 @@ pub fn decrypt_penalty(blob: &[u8], dispute_txid: &Txid) -> Result<Transaction, 
     if blob.len() < TAG_LEN {
         return Err(DecryptError::TooShort(blob.len()));
     }
-    let plaintext = cipher_for(dispute_txid)
-        .decrypt(Nonce::from_slice(&[0u8; 12]), blob)
-        .map_err(|_| DecryptError::WrongKey)?;
+    let plaintext =
+        cipher_for(dispute_txid).decrypt(Nonce::from_slice(&[0u8; 12]), blob).map_err(|_| DecryptError::WrongKey)?;
     // `deserialize` refuses trailing bytes, so a penalty must fill the plaintext exactly.
     deserialize(&plaintext).map_err(|e| DecryptError::NotATransaction(e.to_string()))
 }

@@ -42,14 +42,9 @@ impl UserId {
     /// Parses 33 bytes of a compressed SEC1 key.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, IdError> {
         if bytes.len() != USER_ID_LEN {
-            return Err(IdError::WrongSize {
-                expected: USER_ID_LEN,
-                received: bytes.len(),
-            });
+            return Err(IdError::WrongSize { expected: USER_ID_LEN, received: bytes.len() });
         }
-        PublicKey::from_slice(bytes)
-            .map(UserId)
-            .map_err(|_| IdError::NotAPoint)
+        PublicKey::from_slice(bytes).map(UserId).map_err(|_| IdError::NotAPoint)
     }
 
     /// The 33-byte compressed serialization.
@@ -95,10 +90,7 @@ impl Locator {
     pub fn from_slice(bytes: &[u8]) -> Result<Self, IdError> {
         <[u8; LOCATOR_LEN]>::try_from(bytes)
             .map(Locator)
-            .map_err(|_| IdError::WrongSize {
-                expected: LOCATOR_LEN,
-                received: bytes.len(),
-            })
+            .map_err(|_| IdError::WrongSize { expected: LOCATOR_LEN, received: bytes.len() })
     }
 
     /// The raw bytes.

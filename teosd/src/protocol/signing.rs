@@ -26,9 +26,7 @@ pub fn recover_signer(msg: &[u8], signature: &str) -> Result<UserId, SignatureEr
     if signature.len() != SIGNATURE_ZBASE32_LEN {
         return Err(SignatureError);
     }
-    message_signing::recover_pk(msg, signature)
-        .map(UserId)
-        .map_err(|_| SignatureError)
+    message_signing::recover_pk(msg, signature).map(UserId).map_err(|_| SignatureError)
 }
 
 /// The tower's signing identity. Its secret never appears in `Debug` output.
@@ -41,10 +39,7 @@ pub struct TowerSigner {
 impl TowerSigner {
     /// Wraps a secret key.
     pub fn new(secret: SecretKey) -> Self {
-        let id = UserId(PublicKey::from_secret_key(
-            &Secp256k1::signing_only(),
-            &secret,
-        ));
+        let id = UserId(PublicKey::from_secret_key(&Secp256k1::signing_only(), &secret));
         TowerSigner { secret, id }
     }
 
@@ -61,8 +56,6 @@ impl TowerSigner {
 
 impl std::fmt::Debug for TowerSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TowerSigner")
-            .field("tower_id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("TowerSigner").field("tower_id", &self.id).finish_non_exhaustive()
     }
 }

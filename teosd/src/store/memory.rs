@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::kv::{Cf, Kv, KvError, Op};
+use super::kv::{Cf, Entries, Kv, KvError, Op};
 
 type Table = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -41,13 +41,7 @@ impl Kv for MemoryKv {
         Ok(())
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        prefix: &[u8],
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    fn scan(&self, cf: Cf, prefix: &[u8], from: &[u8], limit: usize) -> Result<Entries, KvError> {
         let tables = self.tables.lock().expect("memory kv lock");
         let Some(table) = tables.get(&cf) else {
             return Ok(Vec::new());
@@ -60,13 +54,7 @@ impl Kv for MemoryKv {
             .collect())
     }
 
-    fn range(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    fn range(&self, cf: Cf, from: &[u8], to: &[u8], limit: usize) -> Result<Entries, KvError> {
         let tables = self.tables.lock().expect("memory kv lock");
         let Some(table) = tables.get(&cf) else {
             return Ok(Vec::new());
@@ -74,10 +62,6 @@ impl Kv for MemoryKv {
         if from >= to {
             return Ok(Vec::new());
         }
-        Ok(table
-            .range(from.to_vec()..to.to_vec())
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(table.range(from.to_vec()..to.to_vec()).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 }

@@ -39,8 +39,10 @@ pub enum StoreError {
     #[error(transparent)]
     Kv(#[from] KvError),
     /// The store was written by a different layout version.
-    #[error("store schema version {found} is not supported (this teosd reads version {SCHEMA_VERSION}); \
-             the data was left untouched")]
+    #[error(
+        "store schema version {found} is not supported (this teosd reads version {SCHEMA_VERSION}); \
+             the data was left untouched"
+    )]
     SchemaVersion {
         /// The version on disk.
         found: u32,
@@ -59,13 +61,7 @@ pub enum StoreError {
 }
 
 fn corrupt(cf: Cf, what: &'static str, why: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        cf: cf.name(),
-        source: DecodeError {
-            what,
-            why: why.into(),
-        },
-    }
+    StoreError::Corrupt { cf: cf.name(), source: DecodeError { what, why: why.into() } }
 }
 
 fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
@@ -93,73 +89,61 @@ impl Batch {
     /// Writes a user, moving its expiry index entry from `old` if it changed.
     pub fn put_user(&mut self, user: &UserId, old: Option<&UserRecord>, new: &UserRecord) {
         if let Some(old) = old.filter(|o| o.subscription_expiry != new.subscription_expiry) {
-            self.ops.push(Op::Delete(
-                Cf::UsersByExpiry,
-                expiry_key(old.subscription_expiry, user),
-            ));
+            self.ops.push(Op::Delete(Cf::UsersByExpiry, expiry_key(old.subscription_expiry, user)));
         }
-        self.ops.push(Op::Put(
-            Cf::UsersByExpiry,
-            expiry_key(new.subscription_expiry, user),
-            Vec::new(),
-        ));
-        self.ops
-            .push(Op::Put(Cf::Users, user.to_bytes().to_vec(), new.encode()));
+        self.ops.push(Op::Put(Cf::UsersByExpiry, expiry_key(new.subscription_expiry, user), Vec::new()));
+        self.ops.push(Op::Put(Cf::Users, user.to_bytes().to_vec(), new.encode()));
     }
 
     /// Writes (or overwrites) `user`'s appointment at its locator.
     pub fn put_appointment(&mut self, user: &UserId, stored: &StoredAppointment) {
         let locator = stored.appointment.locator;
-        self.ops.push(Op::Put(
-            Cf::Appointments,
-            appointment_key(&locator, user),
-            stored.encode(),
-        ));
-        self.ops.push(Op::Put(
-            Cf::UserLocators,
-            join(&user.to_bytes(), locator.as_bytes()),
-            Vec::new(),
-        ));
+        self.ops.push(Op::Put(Cf::Appointments, appointment_key(&locator, user), stored.encode()));
+        self.ops.push(Op::Put(Cf::UserLocators, join(&user.to_bytes(), locator.as_bytes()), Vec::new()));
     }
 
     /// Removes `user`'s appointment at `locator`.
     pub fn delete_appointment(&mut self, user: &UserId, locator: &Locator) {
-        self.ops
-            .push(Op::Delete(Cf::Appointments, appointment_key(locator, user)));
-        self.ops.push(Op::Delete(
-            Cf::UserLocators,
-            join(&user.to_bytes(), locator.as_bytes()),
-        ));
+        self.ops.push(Op::Delete(Cf::Appointments, appointment_key(locator, user)));
+        self.ops.push(Op::Delete(Cf::UserLocators, join(&user.to_bytes(), locator.as_bytes())));
     }
 
     /// Writes the tracker of `user`'s appointment at `locator`, indexed by penalty txid.
     pub fn put_tracker(&mut self, locator: &Locator, user: &UserId, tracker: &TrackerRecord) {
         let key = appointment_key(locator, user);
         let penalty_txid = tracker.penalty.compute_txid();
-        self.ops.push(Op::Put(
-            Cf::TrackersByPenalty,
-            join(penalty_txid.as_byte_array(), &key),
-            Vec::new(),
-        ));
+        self.ops.push(Op::Put(Cf::TrackersByPenalty, join(penalty_txid.as_byte_array(), &key), Vec::new()));
         self.ops.push(Op::Put(Cf::Trackers, key, tracker.encode()));
     }
 
     /// Records the tower key number `index`.
     pub fn put_tower_key(&mut self, index: u32, secret: &SecretKey) {
-        self.ops.push(Op::Put(
-            Cf::Meta,
-            join(META_TOWER_KEY, &index.to_be_bytes()),
-            secret.secret_bytes().to_vec(),
-        ));
+        self.ops.push(Op::Put(Cf::Meta, join(META_TOWER_KEY, &index.to_be_bytes()), secret.secret_bytes().to_vec()));
     }
 
     /// Records the last block whose effects this batch completes.
     pub fn set_tip(&mut self, height: u32, hash: &BlockHash) {
+        self.ops.push(Op::Put(Cf::Meta, META_TIP.to_vec(), join(&height.to_be_bytes(), hash.as_byte_array())));
+    }
+
+    /// Records a processed block of the best chain.
+    pub fn put_block(&mut self, height: u32, hash: &BlockHash, prev: &BlockHash) {
         self.ops.push(Op::Put(
-            Cf::Meta,
-            META_TIP.to_vec(),
-            join(&height.to_be_bytes(), hash.as_byte_array()),
+            Cf::Blocks,
+            height.to_be_bytes().to_vec(),
+            join(hash.as_byte_array(), prev.as_byte_array()),
         ));
+    }
+
+    /// Forgets the processed block at `height` (disconnected, or too old to matter).
+    pub fn delete_block(&mut self, height: u32) {
+        self.ops.push(Op::Delete(Cf::Blocks, height.to_be_bytes().to_vec()));
+    }
+
+    /// Removes a user record and its expiry index entry.
+    pub fn delete_user(&mut self, user: &UserId, record: &UserRecord) {
+        self.ops.push(Op::Delete(Cf::UsersByExpiry, expiry_key(record.subscription_expiry, user)));
+        self.ops.push(Op::Delete(Cf::Users, user.to_bytes().to_vec()));
     }
 
     /// Whether the batch changes nothing.
@@ -192,19 +176,11 @@ impl Store {
             Some(bytes) => match records::be_u32(&bytes, 0) {
                 Some(SCHEMA_VERSION) if bytes.len() == 4 => Ok(store),
                 Some(found) => Err(StoreError::SchemaVersion { found }),
-                None => Err(corrupt(
-                    Cf::Meta,
-                    "schema version",
-                    format!("{} bytes", bytes.len()),
-                )),
+                None => Err(corrupt(Cf::Meta, "schema version", format!("{} bytes", bytes.len()))),
             },
             None if store.is_empty()? => {
                 let version = SCHEMA_VERSION.to_be_bytes().to_vec();
-                store.kv.write(vec![Op::Put(
-                    Cf::Meta,
-                    META_SCHEMA_VERSION.to_vec(),
-                    version,
-                )])?;
+                store.kv.write(vec![Op::Put(Cf::Meta, META_SCHEMA_VERSION.to_vec(), version)])?;
                 Ok(store)
             }
             None => Err(StoreError::MissingSchemaVersion),
@@ -235,14 +211,9 @@ impl Store {
 
     /// Every tower key, oldest first. The last is the current one.
     pub fn tower_keys(&self) -> Result<Vec<SecretKey>, StoreError> {
-        let rows = self
-            .kv
-            .scan(Cf::Meta, META_TOWER_KEY, META_TOWER_KEY, usize::MAX)?;
+        let rows = self.kv.scan(Cf::Meta, META_TOWER_KEY, META_TOWER_KEY, usize::MAX)?;
         rows.iter()
-            .map(|(_, v)| {
-                SecretKey::from_slice(v)
-                    .map_err(|_| corrupt(Cf::Meta, "tower key", "not a secret key"))
-            })
+            .map(|(_, v)| SecretKey::from_slice(v).map_err(|_| corrupt(Cf::Meta, "tower key", "not a secret key")))
             .collect()
     }
 
@@ -253,33 +224,36 @@ impl Store {
         };
         match (bytes.len(), records::be_u32(&bytes, 0)) {
             (36, Some(height)) => {
-                let hash = BlockHash::from_slice(&bytes[4..])
-                    .map_err(|e| corrupt(Cf::Meta, "tip", e.to_string()))?;
+                let hash = BlockHash::from_slice(&bytes[4..]).map_err(|e| corrupt(Cf::Meta, "tip", e.to_string()))?;
                 Ok(Some((height, hash)))
             }
             (len, _) => Err(corrupt(Cf::Meta, "tip", format!("{len} bytes"))),
         }
     }
 
+    /// The processed block at `height`: its hash and its parent's.
+    pub fn block_at(&self, height: u32) -> Result<Option<(BlockHash, BlockHash)>, StoreError> {
+        let Some(bytes) = self.kv.get(Cf::Blocks, &height.to_be_bytes())? else {
+            return Ok(None);
+        };
+        if bytes.len() != 64 {
+            return Err(corrupt(Cf::Blocks, "block", format!("{} bytes", bytes.len())));
+        }
+        let hash = BlockHash::from_slice(&bytes[..32]).map_err(|e| corrupt(Cf::Blocks, "block", e.to_string()))?;
+        let prev = BlockHash::from_slice(&bytes[32..]).map_err(|e| corrupt(Cf::Blocks, "block", e.to_string()))?;
+        Ok(Some((hash, prev)))
+    }
+
     /// A user's subscription.
     pub fn user(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
         self.kv
             .get(Cf::Users, &user.to_bytes())?
-            .map(|v| {
-                UserRecord::decode(&v).map_err(|source| StoreError::Corrupt {
-                    cf: Cf::Users.name(),
-                    source,
-                })
-            })
+            .map(|v| UserRecord::decode(&v).map_err(|source| StoreError::Corrupt { cf: Cf::Users.name(), source }))
             .transpose()
     }
 
     /// `user`'s appointment at `locator`.
-    pub fn appointment(
-        &self,
-        locator: &Locator,
-        user: &UserId,
-    ) -> Result<Option<StoredAppointment>, StoreError> {
+    pub fn appointment(&self, locator: &Locator, user: &UserId) -> Result<Option<StoredAppointment>, StoreError> {
         self.kv
             .get(Cf::Appointments, &appointment_key(locator, user))?
             .map(|v| decode_appointment(*locator, &v))
@@ -287,41 +261,23 @@ impl Store {
     }
 
     /// The tracker of `user`'s appointment at `locator`.
-    pub fn tracker(
-        &self,
-        locator: &Locator,
-        user: &UserId,
-    ) -> Result<Option<TrackerRecord>, StoreError> {
+    pub fn tracker(&self, locator: &Locator, user: &UserId) -> Result<Option<TrackerRecord>, StoreError> {
         self.kv
             .get(Cf::Trackers, &appointment_key(locator, user))?
             .map(|v| {
-                TrackerRecord::decode(&v).map_err(|source| StoreError::Corrupt {
-                    cf: Cf::Trackers.name(),
-                    source,
-                })
+                TrackerRecord::decode(&v).map_err(|source| StoreError::Corrupt { cf: Cf::Trackers.name(), source })
             })
             .transpose()
     }
 
     /// Whether `user`'s appointment at `locator` was triggered.
     pub fn has_tracker(&self, locator: &Locator, user: &UserId) -> Result<bool, StoreError> {
-        Ok(self
-            .kv
-            .get(Cf::Trackers, &appointment_key(locator, user))?
-            .is_some())
+        Ok(self.kv.get(Cf::Trackers, &appointment_key(locator, user))?.is_some())
     }
 
     /// Every user's appointment at `locator`.
-    pub fn appointments_at(
-        &self,
-        locator: &Locator,
-    ) -> Result<Vec<(UserId, StoredAppointment)>, StoreError> {
-        let rows = self.kv.scan(
-            Cf::Appointments,
-            locator.as_bytes(),
-            locator.as_bytes(),
-            usize::MAX,
-        )?;
+    pub fn appointments_at(&self, locator: &Locator) -> Result<Vec<(UserId, StoredAppointment)>, StoreError> {
+        let rows = self.kv.scan(Cf::Appointments, locator.as_bytes(), locator.as_bytes(), usize::MAX)?;
         rows.iter()
             .map(|(k, v)| {
                 let user = UserId::from_slice(&k[LOCATOR_LEN..])
@@ -334,32 +290,21 @@ impl Store {
     /// The locators of `user`'s appointments, in byte order.
     pub fn user_locators(&self, user: &UserId) -> Result<Vec<Locator>, StoreError> {
         let prefix = user.to_bytes();
-        let rows = self
-            .kv
-            .scan(Cf::UserLocators, &prefix, &prefix, usize::MAX)?;
+        let rows = self.kv.scan(Cf::UserLocators, &prefix, &prefix, usize::MAX)?;
         rows.iter()
             .map(|(k, _)| {
-                Locator::from_slice(&k[USER_ID_LEN..])
-                    .map_err(|e| corrupt(Cf::UserLocators, "key", e.to_string()))
+                Locator::from_slice(&k[USER_ID_LEN..]).map_err(|e| corrupt(Cf::UserLocators, "key", e.to_string()))
             })
             .collect()
     }
 
     /// Users whose `subscription_expiry` is below `height`, up to `limit`.
-    pub fn users_expiring_before(
-        &self,
-        height: u32,
-        limit: usize,
-    ) -> Result<Vec<(u32, UserId)>, StoreError> {
-        let rows = self
-            .kv
-            .range(Cf::UsersByExpiry, &[], &height.to_be_bytes(), limit)?;
+    pub fn users_expiring_before(&self, height: u32, limit: usize) -> Result<Vec<(u32, UserId)>, StoreError> {
+        let rows = self.kv.range(Cf::UsersByExpiry, &[], &height.to_be_bytes(), limit)?;
         rows.iter()
             .map(|(k, _)| {
-                let expiry = records::be_u32(k, 0)
-                    .ok_or_else(|| corrupt(Cf::UsersByExpiry, "key", "short"))?;
-                let user = UserId::from_slice(&k[4..])
-                    .map_err(|e| corrupt(Cf::UsersByExpiry, "key", e.to_string()))?;
+                let expiry = records::be_u32(k, 0).ok_or_else(|| corrupt(Cf::UsersByExpiry, "key", "short"))?;
+                let user = UserId::from_slice(&k[4..]).map_err(|e| corrupt(Cf::UsersByExpiry, "key", e.to_string()))?;
                 Ok((expiry, user))
             })
             .collect()
@@ -367,10 +312,8 @@ impl Store {
 }
 
 fn decode_appointment(locator: Locator, bytes: &[u8]) -> Result<StoredAppointment, StoreError> {
-    StoredAppointment::decode(locator, bytes).map_err(|source| StoreError::Corrupt {
-        cf: Cf::Appointments.name(),
-        source,
-    })
+    StoredAppointment::decode(locator, bytes)
+        .map_err(|source| StoreError::Corrupt { cf: Cf::Appointments.name(), source })
 }
 
 #[cfg(test)]

@@ -17,17 +17,11 @@ pub struct DecodeError {
 }
 
 fn err(what: &'static str, why: impl Into<String>) -> DecodeError {
-    DecodeError {
-        what,
-        why: why.into(),
-    }
+    DecodeError { what, why: why.into() }
 }
 
 pub(crate) fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {
-    bytes
-        .get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_be_bytes)
+    bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes)
 }
 
 /// A user's subscription.
@@ -53,18 +47,9 @@ impl UserRecord {
 
     /// Inverse of [`UserRecord::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        match (
-            bytes.len(),
-            be_u32(bytes, 0),
-            be_u32(bytes, 4),
-            be_u32(bytes, 8),
-        ) {
+        match (bytes.len(), be_u32(bytes, 0), be_u32(bytes, 4), be_u32(bytes, 8)) {
             (12, Some(available_slots), Some(subscription_start), Some(subscription_expiry)) => {
-                Ok(UserRecord {
-                    available_slots,
-                    subscription_start,
-                    subscription_expiry,
-                })
+                Ok(UserRecord { available_slots, subscription_start, subscription_expiry })
             }
             (len, ..) => Err(err("user", format!("{len} bytes, expected 12"))),
         }
@@ -100,23 +85,14 @@ impl StoredAppointment {
         let (Some(to_self_delay), Some(start_block), Some(&sig_len)) =
             (be_u32(bytes, 0), be_u32(bytes, 4), bytes.get(8))
         else {
-            return Err(err(
-                "appointment",
-                format!("{} bytes is too short", bytes.len()),
-            ));
+            return Err(err("appointment", format!("{} bytes is too short", bytes.len())));
         };
         let sig_end = 9 + sig_len as usize;
-        let sig = bytes
-            .get(9..sig_end)
-            .ok_or_else(|| err("appointment", "truncated signature"))?;
-        let user_signature = String::from_utf8(sig.to_vec())
-            .map_err(|_| err("appointment", "signature is not ASCII"))?;
+        let sig = bytes.get(9..sig_end).ok_or_else(|| err("appointment", "truncated signature"))?;
+        let user_signature =
+            String::from_utf8(sig.to_vec()).map_err(|_| err("appointment", "signature is not ASCII"))?;
         Ok(StoredAppointment {
-            appointment: Appointment {
-                locator,
-                encrypted_blob: bytes[sig_end..].to_vec(),
-                to_self_delay,
-            },
+            appointment: Appointment { locator, encrypted_blob: bytes[sig_end..].to_vec(), to_self_delay },
             user_signature,
             start_block,
         })
@@ -158,11 +134,7 @@ impl TrackerRecord {
         let mut out = Vec::with_capacity(9 + penalty.len() + dispute.len());
         out.push(kind);
         out.extend_from_slice(&height.to_be_bytes());
-        out.extend_from_slice(
-            &u32::try_from(penalty.len())
-                .unwrap_or(u32::MAX)
-                .to_be_bytes(),
-        );
+        out.extend_from_slice(&u32::try_from(penalty.len()).unwrap_or(u32::MAX).to_be_bytes());
         out.extend_from_slice(&penalty);
         out.extend_from_slice(&dispute);
         out
@@ -170,9 +142,7 @@ impl TrackerRecord {
 
     /// Inverse of [`TrackerRecord::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let (Some(&kind), Some(height), Some(len)) =
-            (bytes.first(), be_u32(bytes, 1), be_u32(bytes, 5))
-        else {
+        let (Some(&kind), Some(height), Some(len)) = (bytes.first(), be_u32(bytes, 1), be_u32(bytes, 5)) else {
             return Err(err("tracker", "too short"));
         };
         let status = match kind {
@@ -181,19 +151,10 @@ impl TrackerRecord {
             other => return Err(err("tracker", format!("unknown status {other}"))),
         };
         let penalty_end = 9usize.saturating_add(len as usize);
-        let penalty = bytes
-            .get(9..penalty_end)
-            .ok_or_else(|| err("tracker", "truncated penalty"))?;
-        let penalty: Transaction =
-            deserialize(penalty).map_err(|e| err("tracker", e.to_string()))?;
-        let dispute: Transaction =
-            deserialize(&bytes[penalty_end..]).map_err(|e| err("tracker", e.to_string()))?;
-        Ok(TrackerRecord {
-            dispute_txid: dispute.compute_txid(),
-            dispute,
-            penalty,
-            status,
-        })
+        let penalty = bytes.get(9..penalty_end).ok_or_else(|| err("tracker", "truncated penalty"))?;
+        let penalty: Transaction = deserialize(penalty).map_err(|e| err("tracker", e.to_string()))?;
+        let dispute: Transaction = deserialize(&bytes[penalty_end..]).map_err(|e| err("tracker", e.to_string()))?;
+        Ok(TrackerRecord { dispute_txid: dispute.compute_txid(), dispute, penalty, status })
     }
 }
 
@@ -203,33 +164,19 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_reject_garbage() {
-        let user = UserRecord {
-            available_slots: 1,
-            subscription_start: 2,
-            subscription_expiry: 3,
-        };
+        let user = UserRecord { available_slots: 1, subscription_start: 2, subscription_expiry: 3 };
         assert_eq!(UserRecord::decode(&user.encode()), Ok(user));
         assert!(UserRecord::decode(&[0; 11]).is_err());
         let locator = Locator::from_slice(&[9; 16]).unwrap();
         let stored = StoredAppointment {
-            appointment: Appointment {
-                locator,
-                encrypted_blob: vec![1, 2, 3],
-                to_self_delay: 42,
-            },
+            appointment: Appointment { locator, encrypted_blob: vec![1, 2, 3], to_self_delay: 42 },
             user_signature: "y".repeat(104),
             start_block: 100,
         };
-        assert_eq!(
-            StoredAppointment::decode(locator, &stored.encode()),
-            Ok(stored.clone())
-        );
+        assert_eq!(StoredAppointment::decode(locator, &stored.encode()), Ok(stored.clone()));
         let encoded = stored.encode();
         for len in 0..113 {
-            assert!(
-                StoredAppointment::decode(locator, &encoded[..len]).is_err(),
-                "{len}"
-            );
+            assert!(StoredAppointment::decode(locator, &encoded[..len]).is_err(), "{len}");
         }
     }
 }

@@ -4,19 +4,17 @@
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
-    ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, SliceTransform,
+    WriteBatch, WriteOptions, DB,
 };
 
-use super::kv::{Cf, Kv, KvError, Op};
+use super::kv::{Cf, Entries, Kv, KvError, Op};
 
 /// Errors opening the database directory.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The directory exists and has files, but no RocksDB `CURRENT` file.
-    #[error(
-        "{0} is not empty and holds no database (no CURRENT file): refusing to create one over it"
-    )]
+    #[error("{0} is not empty and holds no database (no CURRENT file): refusing to create one over it")]
     NotADatabase(PathBuf),
     /// RocksDB refused to open it (corruption, lock held by another teosd, I/O error).
     #[error("cannot open the store at {path}: {message}")]
@@ -44,9 +42,7 @@ pub struct RocksKv {
 
 impl std::fmt::Debug for RocksKv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksKv")
-            .field("path", &self.db.path())
-            .finish()
+        f.debug_struct("RocksKv").field("path", &self.db.path()).finish()
     }
 }
 
@@ -75,14 +71,9 @@ impl RocksKv {
         if exists && !path.join("CURRENT").exists() {
             return Err(OpenError::NotADatabase(path.to_path_buf()));
         }
-        std::fs::create_dir_all(path).map_err(|source| OpenError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let cache = Cache::new_lru_cache(cache_mib.max(1) << 20).map_err(|e| OpenError::Rocks {
-            path: path.to_path_buf(),
-            message: e.into_string(),
-        })?;
+        std::fs::create_dir_all(path).map_err(|source| OpenError::Io { path: path.to_path_buf(), source })?;
+        let cache = Cache::new_lru_cache(cache_mib.max(1) << 20)
+            .map_err(|e| OpenError::Rocks { path: path.to_path_buf(), message: e.into_string() })?;
         let mut opts = Options::default();
         opts.create_if_missing(!exists);
         opts.create_missing_column_families(true);
@@ -90,41 +81,25 @@ impl RocksKv {
         opts.set_max_open_files(256);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(64 << 20);
-        let cfs = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| OpenError::Rocks {
-            path: path.to_path_buf(),
-            message: e.into_string(),
-        })?;
+        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)
+            .map_err(|e| OpenError::Rocks { path: path.to_path_buf(), message: e.into_string() })?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         Ok(RocksKv { db, sync })
     }
 
     fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(cf.name())
-            .expect("every column family is created at open")
+        self.db.cf_handle(cf.name()).expect("every column family is created at open")
     }
 
-    fn collect(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        upper: Option<Vec<u8>>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    fn collect(&self, cf: Cf, from: &[u8], upper: Option<Vec<u8>>, limit: usize) -> Result<Entries, KvError> {
         let mut read = ReadOptions::default();
         read.set_total_order_seek(true);
         if let Some(upper) = upper {
             read.set_iterate_upper_bound(upper);
         }
-        let iter = self.db.iterator_cf_opt(
-            self.handle(cf),
-            read,
-            IteratorMode::From(from, Direction::Forward),
-        );
+        let iter = self.db.iterator_cf_opt(self.handle(cf), read, IteratorMode::From(from, Direction::Forward));
         let mut out = Vec::new();
         for item in iter.take(limit) {
             let (k, v) = item.map_err(backend)?;
@@ -138,10 +113,7 @@ fn has_files(path: &Path) -> Result<bool, OpenError> {
     match std::fs::read_dir(path) {
         Ok(mut entries) => Ok(entries.next().is_some()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(OpenError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(OpenError::Io { path: path.to_path_buf(), source }),
     }
 }
 
@@ -177,22 +149,12 @@ impl Kv for RocksKv {
         self.db.write_opt(batch, &self.sync).map_err(backend)
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        prefix: &[u8],
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    fn scan(&self, cf: Cf, prefix: &[u8], from: &[u8], limit: usize) -> Result<Entries, KvError> {
         if cf.prefix_len() == Some(prefix.len()) {
             // Let the prefix bloom filters skip files that cannot hold the prefix.
             let mut read = ReadOptions::default();
             read.set_prefix_same_as_start(true);
-            let iter = self.db.iterator_cf_opt(
-                self.handle(cf),
-                read,
-                IteratorMode::From(from, Direction::Forward),
-            );
+            let iter = self.db.iterator_cf_opt(self.handle(cf), read, IteratorMode::From(from, Direction::Forward));
             let mut out = Vec::new();
             for item in iter {
                 let (k, v) = item.map_err(backend)?;
@@ -206,13 +168,7 @@ impl Kv for RocksKv {
         self.collect(cf, from, prefix_successor(prefix), limit)
     }
 
-    fn range(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    fn range(&self, cf: Cf, from: &[u8], to: &[u8], limit: usize) -> Result<Entries, KvError> {
         if from >= to {
             return Ok(Vec::new());
         }

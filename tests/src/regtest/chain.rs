@@ -41,18 +41,6 @@ impl BlockEntry {
     pub fn prev(&self) -> Option<BlockHash> {
         (self.height > 0).then_some(self.block.header.prev_blockhash)
     }
-
-    /// Total fees paid by the block's transactions, when known (the block was connected once).
-    pub fn fees(&self) -> Option<bitcoin::Amount> {
-        let undo = self.undo.as_ref()?;
-        let mut fees = 0u64;
-        for (tx, coins) in self.block.txdata.iter().skip(1).zip(undo) {
-            let input: u64 = coins.iter().map(|c| c.txout.value.to_sat()).sum();
-            let output: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
-            fees += input.saturating_sub(output);
-        }
-        Some(bitcoin::Amount::from_sat(fees))
-    }
 }
 
 /// Whether an output can ever be spent (bitcoind keeps the others out of the UTXO set).
@@ -115,14 +103,8 @@ impl Chain {
         self.blocks.get(hash)
     }
 
-    pub fn blocks(&self) -> impl Iterator<Item = &BlockEntry> {
-        self.blocks.values()
-    }
-
     pub fn is_active(&self, hash: &BlockHash) -> bool {
-        self.blocks
-            .get(hash)
-            .is_some_and(|e| self.active.get(e.height as usize) == Some(hash))
+        self.blocks.get(hash).is_some_and(|e| self.active.get(e.height as usize) == Some(hash))
     }
 
     /// bitcoind's `confirmations` of a block: depth in the active chain, -1 when not in it.
@@ -167,10 +149,6 @@ impl Chain {
         self.utxos.get(outpoint)
     }
 
-    pub fn utxo_count(&self) -> usize {
-        self.utxos.len()
-    }
-
     /// Whether some output of `txid` is unspent in the active chain.
     pub fn has_unspent_outputs(&self, tx: &Transaction) -> bool {
         let txid = tx.compute_txid();
@@ -184,24 +162,13 @@ impl Chain {
 
     /// `txid` in the active chain: the transaction and its block.
     pub fn find_active_tx(&self, txid: &Txid) -> Option<(&Transaction, &BlockEntry)> {
-        self.blocks_with_tx(txid)
-            .iter()
-            .filter(|h| self.is_active(h))
-            .find_map(|h| self.find_tx_in_block(txid, h))
+        self.blocks_with_tx(txid).iter().filter(|h| self.is_active(h)).find_map(|h| self.find_tx_in_block(txid, h))
     }
 
     /// `txid` in the given block, active or not.
-    pub fn find_tx_in_block(
-        &self,
-        txid: &Txid,
-        hash: &BlockHash,
-    ) -> Option<(&Transaction, &BlockEntry)> {
+    pub fn find_tx_in_block(&self, txid: &Txid, hash: &BlockHash) -> Option<(&Transaction, &BlockEntry)> {
         let entry = self.blocks.get(hash)?;
-        let tx = entry
-            .block
-            .txdata
-            .iter()
-            .find(|tx| tx.compute_txid() == *txid)?;
+        let tx = entry.block.txdata.iter().find(|tx| tx.compute_txid() == *txid)?;
         Some((tx, entry))
     }
 
@@ -211,10 +178,7 @@ impl Chain {
         if self.blocks.contains_key(&hash) {
             return Ok(hash);
         }
-        let parent = self
-            .blocks
-            .get(&block.header.prev_blockhash)
-            .ok_or_else(|| "prev-blk-not-found".to_string())?;
+        let parent = self.blocks.get(&block.header.prev_blockhash).ok_or_else(|| "prev-blk-not-found".to_string())?;
         let height = parent.height + 1;
         let chainwork = parent.chainwork + block.header.work();
         let invalid = parent.invalid;
@@ -255,18 +219,8 @@ impl Chain {
                 if is_unspendable(txout) {
                     continue;
                 }
-                let coin = Coin {
-                    txout: txout.clone(),
-                    height,
-                    is_coinbase: i == 0,
-                };
-                self.utxos.insert(
-                    OutPoint {
-                        txid,
-                        vout: vout as u32,
-                    },
-                    coin,
-                );
+                let coin = Coin { txout: txout.clone(), height, is_coinbase: i == 0 };
+                self.utxos.insert(OutPoint { txid, vout: vout as u32 }, coin);
             }
         }
         entry.undo = Some(undo);
@@ -334,12 +288,7 @@ impl Chain {
 
     /// Marks `hash` and all its descendants invalid.
     pub fn mark_invalid(&mut self, hash: &BlockHash) {
-        let descendants: Vec<BlockHash> = self
-            .blocks
-            .keys()
-            .filter(|h| self.descends_from(h, hash))
-            .copied()
-            .collect();
+        let descendants: Vec<BlockHash> = self.blocks.keys().filter(|h| self.descends_from(h, hash)).copied().collect();
         for h in descendants {
             if let Some(e) = self.blocks.get_mut(&h) {
                 e.invalid = true;
@@ -369,11 +318,7 @@ impl Chain {
             .values()
             .filter(|e| !e.invalid)
             .max_by_key(|e| {
-                let preference = if e.hash == tip {
-                    u64::MAX
-                } else {
-                    u64::MAX - 1 - e.seq
-                };
+                let preference = if e.hash == tip { u64::MAX } else { u64::MAX - 1 - e.seq };
                 (e.chainwork, preference)
             })
             .map_or(self.genesis_hash(), |e| e.hash)
@@ -381,15 +326,8 @@ impl Chain {
 
     /// The stored blocks that no stored block builds on.
     pub fn leaves(&self) -> Vec<&BlockEntry> {
-        let parents: std::collections::HashSet<BlockHash> = self
-            .blocks
-            .values()
-            .filter_map(|e| e.prev())
-            .collect();
-        self.blocks
-            .values()
-            .filter(|e| !parents.contains(&e.hash))
-            .collect()
+        let parents: std::collections::HashSet<BlockHash> = self.blocks.values().filter_map(|e| e.prev()).collect();
+        self.blocks.values().filter(|e| !parents.contains(&e.hash)).collect()
     }
 
     /// Total serialized size of the stored blocks.

@@ -25,27 +25,15 @@ pub(crate) fn header_json(chain: &Chain, entry: &BlockEntry) -> Map<String, Valu
     let header = &entry.block.header;
     let mut obj = Map::new();
     obj.insert("hash".into(), json!(entry.hash.to_string()));
-    obj.insert(
-        "confirmations".into(),
-        json!(chain.confirmations(&entry.hash)),
-    );
+    obj.insert("confirmations".into(), json!(chain.confirmations(&entry.hash)));
     obj.insert("height".into(), json!(entry.height));
     obj.insert("version".into(), json!(header.version.to_consensus()));
-    obj.insert(
-        "versionHex".into(),
-        json!(format!("{:08x}", header.version.to_consensus())),
-    );
+    obj.insert("versionHex".into(), json!(format!("{:08x}", header.version.to_consensus())));
     obj.insert("merkleroot".into(), json!(header.merkle_root.to_string()));
     obj.insert("time".into(), json!(header.time));
-    obj.insert(
-        "mediantime".into(),
-        json!(chain.median_time_past(&entry.hash)),
-    );
+    obj.insert("mediantime".into(), json!(chain.median_time_past(&entry.hash)));
     obj.insert("nonce".into(), json!(header.nonce));
-    obj.insert(
-        "bits".into(),
-        json!(format!("{:08x}", header.bits.to_consensus())),
-    );
+    obj.insert("bits".into(), json!(format!("{:08x}", header.bits.to_consensus())));
     obj.insert("difficulty".into(), json!(header.difficulty_float()));
     obj.insert("chainwork".into(), json!(chainwork_hex(entry)));
     obj.insert("nTx".into(), json!(entry.block.txdata.len()));
@@ -70,20 +58,14 @@ pub(crate) fn block_json(chain: &Chain, entry: &BlockEntry, verbosity: i64) -> V
     obj.insert("size".into(), json!(block.total_size()));
     obj.insert("weight".into(), json!(block.weight().to_wu()));
     let txs: Vec<Value> = if verbosity <= 1 {
-        block
-            .txdata
-            .iter()
-            .map(|tx| json!(tx.compute_txid().to_string()))
-            .collect()
+        block.txdata.iter().map(|tx| json!(tx.compute_txid().to_string())).collect()
     } else {
         block
             .txdata
             .iter()
             .enumerate()
             .map(|(i, tx)| {
-                let coins = i
-                    .checked_sub(1)
-                    .and_then(|i| entry.undo.as_ref().map(|undo| undo[i].as_slice()));
+                let coins = i.checked_sub(1).and_then(|i| entry.undo.as_ref().map(|undo| undo[i].as_slice()));
                 Value::Object(tx_json(tx, true, coins, verbosity >= 3))
             })
             .collect()
@@ -112,15 +94,9 @@ pub(crate) fn tx_json(
     for (i, input) in tx.input.iter().enumerate() {
         let mut item = Map::new();
         if tx.is_coinbase() {
-            item.insert(
-                "coinbase".into(),
-                json!(hex::encode(input.script_sig.as_bytes())),
-            );
+            item.insert("coinbase".into(), json!(hex::encode(input.script_sig.as_bytes())));
         } else {
-            item.insert(
-                "txid".into(),
-                json!(input.previous_output.txid.to_string()),
-            );
+            item.insert("txid".into(), json!(input.previous_output.txid.to_string()));
             item.insert("vout".into(), json!(input.previous_output.vout));
             item.insert(
                 "scriptSig".into(),
@@ -165,10 +141,7 @@ pub(crate) fn tx_json(
     if let Some(coins) = coins {
         let value_in: u64 = coins.iter().map(|c| c.txout.value.to_sat()).sum();
         let value_out: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
-        obj.insert(
-            "fee".into(),
-            amount(Amount::from_sat(value_in.saturating_sub(value_out))),
-        );
+        obj.insert("fee".into(), amount(Amount::from_sat(value_in.saturating_sub(value_out))));
     }
     if include_hex {
         obj.insert("hex".into(), json!(serialize_hex(tx)));
@@ -209,7 +182,7 @@ pub(crate) fn script_asm(script: &Script) -> String {
                     "0".to_string()
                 } else if op == OP_PUSHNUM_NEG1 {
                     "-1".to_string()
-                } else if let Some(n) = op.decode_pushnum() {
+                } else if let Some(n) = pushnum(op) {
                     n.to_string()
                 } else if op == OP_CLTV {
                     "OP_CHECKLOCKTIMEVERIFY".to_string()
@@ -227,6 +200,12 @@ pub(crate) fn script_asm(script: &Script) -> String {
         }
     }
     parts.join(" ")
+}
+
+/// The number `OP_1`..`OP_16` push.
+pub(crate) fn pushnum(op: bitcoin::opcodes::Opcode) -> Option<u8> {
+    let byte = op.to_u8();
+    (0x51..=0x60).contains(&byte).then(|| byte - 0x50)
 }
 
 /// A little-endian sign-magnitude script number of at most 4 bytes.
@@ -270,15 +249,10 @@ fn infer_descriptor(script: &Script) -> String {
 
 /// Appends the BIP380 descriptor checksum.
 pub(crate) fn descriptor_with_checksum(desc: &str) -> String {
-    const INPUT_CHARSET: &str = "0123456789()[],'/*abcdefgh@:$%{}IJKLMNOPQRSTUVWXYZ&+-.;<=>?!^_|~ijklmnopqrstuvwxyzABCDEFGH`#\"\\ ";
+    const INPUT_CHARSET: &str =
+        "0123456789()[],'/*abcdefgh@:$%{}IJKLMNOPQRSTUVWXYZ&+-.;<=>?!^_|~ijklmnopqrstuvwxyzABCDEFGH`#\"\\ ";
     const CHECKSUM_CHARSET: &[u8] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
-    const GENERATOR: [u64; 5] = [
-        0xf5dee51989,
-        0xa9fdca3312,
-        0x1bab10e32d,
-        0x3706b1677a,
-        0x644d626ffd,
-    ];
+    const GENERATOR: [u64; 5] = [0xf5dee51989, 0xa9fdca3312, 0x1bab10e32d, 0x3706b1677a, 0x644d626ffd];
     fn polymod(mut chk: u64, value: u64) -> u64 {
         let top = chk >> 35;
         chk = ((chk & 0x7_ffff_ffff) << 5) ^ value;
@@ -312,9 +286,7 @@ pub(crate) fn descriptor_with_checksum(desc: &str) -> String {
         chk = polymod(chk, 0);
     }
     chk ^= 1;
-    let checksum: String = (0..8)
-        .map(|i| CHECKSUM_CHARSET[((chk >> (5 * (7 - i))) & 31) as usize] as char)
-        .collect();
+    let checksum: String = (0..8).map(|i| CHECKSUM_CHARSET[((chk >> (5 * (7 - i))) & 31) as usize] as char).collect();
     format!("{desc}#{checksum}")
 }
 
@@ -325,27 +297,14 @@ pub(crate) fn mempool_entry_json(mempool: &Mempool, entry: &MempoolEntry) -> Val
     let sum = |set: &std::collections::HashSet<bitcoin::Txid>| -> (u64, Amount) {
         set.iter()
             .filter_map(|t| mempool.get(t))
-            .fold((0, Amount::ZERO), |(size, fee), e| {
-                (size + e.vsize, fee + e.fee)
-            })
+            .fold((0, Amount::ZERO), |(size, fee), e| (size + e.vsize, fee + e.fee))
     };
     let (ancestor_size, ancestor_fees) = sum(&ancestors);
     let (descendant_size, descendant_fees) = sum(&descendants);
-    let replaceable = entry.signals_rbf()
-        || ancestors
-            .iter()
-            .filter_map(|t| mempool.get(t))
-            .any(MempoolEntry::signals_rbf);
-    let depends: Vec<String> = mempool
-        .parents(&entry.txid)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let spent_by: Vec<String> = mempool
-        .children(&entry.txid)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let replaceable =
+        entry.signals_rbf() || ancestors.iter().filter_map(|t| mempool.get(t)).any(MempoolEntry::signals_rbf);
+    let depends: Vec<String> = mempool.parents(&entry.txid).iter().map(ToString::to_string).collect();
+    let spent_by: Vec<String> = mempool.children(&entry.txid).iter().map(ToString::to_string).collect();
     json!({
         "vsize": entry.vsize,
         "weight": entry.weight,
@@ -375,10 +334,7 @@ mod tests {
 
     #[test]
     fn descriptor_checksum_matches_bip380() {
-        assert_eq!(
-            descriptor_with_checksum("raw(deadbeef)"),
-            "raw(deadbeef)#89f8spxm"
-        );
+        assert_eq!(descriptor_with_checksum("raw(deadbeef)"), "raw(deadbeef)#89f8spxm");
     }
 
     #[test]

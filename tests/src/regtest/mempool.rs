@@ -52,11 +52,7 @@ impl Mempool {
 
     /// The output `outpoint` of a mempool transaction, spent or not.
     pub fn output(&self, outpoint: &OutPoint) -> Option<&TxOut> {
-        self.entries
-            .get(&outpoint.txid)?
-            .tx
-            .output
-            .get(outpoint.vout as usize)
+        self.entries.get(&outpoint.txid)?.tx.output.get(outpoint.vout as usize)
     }
 
     /// The mempool transaction spending `outpoint`.
@@ -101,13 +97,8 @@ impl Mempool {
         let Some(entry) = self.entries.get(txid) else {
             return Vec::new();
         };
-        let mut parents: Vec<Txid> = entry
-            .tx
-            .input
-            .iter()
-            .map(|i| i.previous_output.txid)
-            .filter(|p| self.entries.contains_key(p))
-            .collect();
+        let mut parents: Vec<Txid> =
+            entry.tx.input.iter().map(|i| i.previous_output.txid).filter(|p| self.entries.contains_key(p)).collect();
         parents.sort_unstable();
         parents.dedup();
         parents
@@ -149,8 +140,7 @@ impl Mempool {
 
     /// Entries with parents before children, otherwise in entry order.
     pub fn ordered(&self) -> Vec<&MempoolEntry> {
-        let by_seq: BTreeMap<u64, &MempoolEntry> =
-            self.entries.values().map(|e| (e.seq, e)).collect();
+        let by_seq: BTreeMap<u64, &MempoolEntry> = self.entries.values().map(|e| (e.seq, e)).collect();
         let mut done = HashSet::new();
         let mut out = Vec::with_capacity(self.entries.len());
         for entry in by_seq.values() {
@@ -159,20 +149,12 @@ impl Mempool {
         out
     }
 
-    fn visit<'a>(
-        &'a self,
-        entry: &'a MempoolEntry,
-        done: &mut HashSet<Txid>,
-        out: &mut Vec<&'a MempoolEntry>,
-    ) {
+    fn visit<'a>(&'a self, entry: &'a MempoolEntry, done: &mut HashSet<Txid>, out: &mut Vec<&'a MempoolEntry>) {
         if !done.insert(entry.txid) {
             return;
         }
-        let mut parents: Vec<&MempoolEntry> = self
-            .parents(&entry.txid)
-            .iter()
-            .filter_map(|p| self.entries.get(p))
-            .collect();
+        let mut parents: Vec<&MempoolEntry> =
+            self.parents(&entry.txid).iter().filter_map(|p| self.entries.get(p)).collect();
         parents.sort_by_key(|p| p.seq);
         for parent in parents {
             self.visit(parent, done, out);
@@ -185,10 +167,7 @@ impl Mempool {
         let order: Vec<Txid> = self.ordered().iter().map(|e| e.txid).collect();
         let mut entries = std::mem::take(&mut self.entries);
         self.spends.clear();
-        order
-            .iter()
-            .filter_map(|txid| entries.remove(txid))
-            .collect()
+        order.iter().filter_map(|txid| entries.remove(txid)).collect()
     }
 
     pub fn total_fee(&self) -> Amount {

@@ -7,8 +7,8 @@ use bitcoin::hashes::Hash;
 use bitcoin::script::PushBytesBuf;
 use bitcoin::transaction::Version as TxVersion;
 use bitcoin::{
-    Amount, Block, BlockHash, CompactTarget, OutPoint, ScriptBuf, Sequence, Target, Transaction,
-    TxIn, TxMerkleNode, TxOut, Witness,
+    Amount, Block, BlockHash, CompactTarget, OutPoint, ScriptBuf, Sequence, Target, Transaction, TxIn, TxMerkleNode,
+    TxOut, Witness,
 };
 
 use super::validation::bip34_prefix;
@@ -40,14 +40,8 @@ pub(crate) fn assemble_block(
             witness: Witness::from_slice(&[[0u8; 32]]),
         }],
         output: vec![
-            TxOut {
-                value: reward,
-                script_pubkey: payout,
-            },
-            TxOut {
-                value: Amount::ZERO,
-                script_pubkey: ScriptBuf::new(),
-            },
+            TxOut { value: reward, script_pubkey: payout },
+            TxOut { value: Amount::ZERO, script_pubkey: ScriptBuf::new() },
         ],
     };
     let mut txdata = Vec::with_capacity(txs.len() + 1);
@@ -66,18 +60,13 @@ pub(crate) fn assemble_block(
     };
 
     // bitcoind always commits to the witnesses once segwit is active (from genesis on regtest).
-    let witness_root = block
-        .witness_root()
-        .expect("a block with a coinbase has a witness root");
+    let witness_root = block.witness_root().expect("a block with a coinbase has a witness root");
     let commitment = Block::compute_witness_commitment(&witness_root, &[0u8; 32]);
     let mut data = PushBytesBuf::from([0xaa, 0x21, 0xa9, 0xed]);
-    data.extend_from_slice(commitment.as_byte_array())
-        .expect("36 bytes fit a push");
+    data.extend_from_slice(commitment.as_byte_array()).expect("36 bytes fit a push");
     block.txdata[0].output[1].script_pubkey = ScriptBuf::new_op_return(data);
 
-    block.header.merkle_root = block
-        .compute_merkle_root()
-        .expect("a block with a coinbase has a merkle root");
+    block.header.merkle_root = block.compute_merkle_root().expect("a block with a coinbase has a merkle root");
     grind(&mut block.header);
     block
 }

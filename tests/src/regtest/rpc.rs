@@ -12,15 +12,17 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use bitcoin::address::NetworkUnchecked;
 use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
-use bitcoin::hashes::Hash;
-use bitcoin::{Address, Block, BlockHash, Network, OutPoint, ScriptBuf, Transaction, Txid};
+use bitcoin::{Block, BlockHash, OutPoint, Transaction, Txid};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::codes::*;
 use super::json::{amount, block_json, header_json, mempool_entry_json, script_pubkey_json, tx_json};
+use super::params::{
+    address_script, decode_tx, descriptor_script, get_fee_rate, get_hash, get_int, get_str, opt_bool, opt_verbosity,
+    positional, type_error, METHODS,
+};
 use super::state::NodeState;
 use super::{RpcError, NODE_SUBVERSION, NODE_VERSION};
 
@@ -38,206 +40,6 @@ impl RpcContext {
     fn state(&self) -> MutexGuard<'_, NodeState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// A method's parameter names (for named parameters and arity checks) and how many are required.
-struct Spec {
-    name: &'static str,
-    args: &'static [&'static str],
-    required: usize,
-}
-
-const METHODS: &[Spec] = &[
-    spec("getblockchaininfo", &[], 0),
-    spec("getblockcount", &[], 0),
-    spec("getbestblockhash", &[], 0),
-    spec("getblockhash", &["height"], 1),
-    spec("getblockheader", &["blockhash", "verbose"], 1),
-    spec("getblock", &["blockhash", "verbosity"], 1),
-    spec("getchaintips", &[], 0),
-    spec("getdifficulty", &[], 0),
-    spec("gettxout", &["txid", "n", "include_mempool"], 2),
-    spec("getindexinfo", &["index_name"], 0),
-    spec("sendrawtransaction", &["hexstring", "maxfeerate", "maxburnamount"], 1),
-    spec("testmempoolaccept", &["rawtxs", "maxfeerate"], 1),
-    spec("getrawtransaction", &["txid", "verbose", "blockhash"], 1),
-    spec("decoderawtransaction", &["hexstring", "iswitness"], 1),
-    spec("getrawmempool", &["verbose", "mempool_sequence"], 0),
-    spec("getmempoolentry", &["txid"], 1),
-    spec("getmempoolinfo", &[], 0),
-    spec("estimatesmartfee", &["conf_target", "estimate_mode"], 1),
-    spec("getnetworkinfo", &[], 0),
-    spec("getconnectioncount", &[], 0),
-    spec("getpeerinfo", &[], 0),
-    spec("uptime", &[], 0),
-    spec("ping", &[], 0),
-    spec("stop", &["wait"], 0),
-    spec("help", &["command"], 0),
-    spec("generatetoaddress", &["nblocks", "address", "maxtries"], 2),
-    spec("generateblock", &["output", "transactions", "submit"], 2),
-    spec("submitblock", &["hexdata", "dummy"], 1),
-    spec("invalidateblock", &["blockhash"], 1),
-    spec("reconsiderblock", &["blockhash"], 1),
-];
-
-const fn spec(name: &'static str, args: &'static [&'static str], required: usize) -> Spec {
-    Spec {
-        name,
-        args,
-        required,
-    }
-}
-
-fn usage(spec: &Spec) -> RpcError {
-    let args: Vec<String> = spec
-        .args
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            if i < spec.required {
-                format!("\"{a}\"")
-            } else {
-                format!("( \"{a}\" )")
-            }
-        })
-        .collect();
-    RpcError::new(RPC_MISC_ERROR, format!("{} {}", spec.name, args.join(" ")).trim_end().to_string())
-}
-
-/// Positional parameters from an array, an object of named parameters, or nothing.
-fn positional(spec: &Spec, params: Option<&Value>) -> Result<Vec<Value>, RpcError> {
-    let mut values = match params {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(values)) => values.clone(),
-        Some(Value::Object(named)) => {
-            let mut values = vec![Value::Null; spec.args.len()];
-            for (key, value) in named {
-                let index = spec.args.iter().position(|a| a == key).ok_or_else(|| {
-                    RpcError::new(RPC_INVALID_PARAMETER, format!("Unknown named parameter {key}"))
-                })?;
-                values[index] = value.clone();
-            }
-            while values.last() == Some(&Value::Null) {
-                values.pop();
-            }
-            values
-        }
-        Some(_) => {
-            return Err(RpcError::new(
-                RPC_INVALID_REQUEST,
-                "Params must be an array or object",
-            ))
-        }
-    };
-    if values.len() > spec.args.len()
-        || values.len() < spec.required
-        || values[..spec.required].iter().any(Value::is_null)
-    {
-        return Err(usage(spec));
-    }
-    values.resize(spec.args.len(), Value::Null);
-    Ok(values)
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-fn type_error(value: &Value, expected: &str) -> RpcError {
-    RpcError::new(
-        RPC_TYPE_ERROR,
-        format!(
-            "JSON value of type {} is not of expected type {expected}",
-            type_name(value)
-        ),
-    )
-}
-
-fn get_str(value: &Value) -> Result<&str, RpcError> {
-    value.as_str().ok_or_else(|| type_error(value, "string"))
-}
-
-fn get_int(value: &Value) -> Result<i64, RpcError> {
-    match value {
-        Value::Number(n) => n
-            .as_i64()
-            .ok_or_else(|| RpcError::new(RPC_TYPE_ERROR, "JSON integer out of range")),
-        _ => Err(type_error(value, "number")),
-    }
-}
-
-fn opt_bool(value: &Value, default: bool) -> Result<bool, RpcError> {
-    match value {
-        Value::Null => Ok(default),
-        Value::Bool(b) => Ok(*b),
-        _ => Err(type_error(value, "bool")),
-    }
-}
-
-/// A verbosity given as a number or a boolean.
-fn opt_verbosity(value: &Value, default: i64) -> Result<i64, RpcError> {
-    match value {
-        Value::Null => Ok(default),
-        Value::Bool(b) => Ok(i64::from(*b)),
-        _ => get_int(value),
-    }
-}
-
-/// bitcoind's `ParseHashV`.
-fn get_hash<T: FromStr>(value: &Value, name: &str) -> Result<T, RpcError> {
-    let s = get_str(value)?;
-    if s.len() != 64 {
-        return Err(RpcError::new(
-            RPC_INVALID_PARAMETER,
-            format!("{name} must be of length 64 (not {}, for '{s}')", s.len()),
-        ));
-    }
-    T::from_str(s).map_err(|_| {
-        RpcError::new(
-            RPC_INVALID_PARAMETER,
-            format!("{name} must be hexadecimal string (not '{s}')"),
-        )
-    })
-}
-
-/// A fee rate in BTC/kvB (number or string), as sat/kvB.
-fn get_fee_rate(value: &Value, default: u64) -> Result<u64, RpcError> {
-    let btc = match value {
-        Value::Null => return Ok(default),
-        Value::Number(n) => n.as_f64().unwrap_or(-1.0),
-        Value::String(s) => s.parse::<f64>().unwrap_or(-1.0),
-        _ => return Err(type_error(value, "number")),
-    };
-    if !(0.0..21e6).contains(&btc) {
-        return Err(RpcError::new(RPC_TYPE_ERROR, "Invalid amount"));
-    }
-    Ok((btc * 1e8).round() as u64)
-}
-
-fn decode_tx(hex: &str) -> Option<Transaction> {
-    deserialize_hex::<Transaction>(hex).ok()
-}
-
-fn address_script(s: &str) -> Option<ScriptBuf> {
-    let address = Address::<NetworkUnchecked>::from_str(s).ok()?;
-    Some(address.require_network(Network::Regtest).ok()?.script_pubkey())
-}
-
-/// `addr(...)` and `raw(...)` descriptors, checksum optional.
-fn descriptor_script(s: &str) -> Option<ScriptBuf> {
-    let body = s.split('#').next()?;
-    if let Some(inner) = body.strip_prefix("addr(").and_then(|r| r.strip_suffix(')')) {
-        return address_script(inner);
-    }
-    let inner = body.strip_prefix("raw(")?.strip_suffix(')')?;
-    Some(ScriptBuf::from_bytes(hex::decode(inner).ok()?))
 }
 
 fn block_not_found() -> RpcError {
@@ -339,8 +141,8 @@ pub(crate) fn dispatch(ctx: &RpcContext, method: &str, params: Option<&Value>) -
         "getdifficulty" => Ok(json!(ctx.state().chain.tip().block.header.difficulty_float())),
         "gettxout" => {
             let txid: Txid = get_hash(&p[0], "txid")?;
-            let vout = u32::try_from(get_int(&p[1])?)
-                .map_err(|_| RpcError::new(RPC_INVALID_PARAMETER, "Invalid vout"))?;
+            let vout =
+                u32::try_from(get_int(&p[1])?).map_err(|_| RpcError::new(RPC_INVALID_PARAMETER, "Invalid vout"))?;
             let include_mempool = opt_bool(&p[2], true)?;
             let outpoint = OutPoint { txid, vout };
             let state = ctx.state();
@@ -376,10 +178,7 @@ pub(crate) fn dispatch(ctx: &RpcContext, method: &str, params: Option<&Value>) -
         }
         "sendrawtransaction" => {
             let tx = decode_tx(get_str(&p[0])?).ok_or_else(|| {
-                RpcError::new(
-                    RPC_DESERIALIZATION_ERROR,
-                    "TX decode failed. Make sure the tx has at least one input.",
-                )
+                RpcError::new(RPC_DESERIALIZATION_ERROR, "TX decode failed. Make sure the tx has at least one input.")
             })?;
             let max_fee_rate = get_fee_rate(&p[1], 10_000_000)?;
             let txid = ctx.state().send_raw_transaction(tx, max_fee_rate)?;
@@ -404,10 +203,8 @@ pub(crate) fn dispatch(ctx: &RpcContext, method: &str, params: Option<&Value>) -
             let state = ctx.state();
             let entries = state.mempool.ordered();
             if verbose {
-                let map: serde_json::Map<String, Value> = entries
-                    .iter()
-                    .map(|e| (e.txid.to_string(), mempool_entry_json(&state.mempool, e)))
-                    .collect();
+                let map: serde_json::Map<String, Value> =
+                    entries.iter().map(|e| (e.txid.to_string(), mempool_entry_json(&state.mempool, e))).collect();
                 return Ok(Value::Object(map));
             }
             let txids: Vec<String> = entries.iter().map(|e| e.txid.to_string()).collect();
@@ -419,9 +216,10 @@ pub(crate) fn dispatch(ctx: &RpcContext, method: &str, params: Option<&Value>) -
         "getmempoolentry" => {
             let txid: Txid = get_hash(&p[0], "parameter 1")?;
             let state = ctx.state();
-            let entry = state.mempool.get(&txid).ok_or_else(|| {
-                RpcError::new(RPC_INVALID_ADDRESS_OR_KEY, "Transaction not in mempool")
-            })?;
+            let entry = state
+                .mempool
+                .get(&txid)
+                .ok_or_else(|| RpcError::new(RPC_INVALID_ADDRESS_OR_KEY, "Transaction not in mempool"))?;
             Ok(mempool_entry_json(&state.mempool, entry))
         }
         "getmempoolinfo" => {
@@ -443,14 +241,14 @@ pub(crate) fn dispatch(ctx: &RpcContext, method: &str, params: Option<&Value>) -
         "estimatesmartfee" => {
             let target = get_int(&p[0])?;
             if !(1..=1008).contains(&target) {
-                return Err(RpcError::new(
-                    RPC_INVALID_PARAMETER,
-                    "Invalid conf_target, must be between 1 and 1008",
-                ));
+                return Err(RpcError::new(RPC_INVALID_PARAMETER, "Invalid conf_target, must be between 1 and 1008"));
             }
             if let Value::String(mode) = &p[1] {
                 if !["unset", "economical", "conservative"].contains(&mode.to_lowercase().as_str()) {
-                    return Err(RpcError::new(RPC_INVALID_PARAMETER, "Invalid estimate_mode parameter, must be one of: \"unset\", \"economical\", \"conservative\""));
+                    return Err(RpcError::new(
+                        RPC_INVALID_PARAMETER,
+                        "Invalid estimate_mode parameter, must be one of: \"unset\", \"economical\", \"conservative\"",
+                    ));
                 }
             }
             Ok(json!({"errors": ["Insufficient data or no feerate found"], "blocks": 0}))
@@ -481,10 +279,7 @@ pub(crate) fn dispatch(ctx: &RpcContext, method: &str, params: Option<&Value>) -
             let block: Block = deserialize_hex(get_str(&p[0])?)
                 .map_err(|_| RpcError::new(RPC_DESERIALIZATION_ERROR, "Block decode failed"))?;
             if !block.txdata.first().is_some_and(Transaction::is_coinbase) {
-                return Err(RpcError::new(
-                    RPC_DESERIALIZATION_ERROR,
-                    "Block does not start with a coinbase",
-                ));
+                return Err(RpcError::new(RPC_DESERIALIZATION_ERROR, "Block does not start with a coinbase"));
             }
             match ctx.state().submit_block(block) {
                 Ok(()) => Ok(Value::Null),
@@ -546,10 +341,7 @@ fn test_mempool_accept(ctx: &RpcContext, p: &[Value]) -> Result<Value, RpcError>
         return Err(type_error(&p[0], "array"));
     };
     if raw.is_empty() || raw.len() > 25 {
-        return Err(RpcError::new(
-            RPC_INVALID_PARAMETER,
-            "Array must contain between 1 and 25 transactions.",
-        ));
+        return Err(RpcError::new(RPC_INVALID_PARAMETER, "Array must contain between 1 and 25 transactions."));
     }
     let max_fee_rate = get_fee_rate(&p[1], 10_000_000)?;
     let txs = raw
@@ -572,8 +364,9 @@ fn test_mempool_accept(ctx: &RpcContext, p: &[Value]) -> Result<Value, RpcError>
                 "wtxid": tx.compute_wtxid().to_string(),
             });
             match state.test_accept(tx) {
-                Ok(accepted) if max_fee_rate > 0
-                    && accepted.fee.to_sat() > super::validation::fee_for(max_fee_rate, accepted.vsize) =>
+                Ok(accepted)
+                    if max_fee_rate > 0
+                        && accepted.fee.to_sat() > super::validation::fee_for(max_fee_rate, accepted.vsize) =>
                 {
                     item["allowed"] = json!(false);
                     item["reject-reason"] = json!("max-fee-exceeded");
@@ -591,9 +384,7 @@ fn test_mempool_accept(ctx: &RpcContext, p: &[Value]) -> Result<Value, RpcError>
                 Err(reject) => {
                     let reason = match reject {
                         super::validation::Reject::MissingInputs => "missing-inputs".to_string(),
-                        super::validation::Reject::Invalid(r) => {
-                            r.split(", ").next().unwrap_or_default().to_string()
-                        }
+                        super::validation::Reject::Invalid(r) => r.split(", ").next().unwrap_or_default().to_string(),
                     };
                     item["allowed"] = json!(false);
                     item["reject-reason"] = json!(reason);
@@ -618,18 +409,13 @@ fn get_raw_transaction(ctx: &RpcContext, p: &[Value]) -> Result<Value, RpcError>
         ));
     }
     let not_found = |what: &str| {
-        RpcError::new(
-            RPC_INVALID_ADDRESS_OR_KEY,
-            format!("{what}. Use gettransaction for wallet transactions."),
-        )
+        RpcError::new(RPC_INVALID_ADDRESS_OR_KEY, format!("{what}. Use gettransaction for wallet transactions."))
     };
     let given_block = match &p[2] {
         Value::Null => None,
         v => {
             let hash: BlockHash = get_hash(v, "parameter 3")?;
-            chain
-                .get(&hash)
-                .ok_or_else(|| RpcError::new(RPC_INVALID_ADDRESS_OR_KEY, "Block hash not found"))?;
+            chain.get(&hash).ok_or_else(|| RpcError::new(RPC_INVALID_ADDRESS_OR_KEY, "Block hash not found"))?;
             Some(hash)
         }
     };
@@ -641,12 +427,9 @@ fn get_raw_transaction(ctx: &RpcContext, p: &[Value]) -> Result<Value, RpcError>
     } else if let Some(entry) = state.mempool.get(&txid) {
         (&entry.tx, None)
     } else {
-        let found = chain.find_active_tx(&txid).or_else(|| {
-            chain
-                .blocks_with_tx(&txid)
-                .iter()
-                .find_map(|h| chain.find_tx_in_block(&txid, h))
-        });
+        let found = chain
+            .find_active_tx(&txid)
+            .or_else(|| chain.blocks_with_tx(&txid).iter().find_map(|h| chain.find_tx_in_block(&txid, h)));
         let (tx, entry) = found.ok_or_else(|| not_found("No such mempool or blockchain transaction"))?;
         (tx, Some(entry))
     };
@@ -659,10 +442,7 @@ fn get_raw_transaction(ctx: &RpcContext, p: &[Value]) -> Result<Value, RpcError>
     });
     let mut obj = serde_json::Map::new();
     if given_block.is_some() {
-        obj.insert(
-            "in_active_chain".into(),
-            json!(block.is_some_and(|e| chain.is_active(&e.hash))),
-        );
+        obj.insert("in_active_chain".into(), json!(block.is_some_and(|e| chain.is_active(&e.hash))));
     }
     obj.extend(tx_json(tx, true, coins.filter(|_| verbosity >= 2), verbosity >= 2));
     if let Some(entry) = block {
@@ -682,12 +462,7 @@ fn generate_block(ctx: &RpcContext, p: &[Value]) -> Result<Value, RpcError> {
     let output = get_str(&p[0])?;
     let script = descriptor_script(output)
         .or_else(|| address_script(output))
-        .ok_or_else(|| {
-            RpcError::new(
-                RPC_INVALID_ADDRESS_OR_KEY,
-                "Error: Invalid address or descriptor",
-            )
-        })?;
+        .ok_or_else(|| RpcError::new(RPC_INVALID_ADDRESS_OR_KEY, "Error: Invalid address or descriptor"))?;
     let Value::Array(items) = &p[1] else {
         return Err(type_error(&p[1], "array"));
     };
@@ -697,12 +472,10 @@ fn generate_block(ctx: &RpcContext, p: &[Value]) -> Result<Value, RpcError> {
     for item in items {
         let s = get_str(item)?;
         if let Ok(txid) = Txid::from_str(s) {
-            let entry = state.mempool.get(&txid).ok_or_else(|| {
-                RpcError::new(
-                    RPC_INVALID_ADDRESS_OR_KEY,
-                    format!("Transaction {s} not in mempool."),
-                )
-            })?;
+            let entry = state
+                .mempool
+                .get(&txid)
+                .ok_or_else(|| RpcError::new(RPC_INVALID_ADDRESS_OR_KEY, format!("Transaction {s} not in mempool.")))?;
             txs.push(entry.tx.clone());
         } else if let Some(tx) = decode_tx(s) {
             txs.push(tx);
@@ -753,13 +526,7 @@ mod tests {
     fn hash_parameters_like_bitcoind() {
         let ctx = ctx();
         let short = dispatch(&ctx, "getblockheader", Some(&json!(["abc"])));
-        assert_eq!(
-            short,
-            Err(RpcError::new(
-                RPC_INVALID_PARAMETER,
-                "hash must be of length 64 (not 3, for 'abc')"
-            ))
-        );
+        assert_eq!(short, Err(RpcError::new(RPC_INVALID_PARAMETER, "hash must be of length 64 (not 3, for 'abc')")));
         let not_hex = dispatch(&ctx, "getblockheader", Some(&json!(["z".repeat(64)])));
         assert_eq!(not_hex.map_err(|e| e.code), Err(RPC_INVALID_PARAMETER));
     }

@@ -12,10 +12,9 @@ use super::chain::Chain;
 use super::codes::*;
 use super::mempool::Mempool;
 use super::miner::assemble_block;
-use super::persist::BlockLog;
+use super::persist::{ChainLog, Record};
 use super::validation::{
-    check_block, check_block_sanity, check_mempool_accept, fee_for, select_block_txs,
-    AcceptOptions, Accepted, Reject,
+    check_block, check_block_sanity, check_mempool_accept, fee_for, select_block_txs, AcceptOptions, Accepted, Reject,
 };
 use super::{block_subsidy, RpcError};
 
@@ -24,10 +23,7 @@ use super::{block_subsidy, RpcError};
 const MAX_INVALIDATE_RESURRECT: usize = 10;
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Maps a mempool refusal to bitcoind's `sendrawtransaction` error.
@@ -45,25 +41,26 @@ type Disconnected = Vec<(u32, Vec<Transaction>)>;
 pub(crate) struct NodeState {
     pub chain: Chain,
     pub mempool: Mempool,
-    log: Option<BlockLog>,
+    log: Option<ChainLog>,
 }
 
 impl NodeState {
     pub fn new() -> Self {
-        NodeState {
-            chain: Chain::new(),
-            mempool: Mempool::default(),
-            log: None,
-        }
+        NodeState { chain: Chain::new(), mempool: Mempool::default(), log: None }
     }
 
-    /// A node whose blocks are kept in (and first reloaded from) the log at `path`.
+    /// A node whose chain is kept in (and first replayed from) the log at `path`.
     pub fn with_log(path: &Path) -> io::Result<Self> {
-        let (log, blocks) = BlockLog::open(path)?;
+        let (log, records) = ChainLog::open(path)?;
         let mut state = NodeState::new();
-        for block in blocks {
-            if let Err(reason) = state.submit_block(block) {
-                tracing::debug!(%reason, "block from the log not connected");
+        for record in records {
+            let outcome = match record {
+                Record::Block(block) => state.submit_block(block),
+                Record::Invalidate(hash) => state.invalidate(&hash).map_err(|e| e.message),
+                Record::Reconsider(hash) => state.reconsider(&hash).map_err(|e| e.message),
+            };
+            if let Err(reason) = outcome {
+                tracing::debug!(%reason, "replayed a log record");
             }
         }
         state.log = Some(log);
@@ -86,25 +83,15 @@ impl NodeState {
             &self.chain,
             &self.mempool,
             tx,
-            AcceptOptions {
-                bypass_limits: false,
-                allow_replacement: true,
-            },
+            AcceptOptions { bypass_limits: false, allow_replacement: true },
         )
     }
 
     /// `sendrawtransaction`: `max_fee_rate` in sat/kvB, 0 for no limit.
-    pub fn send_raw_transaction(
-        &mut self,
-        tx: Transaction,
-        max_fee_rate: u64,
-    ) -> Result<Txid, RpcError> {
+    pub fn send_raw_transaction(&mut self, tx: Transaction, max_fee_rate: u64) -> Result<Txid, RpcError> {
         let txid = tx.compute_txid();
         if self.chain.has_unspent_outputs(&tx) {
-            return Err(RpcError::new(
-                RPC_VERIFY_ALREADY_IN_CHAIN,
-                "Transaction outputs already in utxo set",
-            ));
+            return Err(RpcError::new(RPC_VERIFY_ALREADY_IN_CHAIN, "Transaction outputs already in utxo set"));
         }
         if self.mempool.contains(&txid) {
             return Ok(txid);
@@ -120,8 +107,7 @@ impl NodeState {
             self.mempool.remove(replaced);
         }
         let height = self.chain.height();
-        self.mempool
-            .insert(tx, accepted.fee, unix_now(), height);
+        self.mempool.insert(tx, accepted.fee, unix_now(), height);
         Ok(txid)
     }
 
@@ -135,34 +121,40 @@ impl NodeState {
     /// A block on the tip holding `txs` (already checked to fit), paying to `payout`.
     fn build_block(&self, txs: Vec<Transaction>, fees: bitcoin::Amount, payout: ScriptBuf) -> Block {
         let height = self.chain.height() + 1;
-        assemble_block(
-            self.chain.tip().hash,
-            height,
-            self.next_block_time(),
-            txs,
-            payout,
-            block_subsidy(height) + fees,
-        )
+        let mut time = self.next_block_time();
+        loop {
+            let block = assemble_block(
+                self.chain.tip().hash,
+                height,
+                time,
+                txs.clone(),
+                payout.clone(),
+                block_subsidy(height) + fees,
+            );
+            // Re-mining what an invalidated block held within the same second would give that
+            // very block again: a later time makes a new one, so that a new branch grows.
+            if self.chain.get(&block.block_hash()).is_none() {
+                return block;
+            }
+            time += 1;
+        }
     }
 
     /// Stores, checks and connects a block built on the tip.
     fn connect_new_block(&mut self, block: Block) -> Result<BlockHash, RpcError> {
         let undo = check_block(&self.chain, &block)
             .map_err(|reason| RpcError::new(RPC_VERIFY_ERROR, format!("ConnectBlock: {reason}")))?;
-        self.log_block(&block);
-        let hash = self
-            .chain
-            .add_block(block)
-            .map_err(|reason| RpcError::new(RPC_MISC_ERROR, reason))?;
+        self.log(|| Record::Block(block.clone()));
+        let hash = self.chain.add_block(block).map_err(|reason| RpcError::new(RPC_MISC_ERROR, reason))?;
         self.chain.connect_tip(&hash, undo);
         self.update_mempool(Vec::new());
         Ok(hash)
     }
 
-    fn log_block(&mut self, block: &Block) {
+    fn log(&mut self, record: impl FnOnce() -> Record) {
         if let Some(log) = &mut self.log {
-            if let Err(error) = log.append(block) {
-                tracing::warn!(path = %log.path().display(), %error, "could not log a block");
+            if let Err(error) = log.append(&record()) {
+                tracing::warn!(path = %log.path().display(), %error, "could not log the chain");
             }
         }
     }
@@ -171,12 +163,7 @@ impl NodeState {
     pub fn generate(&mut self, n: u32, payout: &ScriptBuf) -> Result<Vec<BlockHash>, RpcError> {
         let mut hashes = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            let candidates = self
-                .mempool
-                .ordered()
-                .into_iter()
-                .map(|e| e.tx.clone())
-                .collect();
+            let candidates = self.mempool.ordered().into_iter().map(|e| e.tx.clone()).collect();
             let (txs, fees) = select_block_txs(&self.chain, candidates, false)
                 .map_err(|reason| RpcError::new(RPC_MISC_ERROR, reason))?;
             let block = self.build_block(txs, fees, payout.clone());
@@ -192,12 +179,8 @@ impl NodeState {
         txs: Vec<Transaction>,
         submit: bool,
     ) -> Result<Block, RpcError> {
-        let (txs, fees) = select_block_txs(&self.chain, txs, true).map_err(|reason| {
-            RpcError::new(
-                RPC_VERIFY_ERROR,
-                format!("TestBlockValidity failed: {reason}"),
-            )
-        })?;
+        let (txs, fees) = select_block_txs(&self.chain, txs, true)
+            .map_err(|reason| RpcError::new(RPC_VERIFY_ERROR, format!("TestBlockValidity failed: {reason}")))?;
         let block = self.build_block(txs, fees, payout.clone());
         if submit {
             self.connect_new_block(block.clone())?;
@@ -217,7 +200,7 @@ impl NodeState {
             Some(parent) if parent.invalid => return Err("bad-prevblk".into()),
             Some(_) => {}
         }
-        self.log_block(&block);
+        self.log(|| Record::Block(block.clone()));
         self.chain.add_block(block)?;
         let failures = self.activate_best_chain(Vec::new());
         if let Some(reason) = failures.get(&hash) {
@@ -231,15 +214,9 @@ impl NodeState {
 
     /// `invalidateblock`.
     pub fn invalidate(&mut self, hash: &BlockHash) -> Result<(), RpcError> {
-        let entry = self
-            .chain
-            .get(hash)
-            .ok_or_else(|| RpcError::new(RPC_INVALID_ADDRESS_OR_KEY, "Block not found"))?;
+        let entry = self.chain.get(hash).ok_or_else(|| RpcError::new(RPC_INVALID_ADDRESS_OR_KEY, "Block not found"))?;
         if entry.height == 0 {
-            return Err(RpcError::new(
-                RPC_INVALID_PARAMETER,
-                "The genesis block cannot be invalidated",
-            ));
+            return Err(RpcError::new(RPC_INVALID_PARAMETER, "The genesis block cannot be invalidated"));
         }
         let mut disconnected = Vec::new();
         while self.chain.is_active(hash) {
@@ -250,6 +227,7 @@ impl NodeState {
         }
         self.chain.mark_invalid(hash);
         self.activate_best_chain(disconnected);
+        self.log(|| Record::Invalidate(*hash));
         Ok(())
     }
 
@@ -260,6 +238,7 @@ impl NodeState {
         }
         self.chain.clear_invalid(hash);
         self.activate_best_chain(Vec::new());
+        self.log(|| Record::Reconsider(*hash));
         Ok(())
     }
 
@@ -304,10 +283,7 @@ impl NodeState {
     /// disconnected blocks, parents first). Mined and conflicting transactions drop out.
     fn update_mempool(&mut self, resurrected: Vec<Transaction>) {
         let old = self.mempool.drain_ordered();
-        let opts = AcceptOptions {
-            bypass_limits: true,
-            allow_replacement: false,
-        };
+        let opts = AcceptOptions { bypass_limits: true, allow_replacement: false };
         let height = self.chain.height();
         let now = unix_now();
         let candidates = resurrected

@@ -6,7 +6,6 @@
 use std::collections::{HashMap, HashSet};
 
 use bitcoin::blockdata::opcodes::all::OP_RETURN;
-use bitcoin::script::Instruction;
 use bitcoin::{Amount, Block, OutPoint, Script, Target, Transaction, Txid};
 
 use super::chain::{is_unspendable, BlockUndo, Chain, Coin};
@@ -65,11 +64,7 @@ pub(crate) fn format_money(sats: u64) -> String {
 
 /// bitcoind's `CFeeRate::ToString`.
 fn format_fee_rate(sat_per_kvb: u64) -> String {
-    format!(
-        "{}.{:08} BTC/kvB",
-        sat_per_kvb / 100_000_000,
-        sat_per_kvb % 100_000_000
-    )
+    format!("{}.{:08} BTC/kvB", sat_per_kvb / 100_000_000, sat_per_kvb % 100_000_000)
 }
 
 /// A fee rate's fee for `vsize` (bitcoind's `CFeeRate::GetFee`, rounding up).
@@ -120,23 +115,13 @@ pub(crate) fn is_final_tx(tx: &Transaction, height: u32, time: u32) -> bool {
     if lock_time == 0 {
         return true;
     }
-    let reference = if lock_time < LOCKTIME_THRESHOLD {
-        height
-    } else {
-        time
-    };
+    let reference = if lock_time < LOCKTIME_THRESHOLD { height } else { time };
     lock_time < reference || tx.input.iter().all(|i| i.sequence.0 == SEQUENCE_FINAL)
 }
 
 /// BIP68 relative lock times, for a block at `height` on top of the active tip whose median time
 /// past is `prev_mtp`. `prev_heights` are the heights of the blocks that created the inputs.
-fn sequence_locks_ok(
-    chain: &Chain,
-    tx: &Transaction,
-    prev_heights: &[u32],
-    height: u32,
-    prev_mtp: u32,
-) -> bool {
+fn sequence_locks_ok(chain: &Chain, tx: &Transaction, prev_heights: &[u32], height: u32, prev_mtp: u32) -> bool {
     if tx.version.0 < 2 {
         return true;
     }
@@ -204,8 +189,7 @@ pub(crate) fn script_type(script: &Script) -> &'static str {
         } else {
             "witness_unknown"
         }
-    } else if script.is_op_return() && Script::from_bytes(&script.as_bytes()[1..]).is_push_only()
-    {
+    } else if script.is_op_return() && Script::from_bytes(&script.as_bytes()[1..]).is_push_only() {
         "nulldata"
     } else if script.is_multisig() {
         "multisig"
@@ -322,11 +306,7 @@ pub(crate) fn check_mempool_accept(
             coins.push(coin.clone());
         } else if let Some(txout) = mempool.output(&input.previous_output) {
             prev_heights.push(next_height);
-            coins.push(Coin {
-                txout: txout.clone(),
-                height: next_height,
-                is_coinbase: false,
-            });
+            coins.push(Coin { txout: txout.clone(), height: next_height, is_coinbase: false });
         } else if chain.has_unspent_outputs(tx) {
             return Err(Reject::Invalid("txn-already-known".into()));
         } else {
@@ -341,24 +321,13 @@ pub(crate) fn check_mempool_accept(
     if !opts.bypass_limits {
         let min_fee = fee_for(MIN_RELAY_FEE_RATE, vsize);
         if fee.to_sat() < min_fee {
-            return Err(Reject::Invalid(format!(
-                "min relay fee not met, {} < {}",
-                fee.to_sat(),
-                min_fee
-            )));
+            return Err(Reject::Invalid(format!("min relay fee not met, {} < {}", fee.to_sat(), min_fee)));
         }
     }
 
-    let replaced = if conflicts.is_empty() {
-        Vec::new()
-    } else {
-        check_replacement(mempool, tx, &txid, fee, vsize, &conflicts)?
-    };
-    Ok(Accepted {
-        fee,
-        vsize,
-        replaced,
-    })
+    let replaced =
+        if conflicts.is_empty() { Vec::new() } else { check_replacement(mempool, tx, &txid, fee, vsize, &conflicts)? };
+    Ok(Accepted { fee, vsize, replaced })
 }
 
 /// BIP125 rules as bitcoind 27 applies them; returns every transaction to evict.
@@ -425,11 +394,7 @@ fn check_replacement(
         }
     }
     // Pays for what it evicts, and for its own relay.
-    let original: u64 = all
-        .iter()
-        .filter_map(|t| mempool.get(t))
-        .map(|e| e.fee.to_sat())
-        .sum();
+    let original: u64 = all.iter().filter_map(|t| mempool.get(t)).map(|e| e.fee.to_sat()).sum();
     if fee.to_sat() < original {
         return Err(insufficient(format!(
             "rejecting replacement {txid}, less fees than conflicting txs; {} < {}",
@@ -458,11 +423,7 @@ struct Overlay<'a> {
 
 impl<'a> Overlay<'a> {
     fn new(chain: &'a Chain) -> Self {
-        Overlay {
-            chain,
-            added: HashMap::new(),
-            spent: HashSet::new(),
-        }
+        Overlay { chain, added: HashMap::new(), spent: HashSet::new() }
     }
 
     fn get(&self, outpoint: &OutPoint) -> Option<Coin> {
@@ -485,15 +446,8 @@ impl<'a> Overlay<'a> {
         let txid = tx.compute_txid();
         for (vout, txout) in tx.output.iter().enumerate() {
             if !is_unspendable(txout) {
-                let outpoint = OutPoint {
-                    txid,
-                    vout: vout as u32,
-                };
-                let coin = Coin {
-                    txout: txout.clone(),
-                    height,
-                    is_coinbase,
-                };
+                let outpoint = OutPoint { txid, vout: vout as u32 };
+                let coin = Coin { txout: txout.clone(), height, is_coinbase };
                 self.added.insert(outpoint, coin);
             }
         }
@@ -501,12 +455,7 @@ impl<'a> Overlay<'a> {
 
     /// Checks a non-coinbase transaction of a block at `height` and applies it; returns the
     /// coins it spent and its fee.
-    fn connect_tx(
-        &mut self,
-        tx: &Transaction,
-        height: u32,
-        prev_mtp: u32,
-    ) -> Result<(Vec<Coin>, Amount), String> {
+    fn connect_tx(&mut self, tx: &Transaction, height: u32, prev_mtp: u32) -> Result<(Vec<Coin>, Amount), String> {
         check_transaction(tx)?;
         if tx.is_coinbase() {
             return Err("bad-cb-multiple".into());
@@ -602,18 +551,13 @@ pub(crate) fn check_block_sanity(block: &Block) -> Result<(), String> {
 
 /// The coinbase script sig prefix that BIP34 requires at `height` (`CScript() << height`).
 pub(crate) fn bip34_prefix(height: u32) -> bitcoin::ScriptBuf {
-    bitcoin::script::Builder::new()
-        .push_int(i64::from(height))
-        .into_script()
+    bitcoin::script::Builder::new().push_int(i64::from(height)).into_script()
 }
 
 /// The witness commitment output's index in the coinbase, if any.
 pub(crate) fn witness_commitment_index(coinbase: &Transaction) -> Option<usize> {
     const MAGIC: [u8; 6] = [OP_RETURN.to_u8(), 0x24, 0xaa, 0x21, 0xa9, 0xed];
-    coinbase
-        .output
-        .iter()
-        .rposition(|o| o.script_pubkey.len() >= 38 && o.script_pubkey.as_bytes()[..6] == MAGIC)
+    coinbase.output.iter().rposition(|o| o.script_pubkey.len() >= 38 && o.script_pubkey.as_bytes()[..6] == MAGIC)
 }
 
 /// Full validation of a block extending the active tip (`CheckBlock`, `ContextualCheckBlock*`
@@ -630,20 +574,13 @@ pub(crate) fn check_block(chain: &Chain, block: &Block) -> Result<BlockUndo, Str
         return Err("time-too-old".into());
     }
     if block.header.version.to_consensus() < 4 {
-        return Err(format!(
-            "bad-version(0x{:08x})",
-            block.header.version.to_consensus()
-        ));
+        return Err(format!("bad-version(0x{:08x})", block.header.version.to_consensus()));
     }
     let coinbase = &block.txdata[0];
     if !is_final_tx(coinbase, height, prev_mtp) {
         return Err("bad-txns-nonfinal".into());
     }
-    if !coinbase.input[0]
-        .script_sig
-        .as_bytes()
-        .starts_with(bip34_prefix(height).as_bytes())
-    {
+    if !coinbase.input[0].script_sig.as_bytes().starts_with(bip34_prefix(height).as_bytes()) {
         return Err("bad-cb-height".into());
     }
     match witness_commitment_index(coinbase) {
@@ -657,11 +594,7 @@ pub(crate) fn check_block(chain: &Chain, block: &Block) -> Result<BlockUndo, Str
             }
         }
         None => {
-            if block
-                .txdata
-                .iter()
-                .any(|tx| tx.input.iter().any(|i| !i.witness.is_empty()))
-            {
+            if block.txdata.iter().any(|tx| tx.input.iter().any(|i| !i.witness.is_empty())) {
                 return Err("unexpected-witness".into());
             }
         }

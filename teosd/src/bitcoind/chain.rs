@@ -1,0 +1,302 @@
+//! Follows bitcoind's best chain. On a new tip it finds the fork point against the blocks it has
+//! processed, disconnects stale blocks tip first, then fetches, checks (linkage, proof of work,
+//! merkle root) and processes each new block in order. Each block's effects are committed in the
+//! same batch as the new tip, so a crash replays a block rather than skipping it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::hashes::Hash;
+use bitcoin::pow::Target;
+use bitcoin::{Block, BlockHash, Network};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::rpc::{BitcoindRpc, HeaderInfo, RpcError};
+use crate::store::{Batch, Store, StoreError};
+use crate::tower::UserLocks;
+
+/// How many processed blocks are remembered to find fork points.
+const BLOCKS_KEPT: u32 = 1000;
+
+/// Why following the chain stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// bitcoind failed.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// bitcoind serves another network.
+    #[error("bitcoind is running on {found} but teosd is set to run on {expected}")]
+    WrongNetwork {
+        /// bitcoind's chain.
+        found: String,
+        /// Ours.
+        expected: String,
+    },
+    /// A block failed validation.
+    #[error("block {hash} is invalid: {reason}")]
+    InvalidBlock {
+        /// The block.
+        hash: BlockHash,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The fork point is older than the blocks the tower remembers.
+    #[error("reorg deeper than {BLOCKS_KEPT} blocks: cannot find the fork point")]
+    ReorgTooDeep,
+    /// A needed block was pruned by bitcoind.
+    #[error("bitcoind no longer has block {0} (pruned): the tower fell too far behind")]
+    Pruned(BlockHash),
+    /// A blocking task failed.
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+/// Everything the chain side needs to process blocks.
+#[derive(Debug, Clone)]
+pub struct ChainFollower {
+    rpc: Arc<BitcoindRpc>,
+    store: Store,
+    locks: Arc<UserLocks>,
+    expiry_delta: u32,
+    network: Network,
+    height: watch::Sender<u32>,
+}
+
+impl ChainFollower {
+    /// A follower committing to `store` and publishing heights on `height`.
+    pub fn new(
+        rpc: Arc<BitcoindRpc>,
+        store: Store,
+        locks: Arc<UserLocks>,
+        expiry_delta: u32,
+        network: Network,
+        height: watch::Sender<u32>,
+    ) -> Self {
+        ChainFollower { rpc, store, locks, expiry_delta, network, height }
+    }
+
+    /// Waits until bitcoind answers (with backoff, logging what it waits for) and checks its
+    /// network. Returns `Ok(false)` if `shutdown` fired first.
+    pub async fn wait_for_bitcoind(&self, shutdown: &CancellationToken) -> Result<bool, ChainError> {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self.rpc.blockchain_info().await {
+                Ok(info) => {
+                    let expected = self.network.to_core_arg();
+                    if info.chain != expected {
+                        return Err(ChainError::WrongNetwork { found: info.chain, expected: expected.to_string() });
+                    }
+                    tracing::info!(chain = info.chain, height = info.blocks, "connected to bitcoind");
+                    return Ok(true);
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "waiting for bitcoind");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(false),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Brings the store up to bitcoind's best block. On first start, adopts the current tip.
+    pub async fn sync(&self) -> Result<(), ChainError> {
+        let best = self.rpc.best_block_hash().await?;
+        let Some((_, tip_hash)) = self.blocking(|s| s.store.tip()).await? else {
+            return self.adopt_tip(best).await;
+        };
+        if best == tip_hash {
+            return Ok(());
+        }
+        let (fork_height, new_headers) = self.path_to(best).await?;
+        self.disconnect_down_to(fork_height).await?;
+        for header in new_headers.iter().rev() {
+            self.connect(header).await?;
+        }
+        Ok(())
+    }
+
+    /// Polls for new tips until `shutdown` fires. bitcoind outages are logged and waited out.
+    pub async fn follow(self, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reachable = true;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            match self.sync().await {
+                Ok(()) if !reachable => {
+                    tracing::info!("bitcoind is reachable again");
+                    reachable = true;
+                }
+                Ok(()) => {}
+                Err(ChainError::Rpc(e)) if e.is_transient() => {
+                    if reachable {
+                        tracing::warn!(error = %e, "bitcoind unreachable; appointments are still accepted");
+                    }
+                    reachable = false;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "chain sync failed; retrying at the next poll")
+                }
+            }
+        }
+        tracing::info!("chain follower stopped");
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&ChainFollower) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ChainError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || work(&me))
+            .await
+            .map_err(|e| ChainError::Task(e.to_string()))?
+            .map_err(Into::into)
+    }
+
+    async fn adopt_tip(&self, best: BlockHash) -> Result<(), ChainError> {
+        let header = self.rpc.header_info(&best).await?;
+        let prev = header.previousblockhash.unwrap_or(BlockHash::all_zeros());
+        self.blocking(move |me| {
+            let mut batch = me.store.batch();
+            batch.put_block(header.height, &header.hash, &prev);
+            batch.set_tip(header.height, &header.hash);
+            me.store.commit(batch)
+        })
+        .await?;
+        tracing::info!(height = header.height, hash = %best, "fresh start: following the chain from bitcoind's tip");
+        self.height.send_replace(header.height);
+        Ok(())
+    }
+
+    /// Walks back from `best` to a block the tower processed; returns that height and the new
+    /// headers, newest first.
+    async fn path_to(&self, best: BlockHash) -> Result<(u32, Vec<HeaderInfo>), ChainError> {
+        let mut headers = Vec::new();
+        let mut cursor = self.rpc.header_info(&best).await?;
+        loop {
+            let height = cursor.height;
+            let known = self.blocking(move |me| me.store.block_at(height)).await?;
+            if known.is_some_and(|(hash, _)| hash == cursor.hash) {
+                return Ok((cursor.height, headers));
+            }
+            if headers.len() as u32 > BLOCKS_KEPT + 100_000 {
+                return Err(ChainError::ReorgTooDeep);
+            }
+            let prev = cursor.previousblockhash.ok_or(ChainError::ReorgTooDeep)?;
+            headers.push(cursor);
+            cursor = self.rpc.header_info(&prev).await?;
+        }
+    }
+
+    async fn disconnect_down_to(&self, fork_height: u32) -> Result<(), ChainError> {
+        loop {
+            let Some((height, hash)) = self.blocking(|me| me.store.tip()).await? else {
+                return Ok(());
+            };
+            if height <= fork_height {
+                return Ok(());
+            }
+            let Some((_, prev)) = self.blocking(move |me| me.store.block_at(height)).await? else {
+                return Err(ChainError::ReorgTooDeep);
+            };
+            self.blocking(move |me| {
+                let mut batch = me.store.batch();
+                batch.delete_block(height);
+                batch.set_tip(height - 1, &prev);
+                me.store.commit(batch)
+            })
+            .await?;
+            tracing::warn!(height, %hash, "block disconnected (reorg)");
+            self.height.send_replace(height - 1);
+        }
+    }
+
+    async fn connect(&self, header: &HeaderInfo) -> Result<(), ChainError> {
+        let block = match self.rpc.block(&header.hash).await {
+            Err(RpcError::Rpc { code: -1, message }) if message.contains("pruned") => {
+                return Err(ChainError::Pruned(header.hash))
+            }
+            other => other?,
+        };
+        self.check_block(header, &block)?;
+        let (height, hash, prev) = (header.height, header.hash, block.header.prev_blockhash);
+        self.blocking(move |me| {
+            let (tip_height, tip_hash) = me.store.tip()?.unwrap_or((0, BlockHash::all_zeros()));
+            if tip_hash != prev || tip_height + 1 != height {
+                return Err(StoreError::Corrupt {
+                    cf: "meta",
+                    source: crate::store::DecodeError {
+                        what: "tip",
+                        why: format!("block {hash} does not extend the stored tip"),
+                    },
+                });
+            }
+            me.expire_users(height)?;
+            let mut batch = me.store.batch();
+            batch.put_block(height, &hash, &prev);
+            if let Some(old) = height.checked_sub(BLOCKS_KEPT) {
+                batch.delete_block(old);
+            }
+            batch.set_tip(height, &hash);
+            me.store.commit(batch)
+        })
+        .await?;
+        tracing::info!(height, %hash, txs = block.txdata.len(), "block connected");
+        self.height.send_replace(height);
+        Ok(())
+    }
+
+    fn check_block(&self, header: &HeaderInfo, block: &Block) -> Result<(), ChainError> {
+        let invalid = |reason: &str| ChainError::InvalidBlock { hash: header.hash, reason: reason.to_string() };
+        if block.block_hash() != header.hash {
+            return Err(invalid("hash does not match the header"));
+        }
+        let limit: Target = bitcoin::params::Params::new(self.network).max_attainable_target;
+        let target = block.header.target();
+        if target > limit || block.header.validate_pow(target).is_err() {
+            return Err(invalid("insufficient proof of work"));
+        }
+        if !block.check_merkle_root() {
+            return Err(invalid("merkle root mismatch"));
+        }
+        Ok(())
+    }
+
+    /// Removes users whose grace period ended by `height`, with their appointments (penalties
+    /// already being followed stay until they complete). Each user goes in its own batch under
+    /// its lock, so a renewal racing the removal is either seen or comes after it; replaying the
+    /// block after a crash repeats nothing that matters.
+    fn expire_users(&self, height: u32) -> Result<(), StoreError> {
+        let Some(limit) = height.checked_sub(self.expiry_delta) else {
+            return Ok(());
+        };
+        for (_, user) in self.store.users_expiring_before(limit.saturating_add(1), usize::MAX)? {
+            let _guard = self.locks.lock(&user);
+            let Some(record) = self.store.user(&user)? else {
+                continue;
+            };
+            if record.subscription_expiry > limit {
+                continue; // renewed meanwhile
+            }
+            let mut batch: Batch = self.store.batch();
+            for locator in self.store.user_locators(&user)? {
+                batch.delete_appointment(&user, &locator);
+            }
+            batch.delete_user(&user, &record);
+            self.store.commit(batch)?;
+            tracing::info!(user_id = %user, expiry = record.subscription_expiry, "subscription outdated: user removed");
+        }
+        Ok(())
+    }
+}
