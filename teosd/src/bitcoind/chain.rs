@@ -3,6 +3,7 @@
 //! merkle root) and processes each new block in order. Each block's effects are committed in the
 //! same batch as the new tip, so a crash replays a block rather than skipping it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +65,7 @@ pub struct ChainFollower {
     expiry_delta: u32,
     network: Network,
     height: watch::Sender<u32>,
+    reachable: Arc<AtomicBool>,
 }
 
 impl ChainFollower {
@@ -76,7 +78,12 @@ impl ChainFollower {
         network: Network,
         height: watch::Sender<u32>,
     ) -> Self {
-        ChainFollower { rpc, store, locks, expiry_delta, network, height }
+        ChainFollower { rpc, store, locks, expiry_delta, network, height, reachable: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// Whether the last exchange with bitcoind succeeded (shared with the admin API).
+    pub fn reachable(&self) -> Arc<AtomicBool> {
+        self.reachable.clone()
     }
 
     /// Waits until bitcoind answers (with backoff, logging what it waits for) and checks its
@@ -91,9 +98,11 @@ impl ChainFollower {
                         return Err(ChainError::WrongNetwork { found: info.chain, expected: expected.to_string() });
                     }
                     tracing::info!(chain = info.chain, height = info.blocks, "connected to bitcoind");
+                    self.reachable.store(true, Ordering::Relaxed);
                     return Ok(true);
                 }
                 Err(e) if e.is_transient() => {
+                    self.reachable.store(false, Ordering::Relaxed);
                     tracing::warn!(error = %e, retry_in = ?delay, "waiting for bitcoind");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(false),
@@ -133,7 +142,10 @@ impl ChainFollower {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
             }
-            match self.sync().await {
+            let result = self.sync().await;
+            let transient = matches!(&result, Err(ChainError::Rpc(e)) if e.is_transient());
+            self.reachable.store(!transient, Ordering::Relaxed);
+            match result {
                 Ok(()) if !reachable => {
                     tracing::info!("bitcoind is reachable again");
                     reachable = true;
