@@ -12,7 +12,10 @@ pub mod config;
 pub mod gatekeeper;
 pub mod keys;
 pub mod protocol;
+pub mod responder;
+pub mod sd_notify;
 pub mod store;
+pub mod tls;
 pub mod tower;
 pub mod watcher;
 
@@ -52,25 +55,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let locks = Arc::new(UserLocks::default());
     let start_height = store.tip().context("reading the stored chain tip")?.map_or(0, |(h, _)| h);
     let (height_tx, height_rx) = watch::channel(start_height);
+    let height_rx_ready = height_rx.clone();
     let rpc = Arc::new(BitcoindRpc::new(&config.bitcoind).context("creating the bitcoind client")?);
     let follower =
-        ChainFollower::new(rpc, store.clone(), locks.clone(), config.policy.expiry_delta, config.network, height_tx);
+        ChainFollower::new(rpc.clone(), store.clone(), locks.clone(), config.policy.clone(), config.network, height_tx);
     if !catch_up(&follower, &config, &shutdown).await? {
         tracing::info!("shutdown requested before bitcoind was reached");
         return Ok(());
     }
 
     let gatekeeper = Gatekeeper::new(store.clone(), config.policy.clone());
-    let tower = Tower::new(Watcher::new(store.clone(), gatekeeper, signer), locks, height_rx);
+    let tower = Tower::new(Watcher::new(store.clone(), gatekeeper, signer), locks, height_rx, Some(rpc));
     let tasks = TaskTracker::new();
     let http_stop = CancellationToken::new();
-    start_public_api(&config, tower, &tasks, http_stop.clone()).await?;
+    start_public_api(&config, tower.clone(), &tasks, http_stop.clone()).await?;
+    start_admin_api(&config, &store, tower.tower_id(), &follower, height_rx_ready.clone(), &tasks, shutdown.clone())
+        .await?;
     let chain_stop = CancellationToken::new();
+    if let Some(endpoint) = &config.bitcoind.zmq_hashblock {
+        tasks.spawn(bitcoind::zmq::subscribe(endpoint.clone(), follower.waker(), chain_stop.clone()));
+    }
     tasks.spawn(follower.follow(config.bitcoind.polling_interval, chain_stop.clone()));
     tasks.close();
-    tracing::info!(height = start_height, "Tower ready");
+    tracing::info!(height = *height_rx_ready.borrow(), "Tower ready");
+    sd_notify::ready();
 
     shutdown.cancelled().await;
+    sd_notify::stopping();
     stop_in_order(&tasks, &http_stop, &chain_stop).await;
     drop(store);
     tracing::info!("Shutdown complete");
@@ -155,6 +166,47 @@ async fn start_public_api(
     let limits = BodyLimits::for_blob_size(config.policy.max_blob_size);
     tasks.spawn(api::http::serve(listener, tower, limits, config.behind_proxy, stop));
     tracing::info!(%addr, "public HTTP API listening");
+    Ok(())
+}
+
+/// Opens the admin gRPC API on `admin_grpc_addr` with mutual TLS (certificates in the data
+/// directory, created on first start). It closes when `shutdown` fires, like the rest of the tower.
+async fn start_admin_api(
+    config: &Config,
+    store: &Store,
+    tower_id: protocol::TowerId,
+    follower: &ChainFollower,
+    height: watch::Receiver<u32>,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let tls = tokio::task::spawn_blocking(move || tls::load_or_create(&data_dir))
+        .await?
+        .with_context(|| format!("preparing the admin API's TLS certificates in {}", config.data_dir.display()))?;
+    // Fail here rather than in the server task if a key does not match its certificate.
+    tonic::transport::Server::builder().tls_config(tls.server_config()).context("loading the admin API's TLS files")?;
+    let listener = tokio::net::TcpListener::bind(config.admin_grpc_addr)
+        .await
+        .with_context(|| format!("binding the admin gRPC API to {}", config.admin_grpc_addr))?;
+    let addr = listener.local_addr().context("reading the admin API address")?;
+    let addresses = api::admin::ServedAddresses { public_http: config.public_http_addr, admin_grpc: addr };
+    let reachable = follower.reachable();
+    let service = api::admin::AdminService::new(
+        store.clone(),
+        tower_id,
+        config.network,
+        addresses,
+        reachable,
+        height,
+        shutdown.clone(),
+    );
+    tasks.spawn(async move {
+        if let Err(e) = api::admin::serve(listener, &tls, service, shutdown).await {
+            tracing::error!(error = %e, "the admin gRPC API failed");
+        }
+    });
+    tracing::info!(%addr, "admin gRPC API listening (mutual TLS)");
     Ok(())
 }
 

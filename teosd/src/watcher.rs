@@ -89,6 +89,11 @@ impl Watcher {
         &self.signer
     }
 
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The gatekeeper.
     pub fn gatekeeper(&self) -> &Gatekeeper {
         &self.gatekeeper

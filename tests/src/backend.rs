@@ -3,7 +3,8 @@
 //!
 //! A real bitcoind runs as a child process
 //! (`bitcoind -regtest -datadir=<tmp> -rpcport=<free> -port=<free> -listen=0 -server
-//! -fallbackfee=0.0001 -txindex=1`) and is driven over JSON-RPC only: mining with
+//! -fallbackfee=0.0001 -txindex=1`, plus `-zmqpubhashblock=tcp://127.0.0.1:<free>` from
+//! [`Bitcoind::start_with_zmq`]) and is driven over JSON-RPC only: mining with
 //! `generatetoaddress`/`generateblock`, reorgs with `invalidateblock`, going down with `stop`,
 //! coming back by respawning it on the same datadir and ports.
 
@@ -73,9 +74,22 @@ enum Inner {
 impl Bitcoind {
     /// A real bitcoind if `BITCOIND_EXE` is set (and not empty), else an in-process node.
     pub async fn start() -> Result<Bitcoind, BackendError> {
+        Bitcoind::start_opts(false).await
+    }
+
+    /// Like [`start`](Self::start), also publishing ZMQ `hashblock` notifications on a free port
+    /// of 127.0.0.1 ([`zmq_hashblock_endpoint`](Self::zmq_hashblock_endpoint)).
+    pub async fn start_with_zmq() -> Result<Bitcoind, BackendError> {
+        Bitcoind::start_opts(true).await
+    }
+
+    async fn start_opts(zmq: bool) -> Result<Bitcoind, BackendError> {
         match std::env::var_os(BITCOIND_EXE_ENV).filter(|v| !v.is_empty()) {
-            Some(exe) => Bitcoind::real(exe).await,
-            None => Bitcoind::in_process().await,
+            Some(exe) => Ok(Bitcoind { inner: Inner::Real(Box::new(RealBitcoind::spawn(exe.into(), zmq).await?)) }),
+            None => {
+                let options = NodeOptions { zmq_hashblock_port: zmq.then_some(0), ..NodeOptions::default() };
+                Ok(Bitcoind { inner: Inner::InProcess(RegtestNode::start(options).await?) })
+            }
         }
     }
 
@@ -87,7 +101,7 @@ impl Bitcoind {
 
     /// A real bitcoind child process, on free ports and a temporary datadir.
     pub async fn real(exe: impl Into<PathBuf>) -> Result<Bitcoind, BackendError> {
-        let real = RealBitcoind::spawn(exe.into()).await?;
+        let real = RealBitcoind::spawn(exe.into(), false).await?;
         Ok(Bitcoind { inner: Inner::Real(Box::new(real)) })
     }
 
@@ -121,6 +135,14 @@ impl Bitcoind {
         match &self.inner {
             Inner::InProcess(node) => node.datadir(),
             Inner::Real(real) => real.datadir.path(),
+        }
+    }
+
+    /// Where `hashblock` notifications are published (`tcp://127.0.0.1:<port>`), if they are.
+    pub fn zmq_hashblock_endpoint(&self) -> Option<String> {
+        match &self.inner {
+            Inner::InProcess(node) => node.zmq_hashblock_endpoint(),
+            Inner::Real(real) => real.zmq_port.map(|port| format!("tcp://127.0.0.1:{port}")),
         }
     }
 
@@ -259,21 +281,24 @@ struct RealBitcoind {
     datadir: TempDir,
     rpc_port: u16,
     p2p_port: u16,
+    zmq_port: Option<u16>,
     child: tokio::sync::Mutex<Option<Child>>,
     client: RpcClient,
 }
 
 impl RealBitcoind {
-    async fn spawn(exe: PathBuf) -> Result<RealBitcoind, BackendError> {
+    async fn spawn(exe: PathBuf, zmq: bool) -> Result<RealBitcoind, BackendError> {
         let datadir = tempfile::Builder::new()
             .prefix("teos-bitcoind-")
             .tempdir()
             .map_err(|source| BackendError::Io { context: "creating bitcoind's datadir".into(), source })?;
         let rpc_port = free_port()?;
         let p2p_port = free_port()?;
+        let zmq_port = if zmq { Some(free_port()?) } else { None };
         let cookie = datadir.path().join("regtest").join(".cookie");
         let client = RpcClient::with_cookie(format!("http://127.0.0.1:{rpc_port}/"), cookie);
-        let real = RealBitcoind { exe, datadir, rpc_port, p2p_port, child: tokio::sync::Mutex::new(None), client };
+        let child = tokio::sync::Mutex::new(None);
+        let real = RealBitcoind { exe, datadir, rpc_port, p2p_port, zmq_port, child, client };
         real.come_back().await?;
         Ok(real)
     }
@@ -294,6 +319,7 @@ impl RealBitcoind {
             .arg(format!("-rpcport={}", self.rpc_port))
             .arg(format!("-port={}", self.p2p_port))
             .args(["-listen=0", "-server", "-fallbackfee=0.0001", "-txindex=1"])
+            .args(self.zmq_port.map(|port| format!("-zmqpubhashblock=tcp://127.0.0.1:{port}")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -10,4 +10,5 @@
 pub mod backend;
 pub mod regtest;
 pub mod rpc_client;
+pub mod tower;
 pub mod wallet;

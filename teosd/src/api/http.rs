@@ -22,7 +22,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::protocol::{Appointment, Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 use crate::tower::{RequestError, Tower};
-use crate::watcher::AppointmentState;
+use crate::watcher::{AppointmentError, AppointmentState};
 
 /// Body limits per route, in bytes.
 #[derive(Debug, Clone, Copy)]
@@ -81,11 +81,19 @@ fn request_error_reply(e: RequestError) -> WireError {
         | RequestError::UserUnauthenticated
         | RequestError::UserNotFound
         | RequestError::Expired(_) => (StatusCode::UNAUTHORIZED, codes::INVALID_SIGNATURE_OR_SUBSCRIPTION_ERROR),
-        RequestError::EmptyBlob => (StatusCode::BAD_REQUEST, codes::EMPTY_FIELD),
-        RequestError::BlobTooBig { .. } => (StatusCode::BAD_REQUEST, codes::APPOINTMENT_FIELD_TOO_BIG),
-        RequestError::ToSelfDelayTooSmall { .. } => (StatusCode::BAD_REQUEST, codes::APPOINTMENT_FIELD_TOO_SMALL),
-        RequestError::AlreadyTriggered => (StatusCode::BAD_REQUEST, codes::APPOINTMENT_ALREADY_TRIGGERED),
-        RequestError::NotFound => (StatusCode::NOT_FOUND, codes::APPOINTMENT_NOT_FOUND),
+        RequestError::Appointment(e) => match e {
+            AppointmentError::EmptyBlob => (StatusCode::BAD_REQUEST, codes::EMPTY_FIELD),
+            AppointmentError::BlobTooBig { .. } => (StatusCode::BAD_REQUEST, codes::APPOINTMENT_FIELD_TOO_BIG),
+            AppointmentError::ToSelfDelayTooSmall { .. } => {
+                (StatusCode::BAD_REQUEST, codes::APPOINTMENT_FIELD_TOO_SMALL)
+            }
+            AppointmentError::AlreadyTriggered => (StatusCode::BAD_REQUEST, codes::APPOINTMENT_ALREADY_TRIGGERED),
+            AppointmentError::NotFound => (StatusCode::NOT_FOUND, codes::APPOINTMENT_NOT_FOUND),
+            // Subscription and store errors never travel inside `Appointment` (see `Tower`).
+            AppointmentError::Subscription(_) | AppointmentError::Store(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, codes::UNEXPECTED_ERROR)
+            }
+        },
         RequestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::UNEXPECTED_ERROR),
     };
     error_reply(status, code, e.to_string())

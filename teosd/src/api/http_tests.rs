@@ -46,7 +46,7 @@ fn harness() -> Harness {
     let signer = TowerSigner::new(SecretKey::from_slice(&[0x33; 32]).unwrap());
     let watcher = Watcher::new(store.clone(), Gatekeeper::new(store.clone(), policy()), signer);
     let (height, rx) = watch::channel(100);
-    let tower = Tower::new(watcher, Arc::new(UserLocks::default()), rx);
+    let tower = Tower::new(watcher, Arc::new(UserLocks::default()), rx, None);
     Harness { store, tower, height, limits: BodyLimits::for_blob_size(2048) }
 }
 
@@ -384,7 +384,13 @@ fn tracker_fixture() -> TrackerRecord {
     };
     let dispute = tx(OutPoint::null());
     let penalty = tx(OutPoint { txid: dispute.compute_txid(), vout: 0 });
-    TrackerRecord { dispute_txid: dispute.compute_txid(), dispute, penalty, status: PenaltyStatus::Broadcast(101) }
+    TrackerRecord {
+        dispute_txid: dispute.compute_txid(),
+        dispute,
+        penalty,
+        dispute_height: 100,
+        status: PenaltyStatus::Broadcast(101),
+    }
 }
 
 #[tokio::test]
@@ -394,7 +400,7 @@ async fn transcript_triggered_appointment() {
     assert_eq!(h.add(0x11, LOCATOR, "deadbeef", 42).await.0, StatusCode::OK);
     let tracker = tracker_fixture();
     let mut batch = h.store.batch();
-    batch.put_tracker(&Locator::from_str(LOCATOR).unwrap(), &UserId::from_str(USER_ID).unwrap(), &tracker);
+    batch.put_tracker(&Locator::from_str(LOCATOR).unwrap(), &UserId::from_str(USER_ID).unwrap(), &tracker, None);
     h.store.commit(batch).unwrap();
     let (status, body) = h.get(0x11, LOCATOR).await;
     assert_eq!(status, StatusCode::OK);

@@ -9,12 +9,17 @@ use std::time::Duration;
 
 use bitcoin::hashes::Hash;
 use bitcoin::pow::Target;
-use bitcoin::{Block, BlockHash, Network};
-use tokio::sync::watch;
+use std::collections::HashSet;
+
+use bitcoin::{Block, BlockHash, Network, Txid};
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::rpc::{BitcoindRpc, HeaderInfo, RpcError};
-use crate::store::{Batch, Store, StoreError};
+use crate::config::Policy;
+use crate::protocol::{Locator, UserId};
+use crate::responder::{self, Breach, BroadcastOutcome, IRREVOCABLY_RESOLVED};
+use crate::store::{Batch, PenaltyStatus, Store, StoreError, TrackerRecord};
 use crate::tower::UserLocks;
 
 /// How many processed blocks are remembered to find fork points.
@@ -56,16 +61,50 @@ pub enum ChainError {
     Task(String),
 }
 
+/// What a block asks of the tower, found before any broadcast.
+#[derive(Debug)]
+struct BlockScan {
+    breaches: Vec<Breach>,
+    due: Vec<(Locator, UserId, TrackerRecord)>,
+    drops: Batch,
+    in_block: HashSet<Txid>,
+}
+
+/// What bitcoind answered to each broadcast of a [`BlockScan`], in the same order (`None`: a
+/// penalty given up on).
+#[derive(Debug, Default)]
+struct Responses {
+    new: Vec<BroadcastOutcome>,
+    resent: Vec<Option<BroadcastOutcome>>,
+}
+
+fn log_outcome(
+    what: &str,
+    user: &UserId,
+    locator: &Locator,
+    penalty: &bitcoin::Transaction,
+    outcome: &BroadcastOutcome,
+) {
+    let penalty_txid = penalty.compute_txid();
+    match outcome {
+        BroadcastOutcome::Rejected { code, message } => {
+            tracing::warn!(user_id = %user, %locator, %penalty_txid, code, message, "{what}: rejected by bitcoind, will retry")
+        }
+        other => tracing::info!(user_id = %user, %locator, %penalty_txid, outcome = ?other, "{what}"),
+    }
+}
+
 /// Everything the chain side needs to process blocks.
 #[derive(Debug, Clone)]
 pub struct ChainFollower {
     rpc: Arc<BitcoindRpc>,
     store: Store,
     locks: Arc<UserLocks>,
-    expiry_delta: u32,
+    policy: Policy,
     network: Network,
     height: watch::Sender<u32>,
     reachable: Arc<AtomicBool>,
+    wake: Arc<Notify>,
 }
 
 impl ChainFollower {
@@ -74,11 +113,18 @@ impl ChainFollower {
         rpc: Arc<BitcoindRpc>,
         store: Store,
         locks: Arc<UserLocks>,
-        expiry_delta: u32,
+        policy: Policy,
         network: Network,
         height: watch::Sender<u32>,
     ) -> Self {
-        ChainFollower { rpc, store, locks, expiry_delta, network, height, reachable: Arc::new(AtomicBool::new(false)) }
+        let reachable = Arc::new(AtomicBool::new(false));
+        ChainFollower { rpc, store, locks, policy, network, height, reachable, wake: Arc::new(Notify::new()) }
+    }
+
+    /// Wakes [`follow`](Self::follow) between polls: the ZMQ `hashblock` subscriber
+    /// ([`super::zmq`]) calls `notify_one` on it for every notification.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Whether the last exchange with bitcoind succeeded (shared with the admin API).
@@ -132,7 +178,8 @@ impl ChainFollower {
         Ok(())
     }
 
-    /// Polls for new tips until `shutdown` fires. bitcoind outages are logged and waited out.
+    /// Polls for new tips until `shutdown` fires, and syncs at once when [`waker`](Self::waker)
+    /// is notified (ZMQ); polling stays the fallback. bitcoind outages are logged and waited out.
     pub async fn follow(self, interval: Duration, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -141,6 +188,7 @@ impl ChainFollower {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
+                _ = self.wake.notified() => {}
             }
             let result = self.sync().await;
             let transient = matches!(&result, Err(ChainError::Rpc(e)) if e.is_transient());
@@ -222,13 +270,17 @@ impl ChainFollower {
             let Some((_, prev)) = self.blocking(move |me| me.store.block_at(height)).await? else {
                 return Err(ChainError::ReorgTooDeep);
             };
-            self.blocking(move |me| {
-                let mut batch = me.store.batch();
-                batch.delete_block(height);
-                batch.set_tip(height - 1, &prev);
-                me.store.commit(batch)
-            })
-            .await?;
+            let undone = self
+                .blocking(move |me| {
+                    let mut batch = me.store.batch();
+                    let undone = responder::undo_block(&me.store, height, &mut batch)?;
+                    batch.delete_block(height);
+                    batch.set_tip(height - 1, &prev);
+                    me.store.commit(batch)?;
+                    Ok(undone)
+                })
+                .await?;
+            undone.log(height);
             tracing::warn!(height, %hash, "block disconnected (reorg)");
             self.height.send_replace(height - 1);
         }
@@ -242,30 +294,122 @@ impl ChainFollower {
             other => other?,
         };
         self.check_block(header, &block)?;
-        let (height, hash, prev) = (header.height, header.hash, block.header.prev_blockhash);
-        self.blocking(move |me| {
-            let (tip_height, tip_hash) = me.store.tip()?.unwrap_or((0, BlockHash::all_zeros()));
-            if tip_hash != prev || tip_height + 1 != height {
-                return Err(StoreError::Corrupt {
-                    cf: "meta",
-                    source: crate::store::DecodeError {
-                        what: "tip",
-                        why: format!("block {hash} does not extend the stored tip"),
-                    },
-                });
-            }
-            me.expire_users(height)?;
-            let mut batch = me.store.batch();
-            batch.put_block(height, &hash, &prev);
-            if let Some(old) = height.checked_sub(BLOCKS_KEPT) {
-                batch.delete_block(old);
-            }
-            batch.set_tip(height, &hash);
-            me.store.commit(batch)
-        })
-        .await?;
-        tracing::info!(height, %hash, txs = block.txdata.len(), "block connected");
+        let block = Arc::new(block);
+        let (height, hash) = (header.height, header.hash);
+        let scan = self
+            .blocking({
+                let block = block.clone();
+                move |me| me.scan_block(&block, height)
+            })
+            .await?;
+        let responses = self.broadcast_all(&scan, height).await?;
+        let breaches = scan.breaches.len();
+        self.blocking(move |me| me.commit_block(&block, height, scan, responses)).await?;
+        tracing::info!(height, %hash, breaches, "block connected");
         self.height.send_replace(height);
+        Ok(())
+    }
+
+    /// The blocking part before broadcasts: expire users, complete irrevocable trackers, find
+    /// breaches and the penalties due for a rebroadcast.
+    fn scan_block(&self, block: &Block, height: u32) -> Result<BlockScan, StoreError> {
+        let (tip_height, tip_hash) = self.store.tip()?.unwrap_or((0, BlockHash::all_zeros()));
+        if tip_hash != block.header.prev_blockhash || tip_height + 1 != height {
+            return Err(StoreError::Corrupt {
+                cf: "meta",
+                source: crate::store::DecodeError {
+                    what: "tip",
+                    why: format!("block {} does not extend the stored tip", block.block_hash()),
+                },
+            });
+        }
+        self.expire_users(height)?;
+        responder::complete_irrevocable(&self.store, &self.locks, height)?;
+        let mut drops = self.store.batch();
+        let breaches = responder::find_breaches(&self.store, block, &mut drops)?;
+        let in_block: HashSet<Txid> = block.txdata.iter().map(|tx| tx.compute_txid()).collect();
+        let due = responder::due_for_rebroadcast(&self.store, height, self.policy.rebroadcast_after)?
+            .into_iter()
+            .filter(|(_, _, t)| !in_block.contains(&t.penalty.compute_txid()))
+            .collect();
+        Ok(BlockScan { breaches, due, drops, in_block })
+    }
+
+    /// Sends every new penalty and every one due again. A transport failure aborts the block,
+    /// which is then retried whole at the next poll: nothing is committed, nothing is lost.
+    async fn broadcast_all(&self, scan: &BlockScan, height: u32) -> Result<Responses, ChainError> {
+        let mut responses = Responses::default();
+        for breach in &scan.breaches {
+            let outcome = responder::broadcast(&self.rpc, &breach.penalty).await?;
+            log_outcome("breach: penalty broadcast", &breach.user, &breach.locator, &breach.penalty, &outcome);
+            responses.new.push(outcome);
+        }
+        for (locator, user, tracker) in &scan.due {
+            if tracker.dispute_height.saturating_add(IRREVOCABLY_RESOLVED) <= height {
+                tracing::error!(user_id = %user, %locator, penalty_txid = %tracker.penalty.compute_txid(),
+                    "penalty never confirmed and its dispute is irrevocable: giving up");
+                responses.resent.push(None);
+                continue;
+            }
+            let outcome = responder::broadcast(&self.rpc, &tracker.penalty).await?;
+            log_outcome("penalty sent again", user, locator, &tracker.penalty, &outcome);
+            responses.resent.push(Some(outcome));
+        }
+        Ok(responses)
+    }
+
+    /// One batch with everything the block changes, and the new tip.
+    fn commit_block(
+        &self,
+        block: &Block,
+        height: u32,
+        scan: BlockScan,
+        responses: Responses,
+    ) -> Result<(), StoreError> {
+        let BlockScan { breaches, due, mut drops, in_block } = scan;
+        let batch = &mut drops;
+        for (breach, outcome) in breaches.iter().zip(&responses.new) {
+            let mut tracker = responder::new_tracker(breach, outcome, height, height);
+            if in_block.contains(&breach.penalty.compute_txid()) {
+                tracker.status = PenaltyStatus::Confirmed(height);
+            }
+            batch.put_tracker(&breach.locator, &breach.user, &tracker, None);
+        }
+        let confirmed = responder::mark_confirmations(&self.store, block, height, batch)?;
+        for ((locator, user, old), outcome) in due.iter().zip(&responses.resent) {
+            match outcome {
+                None => {
+                    batch.delete_tracker(locator, user, old);
+                    batch.delete_appointment(user, locator);
+                }
+                Some(outcome) => {
+                    let status = match outcome {
+                        BroadcastOutcome::AlreadyConfirmed => PenaltyStatus::Confirmed(height),
+                        _ => PenaltyStatus::Broadcast(height),
+                    };
+                    batch.put_tracker(locator, user, &TrackerRecord { status, ..old.clone() }, Some(old));
+                }
+            }
+        }
+        for txid in &in_block {
+            batch.put_recent_tx(height, txid, &block.block_hash());
+        }
+        if let Some(old) = height.checked_sub(self.policy.recent_block_lookback) {
+            self.store.forget_recent_block(batch, old)?;
+        }
+        batch.put_block(height, &block.block_hash(), &block.header.prev_blockhash);
+        if let Some(old) = height.checked_sub(BLOCKS_KEPT) {
+            batch.delete_block(old);
+        }
+        batch.set_tip(height, &block.block_hash());
+        self.store.commit(drops)?;
+        // Logged once durable: tests and operators may act on these lines.
+        for breach in &breaches {
+            tracing::info!(user_id = %breach.user, locator = %breach.locator, "New tracker added");
+        }
+        for (user, locator, penalty_txid) in confirmed {
+            tracing::info!(user_id = %user, %locator, %penalty_txid, height, "penalty confirmed");
+        }
         Ok(())
     }
 
@@ -290,7 +434,7 @@ impl ChainFollower {
     /// its lock, so a renewal racing the removal is either seen or comes after it; replaying the
     /// block after a crash repeats nothing that matters.
     fn expire_users(&self, height: u32) -> Result<(), StoreError> {
-        let Some(limit) = height.checked_sub(self.expiry_delta) else {
+        let Some(limit) = height.checked_sub(self.policy.expiry_delta) else {
             return Ok(());
         };
         for (_, user) in self.store.users_expiring_before(limit.saturating_add(1), usize::MAX)? {

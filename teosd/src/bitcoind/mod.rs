@@ -1,4 +1,6 @@
-//! bitcoind access: a JSON-RPC client ([`rpc`]) and the chain follower ([`chain`]).
+//! bitcoind access: a JSON-RPC client ([`rpc`]), the chain follower ([`chain`]) and the ZMQ
+//! `hashblock` subscriber that wakes it ([`zmq`]).
 
 pub mod chain;
 pub mod rpc;
+pub mod zmq;

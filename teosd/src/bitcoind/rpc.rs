@@ -197,6 +197,13 @@ impl BitcoindRpc {
         deserialize_hex(&hex).map_err(|e| RpcError::Decode(format!("block {hash}: {e}")))
     }
 
+    /// `getrawtransaction <txid> false <blockhash>`: a confirmed transaction, found without
+    /// `txindex` by naming its block.
+    pub async fn transaction_in_block(&self, txid: &Txid, block: &BlockHash) -> Result<Transaction, RpcError> {
+        let hex: String = self.call("getrawtransaction", json!([txid, false, block])).await?;
+        deserialize_hex(&hex).map_err(|e| RpcError::Decode(format!("transaction {txid}: {e}")))
+    }
+
     /// `sendrawtransaction <hex>`.
     pub async fn send_raw_transaction(&self, tx: &Transaction) -> Result<Txid, RpcError> {
         self.call("sendrawtransaction", json!([serialize_hex(tx)])).await

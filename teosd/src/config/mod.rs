@@ -360,6 +360,11 @@ fn bitcoind_config(
         return Err(invalid("polling_delta", "must be at least 1 second"));
     }
     let zmq = cli.zmq_hashblock.clone().or_else(|| file.zmq_hashblock.clone()).filter(|s| !s.is_empty());
+    if let Some(endpoint) = &zmq {
+        endpoint.parse::<zeromq::Endpoint>().map_err(|e| {
+            invalid("zmq_hashblock", format!("`{endpoint}`: {e} (expected tcp://<host>:<port> or ipc://<path>)"))
+        })?;
+    }
     Ok(BitcoindConfig { host, port, auth, zmq_hashblock: zmq, polling_interval: Duration::from_secs(polling_secs) })
 }
 

@@ -142,6 +142,21 @@ fn bad_values_are_errors() {
 }
 
 #[test]
+fn zmq_endpoint_is_checked() {
+    let config = build(&["--zmqpubhashblock", "tcp://127.0.0.1:28332"], "", None).unwrap();
+    assert_eq!(config.bitcoind.zmq_hashblock.as_deref(), Some("tcp://127.0.0.1:28332"));
+    let config = build(&[], "zmq_hashblock = \"ipc:///tmp/bitcoind.zmq\"\n", None).unwrap();
+    assert_eq!(config.bitcoind.zmq_hashblock.as_deref(), Some("ipc:///tmp/bitcoind.zmq"));
+    assert_eq!(build(&[], "zmq_hashblock = \"\"\n", None).unwrap().bitcoind.zmq_hashblock, None);
+    for bad in ["127.0.0.1:28332", "tcp://127.0.0.1", "tcp://127.0.0.1:99999", "udp://127.0.0.1:28332"] {
+        match build(&["--zmqpubhashblock", bad], "", None) {
+            Err(ConfigError::Invalid { key: "zmq_hashblock", .. }) => {}
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn help_documents_every_option() {
     use clap::CommandFactory;
     let help = Cli::command().render_long_help().to_string();

@@ -20,11 +20,17 @@ pub enum Cf {
     TrackersByPenalty,
     /// height ‖ hash → previous hash: the recently processed chain.
     Blocks,
+    /// kind ‖ height ‖ locator ‖ user_id → (): when each tracker needs attention.
+    TrackerEvents,
+    /// locator ‖ height → txid ‖ block hash: transactions of the recent blocks.
+    RecentTxs,
+    /// height ‖ locator → (): the same, by height, to forget old blocks.
+    RecentTxsByHeight,
 }
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 8] = [
+    pub const ALL: [Cf; 11] = [
         Cf::Meta,
         Cf::Users,
         Cf::UsersByExpiry,
@@ -33,6 +39,9 @@ impl Cf {
         Cf::Trackers,
         Cf::TrackersByPenalty,
         Cf::Blocks,
+        Cf::TrackerEvents,
+        Cf::RecentTxs,
+        Cf::RecentTxsByHeight,
     ];
 
     /// The column family's name on disk.
@@ -46,13 +55,16 @@ impl Cf {
             Cf::Trackers => "trackers",
             Cf::TrackersByPenalty => "trackers_by_penalty",
             Cf::Blocks => "blocks",
+            Cf::TrackerEvents => "tracker_events",
+            Cf::RecentTxs => "recent_txs",
+            Cf::RecentTxsByHeight => "recent_txs_by_height",
         }
     }
 
     /// Length of the key prefix that lookups by prefix use (and RocksDB's bloom filters index).
     pub fn prefix_len(self) -> Option<usize> {
         match self {
-            Cf::Appointments | Cf::Trackers => Some(16),
+            Cf::Appointments | Cf::Trackers | Cf::RecentTxs => Some(16),
             Cf::UserLocators => Some(33),
             Cf::TrackersByPenalty => Some(32),
             _ => None,

@@ -4,9 +4,11 @@
 //! Calls are blocking: async code reaches the store through `tokio::task::spawn_blocking`.
 
 mod kv;
+mod listing;
 mod memory;
 mod records;
 mod rocks;
+mod trackers;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ pub use kv::{Cf, Kv, KvError, Op};
 pub use memory::MemoryKv;
 pub use records::{DecodeError, PenaltyStatus, StoredAppointment, TrackerRecord, UserRecord};
 pub use rocks::{OpenError, RocksKv};
+pub use trackers::{RecentTx, TrackerEvent};
 
 use crate::protocol::{Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 
@@ -106,14 +109,6 @@ impl Batch {
     pub fn delete_appointment(&mut self, user: &UserId, locator: &Locator) {
         self.ops.push(Op::Delete(Cf::Appointments, appointment_key(locator, user)));
         self.ops.push(Op::Delete(Cf::UserLocators, join(&user.to_bytes(), locator.as_bytes())));
-    }
-
-    /// Writes the tracker of `user`'s appointment at `locator`, indexed by penalty txid.
-    pub fn put_tracker(&mut self, locator: &Locator, user: &UserId, tracker: &TrackerRecord) {
-        let key = appointment_key(locator, user);
-        let penalty_txid = tracker.penalty.compute_txid();
-        self.ops.push(Op::Put(Cf::TrackersByPenalty, join(penalty_txid.as_byte_array(), &key), Vec::new()));
-        self.ops.push(Op::Put(Cf::Trackers, key, tracker.encode()));
     }
 
     /// Records the tower key number `index`.

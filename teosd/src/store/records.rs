@@ -117,13 +117,15 @@ pub struct TrackerRecord {
     pub dispute_txid: Txid,
     /// The decrypted penalty.
     pub penalty: Transaction,
+    /// Height of the block that held the dispute.
+    pub dispute_height: u32,
     /// Where the penalty stands.
     pub status: PenaltyStatus,
 }
 
 impl TrackerRecord {
-    /// `status_kind(u8: 0 broadcast, 1 confirmed) ‖ status_height ‖ penalty_len(u32) ‖ penalty ‖
-    /// dispute` (transactions consensus-encoded).
+    /// `status_kind(u8: 0 broadcast, 1 confirmed) ‖ status_height ‖ dispute_height ‖ penalty_len(u32)
+    /// ‖ penalty ‖ dispute` (transactions consensus-encoded).
     pub fn encode(&self) -> Vec<u8> {
         let penalty = serialize(&self.penalty);
         let dispute = serialize(&self.dispute);
@@ -134,6 +136,7 @@ impl TrackerRecord {
         let mut out = Vec::with_capacity(9 + penalty.len() + dispute.len());
         out.push(kind);
         out.extend_from_slice(&height.to_be_bytes());
+        out.extend_from_slice(&self.dispute_height.to_be_bytes());
         out.extend_from_slice(&u32::try_from(penalty.len()).unwrap_or(u32::MAX).to_be_bytes());
         out.extend_from_slice(&penalty);
         out.extend_from_slice(&dispute);
@@ -142,7 +145,9 @@ impl TrackerRecord {
 
     /// Inverse of [`TrackerRecord::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let (Some(&kind), Some(height), Some(len)) = (bytes.first(), be_u32(bytes, 1), be_u32(bytes, 5)) else {
+        let (Some(&kind), Some(height), Some(dispute_height), Some(len)) =
+            (bytes.first(), be_u32(bytes, 1), be_u32(bytes, 5), be_u32(bytes, 9))
+        else {
             return Err(err("tracker", "too short"));
         };
         let status = match kind {
@@ -150,11 +155,11 @@ impl TrackerRecord {
             1 => PenaltyStatus::Confirmed(height),
             other => return Err(err("tracker", format!("unknown status {other}"))),
         };
-        let penalty_end = 9usize.saturating_add(len as usize);
-        let penalty = bytes.get(9..penalty_end).ok_or_else(|| err("tracker", "truncated penalty"))?;
+        let penalty_end = 13usize.saturating_add(len as usize);
+        let penalty = bytes.get(13..penalty_end).ok_or_else(|| err("tracker", "truncated penalty"))?;
         let penalty: Transaction = deserialize(penalty).map_err(|e| err("tracker", e.to_string()))?;
         let dispute: Transaction = deserialize(&bytes[penalty_end..]).map_err(|e| err("tracker", e.to_string()))?;
-        Ok(TrackerRecord { dispute_txid: dispute.compute_txid(), dispute, penalty, status })
+        Ok(TrackerRecord { dispute_txid: dispute.compute_txid(), dispute, penalty, dispute_height, status })
     }
 }
 

@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! teos-regtest-node --port 18443 --datadir /tmp/regtest [--rpcuser u --rpcpassword p]
+//!     [--zmqpubhashblock tcp://127.0.0.1:28332]
 //! ```
 //!
 //! It prints its RPC URL and cookie path, serves until SIGINT, SIGTERM or the `stop` RPC, and
 //! keeps its chain in `<datadir>/regtest/chain.log` (unless `--no-persist`).
 //!
 //! bitcoind's own spelling is understood too (`-datadir=<dir>`, `-rpcport=<port>`,
-//! `-rpcuser=<u>`, `-rpcpassword=<p>`; other single-dash options such as `-regtest`, `-server`
+//! `-rpcuser=<u>`, `-rpcpassword=<p>`, `-zmqpubhashblock=<endpoint>`; other single-dash options such as `-regtest`, `-server`
 //! or `-txindex=1` are accepted and ignored), so that the binary can stand in for bitcoind
 //! wherever a bitcoind command line is built (`BITCOIND_EXE`).
 
@@ -37,6 +38,10 @@ struct Args {
     /// Do not keep the chain in the datadir (<datadir>/regtest/chain.log).
     #[arg(long)]
     no_persist: bool,
+    /// Publish ZMQ hashblock notifications on this endpoint, as bitcoind's -zmqpubhashblock
+    /// (tcp://127.0.0.1:<port>; port 0 picks a free one).
+    #[arg(long, value_name = "ENDPOINT", value_parser = teos_tests::regtest::zmq::loopback_port)]
+    zmqpubhashblock: Option<u16>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -61,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         rpc_user: args.rpcuser,
         rpc_password: args.rpcpassword,
         persist: !args.no_persist,
+        zmq_hashblock_port: args.zmqpubhashblock,
     })
     .await
     .context("starting the node")?;
@@ -70,6 +76,9 @@ async fn main() -> anyhow::Result<()> {
     let _ = writeln!(out, "rpc url: {}", node.rpc_url());
     let _ = writeln!(out, "cookie: {}", node.cookie_path().display());
     let _ = writeln!(out, "datadir: {}", node.datadir().display());
+    if let Some(endpoint) = node.zmq_hashblock_endpoint() {
+        let _ = writeln!(out, "zmqpubhashblock: {endpoint}");
+    }
     let _ = writeln!(out, "tip: {height} {tip}");
     let _ = out.flush();
     drop(out);
@@ -101,6 +110,7 @@ fn translate_bitcoind_args(args: impl IntoIterator<Item = String>) -> Vec<String
             "rpcport" => "--port",
             "rpcuser" => "--rpcuser",
             "rpcpassword" => "--rpcpassword",
+            "zmqpubhashblock" => "--zmqpubhashblock",
             _ => {
                 tracing::debug!(%arg, "ignoring a bitcoind option");
                 continue;

@@ -36,6 +36,11 @@
 //! (usually the parent of the invalidated block, on which mining then builds a new branch).
 //! Stale blocks stay queryable by hash. `reconsiderblock` clears the invalid flags and switches
 //! back to the reconsidered branch when it has more work than the active one.
+//!
+//! # ZMQ
+//!
+//! With [`NodeOptions::zmq_hashblock_port`] the node publishes bitcoind's ZMQ `hashblock`
+//! notifications (and `getzmqnotifications` lists the endpoint); see [`zmq`].
 
 mod chain;
 mod http;
@@ -48,6 +53,7 @@ mod persist;
 mod rpc;
 mod state;
 mod validation;
+pub mod zmq;
 
 pub use node::{NodeError, NodeOptions, RegtestNode};
 

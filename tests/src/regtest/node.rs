@@ -12,13 +12,14 @@ use bitcoin::secp256k1::rand::{thread_rng, RngCore};
 use bitcoin::{Block, BlockHash, ScriptBuf, Transaction, Txid};
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::http::{serve, Credentials};
 use super::rpc::RpcContext;
 use super::state::NodeState;
-use super::RpcError;
+use super::{zmq, RpcError};
 use crate::wallet;
 
 /// How to start a [`RegtestNode`].
@@ -35,6 +36,9 @@ pub struct NodeOptions {
     /// Keep the chain (blocks, `invalidateblock`/`reconsiderblock`) in
     /// `<datadir>/regtest/chain.log` and replay it at start.
     pub persist: bool,
+    /// Publish ZMQ `hashblock` notifications (bitcoind's `-zmqpubhashblock`) on this port of
+    /// 127.0.0.1 (0 picks a free one); `None`: no publisher. See [`zmq`](super::zmq).
+    pub zmq_hashblock_port: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,7 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> NodeError {
 struct Running {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    zmq: Option<JoinHandle<()>>,
 }
 
 /// A bitcoind-compatible regtest node serving JSON-RPC on 127.0.0.1 (see the
@@ -67,7 +72,8 @@ struct Running {
 ///
 /// The chain lives as long as this handle: [`go_down`](Self::go_down) stops the RPC server (the
 /// port then refuses connections) and [`come_back`](Self::come_back) serves again on the same
-/// port with a new cookie, as a restarted bitcoind would.
+/// port with a new cookie, as a restarted bitcoind would. The ZMQ publisher, if any, goes down
+/// and comes back with it, on its same port.
 #[derive(Debug)]
 pub struct RegtestNode {
     state: Arc<Mutex<NodeState>>,
@@ -76,6 +82,8 @@ pub struct RegtestNode {
     addr: SocketAddr,
     user_credentials: Option<String>,
     running: Mutex<Option<Running>>,
+    zmq_addr: Option<SocketAddr>,
+    zmq_subscriptions: Arc<watch::Sender<u64>>,
 }
 
 impl RegtestNode {
@@ -108,6 +116,14 @@ impl RegtestNode {
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), opts.port.unwrap_or(0));
         let listener = bind(addr)?;
         let addr = listener.local_addr().map_err(io_error("reading the bound address"))?;
+        let zmq = match opts.zmq_hashblock_port {
+            Some(port) => {
+                let listener = bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))?;
+                let addr = listener.local_addr().map_err(io_error("reading the bound ZMQ address"))?;
+                Some((listener, addr))
+            }
+            None => None,
+        };
         let node = RegtestNode {
             state: Arc::new(Mutex::new(state)),
             datadir,
@@ -115,8 +131,10 @@ impl RegtestNode {
             addr,
             user_credentials,
             running: Mutex::new(None),
+            zmq_addr: zmq.as_ref().map(|(_, addr)| *addr),
+            zmq_subscriptions: Arc::new(watch::channel(0).0),
         };
-        node.launch(listener)?;
+        node.launch(listener, zmq.map(|(listener, _)| listener))?;
         Ok(node)
     }
 
@@ -128,20 +146,30 @@ impl RegtestNode {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes a fresh cookie and serves RPC on `listener`.
-    fn launch(&self, listener: TcpListener) -> Result<(), NodeError> {
+    /// Writes a fresh cookie and serves RPC on `listener` (and ZMQ on `zmq`).
+    fn launch(&self, listener: TcpListener, zmq: Option<TcpListener>) -> Result<(), NodeError> {
         let cookie = write_cookie(&self.cookie_path())?;
         let mut accepted = vec![cookie];
         accepted.extend(self.user_credentials.clone());
         let stop = CancellationToken::new();
-        let ctx = RpcContext { state: self.state.clone(), started: Instant::now(), stop: stop.clone() };
+        let zmq = zmq.map(|zmq_listener| {
+            let (blocks, receiver) = mpsc::unbounded_channel();
+            self.state().set_block_listener(Some(blocks));
+            tokio::spawn(zmq::publish(zmq_listener, receiver, self.zmq_subscriptions.clone(), stop.clone()))
+        });
+        let ctx = RpcContext {
+            state: self.state.clone(),
+            started: Instant::now(),
+            stop: stop.clone(),
+            zmq_hashblock: self.zmq_hashblock_endpoint(),
+        };
         let cookie_path = self.cookie_path();
         let task = tokio::spawn(async move {
             serve(listener, ctx, Arc::new(Credentials { accepted })).await;
             let _ = fs::remove_file(&cookie_path);
         });
-        tracing::info!(url = %self.rpc_url(), "regtest node up");
-        *self.running() = Some(Running { stop, task });
+        tracing::info!(url = %self.rpc_url(), zmq = ?self.zmq_hashblock_endpoint(), "regtest node up");
+        *self.running() = Some(Running { stop, task, zmq });
         Ok(())
     }
 
@@ -160,6 +188,25 @@ impl RegtestNode {
 
     pub fn datadir(&self) -> &Path {
         &self.datadir
+    }
+
+    /// `tcp://127.0.0.1:<port>` where `hashblock` notifications are published, if enabled.
+    pub fn zmq_hashblock_endpoint(&self) -> Option<String> {
+        self.zmq_addr.map(|addr| format!("tcp://{addr}"))
+    }
+
+    /// How many `hashblock` subscriptions the publisher has received since the node started
+    /// (a subscriber sends one at each connection, so a reconnection counts again).
+    pub fn zmq_subscriptions(&self) -> u64 {
+        *self.zmq_subscriptions.borrow()
+    }
+
+    /// Resolves once [`zmq_subscriptions`](Self::zmq_subscriptions) reaches `n`: from then on,
+    /// that subscriber receives every notification (a PUB socket drops messages published before
+    /// a subscription reaches it). Waits forever without a publisher: bound it.
+    pub async fn wait_for_zmq_subscriptions(&self, n: u64) {
+        let mut count = self.zmq_subscriptions.subscribe();
+        let _ = count.wait_for(|count| *count >= n).await;
     }
 
     /// `<datadir>/regtest/.cookie`, present while the node is up.
@@ -188,20 +235,28 @@ impl RegtestNode {
     }
 
     /// Stops serving: the listener closes (connections are refused), open connections are
-    /// closed (in-flight requests get a short grace period) and the cookie is removed. The chain
-    /// and the mempool stay. Does nothing if already down.
+    /// closed (in-flight requests get a short grace period) and the cookie is removed; the ZMQ
+    /// publisher closes its port and connections. The chain and the mempool stay. Does nothing if
+    /// already down.
     pub async fn go_down(&self) {
         let running = self.running().take();
         if let Some(running) = running {
             running.stop.cancel();
+            self.state().set_block_listener(None);
             if let Err(error) = running.task.await {
                 tracing::warn!(%error, "the RPC server task failed");
+            }
+            if let Some(zmq) = running.zmq {
+                if let Err(error) = zmq.await {
+                    tracing::warn!(%error, "the ZMQ publisher task failed");
+                }
             }
             tracing::info!(url = %self.rpc_url(), "regtest node down");
         }
     }
 
-    /// Serves again on the same port, with a new cookie.
+    /// Serves again on the same port, with a new cookie (and ZMQ on its same port, its sequence
+    /// numbers starting again at 0, as after a bitcoind restart).
     pub async fn come_back(&self) -> Result<(), NodeError> {
         if self.is_up() {
             return Err(NodeError::AlreadyUp);
@@ -209,7 +264,8 @@ impl RegtestNode {
         // Down through an RPC `stop`: finish that shutdown first.
         self.go_down().await;
         let listener = bind(self.addr)?;
-        self.launch(listener)
+        let zmq = self.zmq_addr.map(bind).transpose()?;
+        self.launch(listener, zmq)
     }
 
     /// The active chain's height and tip.

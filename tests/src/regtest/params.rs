@@ -39,6 +39,7 @@ pub(crate) const METHODS: &[Spec] = &[
     spec("estimatesmartfee", &["conf_target", "estimate_mode"], 1),
     spec("getnetworkinfo", &[], 0),
     spec("getconnectioncount", &[], 0),
+    spec("getzmqnotifications", &[], 0),
     spec("getpeerinfo", &[], 0),
     spec("uptime", &[], 0),
     spec("ping", &[], 0),

@@ -4,8 +4,8 @@
 //! `getblockheader`, `getblock`, `getchaintips`, `getdifficulty`, `gettxout`, `getindexinfo`.
 //! Transactions and mempool: `sendrawtransaction`, `testmempoolaccept`, `getrawtransaction`,
 //! `decoderawtransaction`, `getrawmempool`, `getmempoolentry`, `getmempoolinfo`,
-//! `estimatesmartfee`. Node: `getnetworkinfo`, `getconnectioncount`, `getpeerinfo`, `uptime`,
-//! `ping`, `stop`, `help`. Test controls: `generatetoaddress`, `generateblock`, `submitblock`,
+//! `estimatesmartfee`. Node: `getnetworkinfo`, `getconnectioncount`, `getpeerinfo`,
+//! `getzmqnotifications`, `uptime`, `ping`, `stop`, `help`. Test controls: `generatetoaddress`, `generateblock`, `submitblock`,
 //! `invalidateblock`, `reconsiderblock`.
 
 use std::str::FromStr;
@@ -34,6 +34,8 @@ pub(crate) struct RpcContext {
     pub started: Instant,
     /// Cancelled by `stop`.
     pub stop: CancellationToken,
+    /// The ZMQ `hashblock` endpoint, if publishing (for `getzmqnotifications`).
+    pub zmq_hashblock: Option<String>,
 }
 
 impl RpcContext {
@@ -256,6 +258,10 @@ pub(crate) fn dispatch(ctx: &RpcContext, method: &str, params: Option<&Value>) -
         "getnetworkinfo" => Ok(network_info()),
         "getconnectioncount" => Ok(json!(0)),
         "getpeerinfo" => Ok(json!([])),
+        "getzmqnotifications" => Ok(match &ctx.zmq_hashblock {
+            Some(address) => json!([{ "type": "pubhashblock", "address": address, "hwm": 1000 }]),
+            None => json!([]),
+        }),
         "uptime" => Ok(json!(ctx.started.elapsed().as_secs())),
         "ping" => Ok(Value::Null),
         "stop" => {
@@ -503,6 +509,7 @@ mod tests {
             state: Arc::new(Mutex::new(NodeState::new())),
             started: Instant::now(),
             stop: CancellationToken::new(),
+            zmq_hashblock: None,
         }
     }
 

@@ -16,6 +16,7 @@ use super::persist::{ChainLog, Record};
 use super::validation::{
     check_block, check_block_sanity, check_mempool_accept, fee_for, select_block_txs, AcceptOptions, Accepted, Reject,
 };
+use super::zmq::BlockListener;
 use super::{block_subsidy, RpcError};
 
 /// Blocks disconnected by `invalidateblock` whose transactions still go back to the mempool
@@ -42,11 +43,13 @@ pub(crate) struct NodeState {
     pub chain: Chain,
     pub mempool: Mempool,
     log: Option<ChainLog>,
+    /// Told the hash of every new tip to announce over ZMQ (see [`announce`](Self::announce)).
+    block_listener: Option<BlockListener>,
 }
 
 impl NodeState {
     pub fn new() -> Self {
-        NodeState { chain: Chain::new(), mempool: Mempool::default(), log: None }
+        NodeState { chain: Chain::new(), mempool: Mempool::default(), log: None, block_listener: None }
     }
 
     /// A node whose chain is kept in (and first replayed from) the log at `path`.
@@ -65,6 +68,19 @@ impl NodeState {
         }
         state.log = Some(log);
         Ok(state)
+    }
+
+    /// Sends the hash of every block announced from now on to `listener` (ZMQ `hashblock`).
+    pub fn set_block_listener(&mut self, listener: Option<BlockListener>) {
+        self.block_listener = listener;
+    }
+
+    /// Announces a new tip, as bitcoind's `UpdatedBlockTip` does (its ZMQ `hashblock`).
+    fn announce(&self, hash: BlockHash) {
+        if let Some(listener) = &self.block_listener {
+            // The publisher may be gone (node going down): then nobody listens.
+            let _ = listener.send(hash);
+        }
     }
 
     /// Where confirmations of `txid` stand: `Some(0)` in the mempool, `Some(n)` confirmed `n`
@@ -147,6 +163,7 @@ impl NodeState {
         self.log(|| Record::Block(block.clone()));
         let hash = self.chain.add_block(block).map_err(|reason| RpcError::new(RPC_MISC_ERROR, reason))?;
         self.chain.connect_tip(&hash, undo);
+        self.announce(hash);
         self.update_mempool(Vec::new());
         Ok(hash)
     }
@@ -249,8 +266,15 @@ impl NodeState {
 
     /// Moves the active chain to the best valid branch, then brings the mempool in line.
     /// Returns the blocks that failed to connect, with the reason.
+    ///
+    /// Announces new tips as bitcoind does: each connected block holding more work than the tip
+    /// had when this began (so a reorg announces the blocks past the old tip's work, not the ones
+    /// that only catch up with it), and the final tip if a connection brought it there without
+    /// it being announced (a branch that failed to connect part-way).
     fn activate_best_chain(&mut self, mut disconnected: Disconnected) -> HashMap<BlockHash, String> {
         let mut failures = HashMap::new();
+        let (start_tip, start_work) = (self.chain.tip().hash, self.chain.tip().chainwork);
+        let (mut announced, mut last_connected) = (None, None);
         loop {
             let best = self.chain.best_valid_tip();
             if best == self.chain.tip().hash {
@@ -264,7 +288,14 @@ impl NodeState {
             for hash in self.chain.path_from(&fork, &best) {
                 let block = &self.chain.get(&hash).expect("a stored block").block;
                 match check_block(&self.chain, block) {
-                    Ok(undo) => self.chain.connect_tip(&hash, undo),
+                    Ok(undo) => {
+                        self.chain.connect_tip(&hash, undo);
+                        last_connected = Some(hash);
+                        if self.chain.tip().chainwork > start_work {
+                            self.announce(hash);
+                            announced = Some(hash);
+                        }
+                    }
                     Err(reason) => {
                         tracing::debug!(%hash, %reason, "block failed to connect");
                         self.chain.mark_invalid(&hash);
@@ -273,6 +304,10 @@ impl NodeState {
                     }
                 }
             }
+        }
+        let tip = self.chain.tip().hash;
+        if tip != start_tip && last_connected == Some(tip) && announced != Some(tip) {
+            self.announce(tip);
         }
         disconnected.sort_by_key(|(height, _)| *height);
         self.update_mempool(disconnected.into_iter().flat_map(|(_, txs)| txs).collect());

@@ -1,0 +1,420 @@
+//! The admin gRPC API (`teos.v2.PrivateTowerServices`, see `proto/proto/teos/v2/`) for the
+//! operator's teos-cli, served with mutual TLS on `rpc_bind:rpc_port`. Every request field is
+//! validated here; store reads run on the blocking pool; listings stream bounded pages read from
+//! the store as the client consumes them; errors map to `tonic::Status` in one place
+//! (`From<AdminError> for Status`). Conversions between the store's types and the prost
+//! messages live at the bottom of this file, so the core never sees prost types.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::consensus::serialize;
+use bitcoin::hashes::Hash;
+use bitcoin::Network;
+use prost::Message;
+use teos_proto::admin as pb;
+use teos_proto::admin::private_tower_services_server::{PrivateTowerServices, PrivateTowerServicesServer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::config::network_dir_name;
+use crate::protocol::{IdError, Locator, TowerId, UserId};
+use crate::store::{PenaltyStatus, Store, StoreError, StoredAppointment, TrackerRecord, UserRecord};
+use crate::tls::TlsMaterial;
+
+/// Entries read from the store per step of a streamed listing.
+const LIST_PAGE: usize = 256;
+/// Streamed messages are cut at about this many bytes (clients decode up to 4 MiB by default).
+const MESSAGE_BUDGET: usize = 1 << 20;
+/// Messages a listing may have ready ahead of the client.
+const STREAM_AHEAD: usize = 2;
+/// How long a listing cut short by shutdown waits for its client to take the notice.
+const SHUTDOWN_NOTICE: Duration = Duration::from_secs(2);
+/// Time allowed for a TLS handshake, and for a unary request.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The addresses the tower serves, as `get_tower_info` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServedAddresses {
+    /// The users' HTTP API.
+    pub public_http: SocketAddr,
+    /// This API.
+    pub admin_grpc: SocketAddr,
+}
+
+/// Why an admin request failed. `From<AdminError> for Status` is the one mapping to gRPC.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// `user_id` is not a 33-byte compressed public key.
+    #[error("invalid user_id: must be a 33-byte compressed public key ({0})")]
+    InvalidUserId(IdError),
+    /// `locator` is not 16 bytes.
+    #[error("invalid locator: must be 16 bytes ({0})")]
+    InvalidLocator(IdError),
+    /// No such user.
+    #[error("User not found")]
+    UserNotFound,
+    /// The store failed (logged; the client hears only that it did).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blocking task failed.
+    #[error("task failed: {0}")]
+    Task(String),
+    /// The tower is stopping.
+    #[error("the tower is shutting down")]
+    ShuttingDown,
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::InvalidUserId(_) | AdminError::InvalidLocator(_) => Status::invalid_argument(e.to_string()),
+            AdminError::UserNotFound => Status::not_found(e.to_string()),
+            AdminError::Store(e) => {
+                tracing::error!(error = %e, "store failure while serving an admin request");
+                Status::internal("the tower could not read its store")
+            }
+            AdminError::Task(e) => {
+                tracing::error!(error = %e, "admin request task failed");
+                Status::internal("internal error")
+            }
+            AdminError::ShuttingDown => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+/// The admin service: reads the store, reports the tower's state, and stops the tower.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    store: Store,
+    tower_id: TowerId,
+    network: Network,
+    addresses: ServedAddresses,
+    bitcoind_reachable: Arc<AtomicBool>,
+    height: watch::Receiver<u32>,
+    shutdown: CancellationToken,
+}
+
+impl AdminService {
+    /// A service over `store` for the tower `tower_id`. `height` publishes the last processed
+    /// block; `stop` cancels `shutdown` (the token SIGTERM trips).
+    pub fn new(
+        store: Store,
+        tower_id: TowerId,
+        network: Network,
+        addresses: ServedAddresses,
+        bitcoind_reachable: Arc<AtomicBool>,
+        height: watch::Receiver<u32>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        AdminService { store, tower_id, network, addresses, bitcoind_reachable, height, shutdown }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T, AdminError> + Send + 'static,
+    ) -> Result<T, AdminError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store)).await.map_err(|e| AdminError::Task(e.to_string()))?
+    }
+
+    fn tower_info(&self, counts: Counts) -> pb::GetTowerInfoResponse {
+        pb::GetTowerInfoResponse {
+            tower_id: self.tower_id.to_bytes().to_vec(),
+            n_registered_users: counts.users,
+            n_watcher_appointments: counts.watched,
+            n_responder_trackers: counts.trackers,
+            bitcoind_reachable: self.bitcoind_reachable.load(Ordering::Relaxed),
+            addresses: vec![
+                network_address(self.addresses.public_http, pb::network_address::Service::PublicHttp),
+                network_address(self.addresses.admin_grpc, pb::network_address::Service::AdminGrpc),
+            ],
+            tip_height: *self.height.borrow(),
+            network: network_dir_name(self.network).to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+struct Counts {
+    users: u64,
+    watched: u64,
+    trackers: u64,
+}
+
+type Stream<M> = ReceiverStream<Result<M, Status>>;
+
+#[tonic::async_trait]
+impl PrivateTowerServices for AdminService {
+    type get_all_appointmentsStream = Stream<pb::GetAllAppointmentsResponse>;
+    type get_usersStream = Stream<pb::GetUsersResponse>;
+
+    async fn get_all_appointments(
+        &self,
+        _: Request<pb::GetAllAppointmentsRequest>,
+    ) -> Result<Response<Self::get_all_appointmentsStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_AHEAD);
+        let lister = Lister { store: self.store.clone(), tx, shutdown: self.shutdown.clone() };
+        tokio::spawn(async move {
+            let wrap = |appointments| pb::GetAllAppointmentsResponse { appointments };
+            let watched = lister.stream(
+                |store, after| {
+                    let (items, next) = store.watched_appointments_page(after.as_ref(), LIST_PAGE)?;
+                    Ok((items.iter().map(|(user, stored)| appointment_data(user, stored)).collect(), next))
+                },
+                wrap,
+            );
+            if watched.await {
+                let trackers = |store: &Store, after: Option<_>| {
+                    let (items, next) = store.trackers_page(after.as_ref(), LIST_PAGE)?;
+                    Ok((
+                        items.iter().map(|(locator, user, record)| tracker_data(locator, user, record)).collect(),
+                        next,
+                    ))
+                };
+                lister.stream(trackers, wrap).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_appointments(
+        &self,
+        request: Request<pb::GetAppointmentsRequest>,
+    ) -> Result<Response<pb::GetAppointmentsResponse>, Status> {
+        let locator = parse_locator(&request.get_ref().locator)?;
+        let appointments = self
+            .blocking(move |store| {
+                let trackers = store.trackers_at(&locator)?;
+                let mut out: Vec<_> = store
+                    .appointments_at(&locator)?
+                    .iter()
+                    .filter(|(user, _)| !trackers.iter().any(|(t, _)| t == user))
+                    .map(|(user, stored)| appointment_data(user, stored))
+                    .collect();
+                out.extend(trackers.iter().map(|(user, record)| tracker_data(&locator, user, record)));
+                Ok(out)
+            })
+            .await?;
+        Ok(Response::new(pb::GetAppointmentsResponse { appointments }))
+    }
+
+    async fn get_tower_info(
+        &self,
+        _: Request<pb::GetTowerInfoRequest>,
+    ) -> Result<Response<pb::GetTowerInfoResponse>, Status> {
+        let counts = self
+            .blocking(|store| {
+                Ok(Counts {
+                    users: store.count_users()?,
+                    watched: store.count_watched_appointments()?,
+                    trackers: store.count_trackers()?,
+                })
+            })
+            .await?;
+        Ok(Response::new(self.tower_info(counts)))
+    }
+
+    async fn get_users(&self, _: Request<pb::GetUsersRequest>) -> Result<Response<Self::get_usersStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_AHEAD);
+        let lister = Lister { store: self.store.clone(), tx, shutdown: self.shutdown.clone() };
+        tokio::spawn(async move {
+            let users = |store: &Store, after: Option<UserId>| {
+                let (items, next) = store.users_page(after.as_ref(), LIST_PAGE * 4)?;
+                Ok((items.iter().map(|(user, _)| user.to_bytes().to_vec()).collect(), next))
+            };
+            lister.stream(users, |user_ids| pb::GetUsersResponse { user_ids }).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
+        let user = parse_user_id(&request.get_ref().user_id)?;
+        let response = self
+            .blocking(move |store| {
+                let record = store.user(&user)?.ok_or(AdminError::UserNotFound)?;
+                Ok(user_response(&record, &store.user_locators(&user)?))
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn stop(&self, _: Request<pb::StopRequest>) -> Result<Response<pb::StopResponse>, Status> {
+        tracing::info!("stop requested over the admin API");
+        self.shutdown.cancel();
+        Ok(Response::new(pb::StopResponse {}))
+    }
+}
+
+/// Feeds one streamed listing: reads a page on the blocking pool, sends it in messages of at most
+/// about [`MESSAGE_BUDGET`] bytes, and reads the next page only once the channel has room. Stops
+/// when the client goes away, and ends the stream with `Unavailable` on shutdown.
+struct Lister<M> {
+    store: Store,
+    tx: mpsc::Sender<Result<M, Status>>,
+    shutdown: CancellationToken,
+}
+
+impl<M: Send + 'static> Lister<M> {
+    /// Streams every page of `fetch`; returns whether the listing ran to its end.
+    async fn stream<C, T>(
+        &self,
+        fetch: impl Fn(&Store, Option<C>) -> Result<(Vec<T>, Option<C>), AdminError> + Send + Sync + 'static,
+        wrap: impl Fn(Vec<T>) -> M,
+    ) -> bool
+    where
+        C: Copy + Send + 'static,
+        T: Message + Send + 'static,
+    {
+        let fetch = Arc::new(fetch);
+        let mut after = None;
+        loop {
+            let (store, fetch) = (self.store.clone(), fetch.clone());
+            let page = tokio::task::spawn_blocking(move || fetch(&store, after))
+                .await
+                .unwrap_or_else(|e| Err(AdminError::Task(e.to_string())));
+            let (items, next) = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = self.tx.send(Err(e.into())).await;
+                    return false;
+                }
+            };
+            for chunk in chunks_within_budget(items) {
+                if !self.send(wrap(chunk)).await {
+                    return false;
+                }
+            }
+            match next {
+                Some(next) => after = Some(next),
+                None => return true,
+            }
+        }
+    }
+
+    async fn send(&self, message: M) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => {
+                // The client may be behind: give it a moment to make room, so that it learns the
+                // listing was cut short rather than seeing it end.
+                let notice = self.tx.send(Err(AdminError::ShuttingDown.into()));
+                let _ = tokio::time::timeout(SHUTDOWN_NOTICE, notice).await;
+                false
+            }
+            sent = self.tx.send(Ok(message)) => sent.is_ok(),
+        }
+    }
+}
+
+/// Splits `items` into runs whose encoded size stays within [`MESSAGE_BUDGET`] (a single larger
+/// item gets a run of its own).
+fn chunks_within_budget<T: Message>(items: Vec<T>) -> Vec<Vec<T>> {
+    let mut chunks = Vec::new();
+    let (mut current, mut size) = (Vec::new(), 0);
+    for item in items {
+        let len = item.encoded_len() + 8;
+        if !current.is_empty() && size + len > MESSAGE_BUDGET {
+            chunks.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += len;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+/// Serves the admin API on `listener` with mutual TLS until `shutdown` fires, then lets requests
+/// in flight finish (streamed listings end with `Unavailable`).
+pub async fn serve(
+    listener: TcpListener,
+    tls: &TlsMaterial,
+    service: AdminService,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .tls_config(tls.server_config().timeout(HANDSHAKE_TIMEOUT))?
+        .timeout(REQUEST_TIMEOUT)
+        .add_service(PrivateTowerServicesServer::new(service))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
+        .await
+}
+
+// Request fields → domain types.
+
+fn parse_user_id(bytes: &[u8]) -> Result<UserId, AdminError> {
+    UserId::from_slice(bytes).map_err(AdminError::InvalidUserId)
+}
+
+fn parse_locator(bytes: &[u8]) -> Result<Locator, AdminError> {
+    Locator::from_slice(bytes).map_err(AdminError::InvalidLocator)
+}
+
+// Domain types → messages.
+
+fn appointment_data(user: &UserId, stored: &StoredAppointment) -> pb::AppointmentData {
+    let appointment = &stored.appointment;
+    pb::AppointmentData {
+        appointment_data: Some(pb::appointment_data::AppointmentData::Appointment(pb::Appointment {
+            locator: appointment.locator.as_bytes().to_vec(),
+            encrypted_blob: appointment.encrypted_blob.clone(),
+            to_self_delay: appointment.to_self_delay,
+            start_block: stored.start_block,
+        })),
+        user_id: user.to_bytes().to_vec(),
+    }
+}
+
+fn tracker_data(locator: &Locator, user: &UserId, record: &TrackerRecord) -> pb::AppointmentData {
+    let (status, status_height) = match record.status {
+        PenaltyStatus::Broadcast(h) => (pb::TrackerStatus::Broadcast, h),
+        PenaltyStatus::Confirmed(h) => (pb::TrackerStatus::Confirmed, h),
+    };
+    pb::AppointmentData {
+        appointment_data: Some(pb::appointment_data::AppointmentData::Tracker(pb::Tracker {
+            dispute_txid: record.dispute_txid.as_byte_array().to_vec(),
+            penalty_txid: record.penalty.compute_txid().as_byte_array().to_vec(),
+            penalty_rawtx: serialize(&record.penalty),
+            locator: locator.as_bytes().to_vec(),
+            status: status as i32,
+            status_height,
+        })),
+        user_id: user.to_bytes().to_vec(),
+    }
+}
+
+fn user_response(record: &UserRecord, locators: &[Locator]) -> pb::GetUserResponse {
+    pb::GetUserResponse {
+        available_slots: record.available_slots,
+        subscription_expiry: record.subscription_expiry,
+        subscription_start: record.subscription_start,
+        locators: locators.iter().map(|l| l.as_bytes().to_vec()).collect(),
+    }
+}
+
+fn network_address(addr: SocketAddr, service: pb::network_address::Service) -> pb::NetworkAddress {
+    let address_type = match addr {
+        SocketAddr::V4(_) => pb::network_address::AddressType::IpV4,
+        SocketAddr::V6(_) => pb::network_address::AddressType::IpV6,
+    };
+    pb::NetworkAddress {
+        address_type: address_type as i32,
+        address: addr.ip().to_string(),
+        port: u32::from(addr.port()),
+        service: service as i32,
+    }
+}
+
+#[cfg(test)]
+#[path = "admin_tests.rs"]
+mod tests;

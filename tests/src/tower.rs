@@ -1,0 +1,244 @@
+//! Runs the real `teosd` binary against a [`Bitcoind`] and talks to it as a Lightning client
+//! would: over HTTP, with signed requests. Readiness and progress are read from its log lines,
+//! never guessed with sleeps.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use bitcoin::{Transaction, Txid};
+use serde_json::{json, Value};
+use teosd::protocol::{encrypt_penalty, sign_message, Appointment, Locator};
+
+use crate::backend::{free_port, Bitcoind};
+
+/// How long to wait for one expected log line.
+pub const LOG_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The directory holding the workspace's binaries (`target/<profile>`), building `teosd` and
+/// `teos-cli` first if a test runs before they exist.
+pub fn binaries_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let parent = exe.parent().expect("executable directory");
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
+    let dir = if parent.ends_with("deps") { parent.parent().unwrap_or(parent) } else { parent }.to_path_buf();
+    if !dir.join("teosd").exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "teosd", "-p", "teos-cli"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building teosd failed");
+    }
+    dir
+}
+
+/// A running `teosd`.
+#[derive(Debug)]
+pub struct TowerProcess {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    /// Its data directory.
+    pub datadir: PathBuf,
+    /// `http://127.0.0.1:<port>`.
+    pub api_url: String,
+    /// The admin gRPC port.
+    pub rpc_port: u16,
+    api_port: u16,
+    extra: Vec<String>,
+    bitcoind_port: u16,
+    cookie: PathBuf,
+}
+
+impl TowerProcess {
+    /// Starts `teosd` on free ports with `datadir`, waiting for "Tower ready".
+    pub fn start(bitcoind: &Bitcoind, datadir: &Path, extra: &[&str]) -> TowerProcess {
+        let mut tower = TowerProcess::launch(bitcoind, datadir, extra);
+        tower.wait_for("Tower ready");
+        tower
+    }
+
+    /// Starts `teosd` without waiting for it to be ready.
+    pub fn launch(bitcoind: &Bitcoind, datadir: &Path, extra: &[&str]) -> TowerProcess {
+        let api_port = free_port().expect("free port");
+        let rpc_port = free_port().expect("free port");
+        let mut tower = TowerProcess {
+            child: None,
+            lines: mpsc::channel().1,
+            seen: Vec::new(),
+            datadir: datadir.to_path_buf(),
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            rpc_port,
+            api_port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            bitcoind_port: bitcoind.rpc_port(),
+            cookie: bitcoind.cookie_path(),
+        };
+        tower.spawn();
+        tower
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(binaries_dir().join("teosd"));
+        cmd.arg("--datadir").arg(&self.datadir);
+        cmd.args(["--btcnetwork", "regtest", "--btcrpcconnect", "127.0.0.1"]);
+        cmd.args(["--btcrpcport", &self.bitcoind_port.to_string(), "--btcrpccookie"]).arg(&self.cookie);
+        cmd.args(["--apiport", &self.api_port.to_string(), "--rpcport", &self.rpc_port.to_string()]);
+        // Poll every second unless the test sets its own pace.
+        if !self.extra.iter().any(|arg| arg == "--pollingdelta") {
+            cmd.args(["--pollingdelta", "1"]);
+        }
+        cmd.args(&self.extra);
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TEOS_")) {
+            cmd.env_remove(key);
+        }
+        cmd.env("RUST_LOG", "warn,teosd=debug").stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning teosd");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("TEOS_TEST_ECHO").is_some() {
+                    eprintln!("teosd| {line}");
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.child = Some(child);
+        self.lines = rx;
+    }
+
+    /// Waits for a log line containing `needle` (after the ones already consumed) and returns it.
+    /// Inside a multi-threaded tokio runtime the wait leaves the other workers running (the
+    /// in-process regtest node keeps serving).
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return tokio::task::block_in_place(|| self.wait_for_blocking(needle));
+        }
+        self.wait_for_blocking(needle)
+    }
+
+    fn wait_for_blocking(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + LOG_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("teosd never logged `{needle}`; last lines:\n{}", self.tail()),
+            }
+        }
+    }
+
+    /// The last log lines, for failure messages.
+    pub fn tail(&self) -> String {
+        let start = self.seen.len().saturating_sub(40);
+        self.seen[start..].join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("teosd is running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+        let status = child.wait().expect("waiting for teosd");
+        self.seen.extend(self.lines.try_iter());
+        status
+    }
+
+    /// Kills it with SIGKILL, as a crash or power cut would.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("teosd is running");
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+    }
+
+    /// Starts it again with the same data directory, ports and options; waits for readiness.
+    pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_for("Tower ready");
+    }
+
+    /// Whether the log so far contains `needle`.
+    pub fn logged(&mut self, needle: &str) -> bool {
+        self.seen.extend(self.lines.try_iter());
+        self.seen.iter().any(|l| l.contains(needle))
+    }
+}
+
+impl Drop for TowerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A Lightning user of the tower.
+#[derive(Debug, Clone)]
+pub struct TowerUser {
+    secret: SecretKey,
+    /// Hex of its compressed public key.
+    pub user_id: String,
+    http: reqwest::Client,
+    api_url: String,
+}
+
+impl TowerUser {
+    /// A user with the secret key `[seed; 32]`.
+    pub fn new(seed: u8, api_url: &str) -> TowerUser {
+        let secret = SecretKey::from_slice(&[seed; 32]).expect("valid key");
+        let user_id = PublicKey::from_secret_key(&Secp256k1::new(), &secret).to_string();
+        TowerUser { secret, user_id, http: reqwest::Client::new(), api_url: api_url.to_string() }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response =
+            self.http.post(format!("{}{path}", self.api_url)).json(&body).send().await.expect("tower answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST /register`.
+    pub async fn register(&self) -> (u16, Value) {
+        self.post("/register", json!({ "user_id": self.user_id })).await
+    }
+
+    /// `POST /add_appointment` for `penalty` of the dispute `dispute_txid`.
+    pub async fn add_appointment(&self, dispute_txid: &Txid, penalty: &Transaction) -> (u16, Value) {
+        let appointment = Appointment {
+            locator: Locator::from_txid(dispute_txid),
+            encrypted_blob: encrypt_penalty(penalty, dispute_txid),
+            to_self_delay: 42,
+        };
+        let signature = sign_message(&appointment.signed_bytes(), &self.secret);
+        let body = json!({"appointment": {
+            "locator": appointment.locator.to_string(),
+            "encrypted_blob": hex::encode(&appointment.encrypted_blob),
+            "to_self_delay": appointment.to_self_delay}, "signature": signature});
+        self.post("/add_appointment", body).await
+    }
+
+    /// `POST /get_appointment` for the dispute `dispute_txid`.
+    pub async fn get_appointment(&self, dispute_txid: &Txid) -> (u16, Value) {
+        let locator = Locator::from_txid(dispute_txid).to_string();
+        let signature = sign_message(format!("get appointment {locator}").as_bytes(), &self.secret);
+        self.post("/get_appointment", json!({"locator": locator, "signature": signature})).await
+    }
+
+    /// `POST /get_subscription_info`.
+    pub async fn subscription_info(&self) -> (u16, Value) {
+        let signature = sign_message(b"get subscription info", &self.secret);
+        self.post("/get_subscription_info", json!({ "signature": signature })).await
+    }
+}

@@ -1,0 +1,185 @@
+//! End to end: the operator's side. The real `teosd` against the in-process regtest node, a user
+//! registered with an appointment over HTTP, then every `teos-cli` command against the admin gRPC
+//! API (mutual TLS): output and exit codes, clients without the tower's client certificate
+//! refused, and `teos-cli stop` ending teosd with exit code 0. Readiness is read from teosd's log.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use bitcoin::hashes::Hash;
+use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
+use serde_json::Value;
+use teos_proto::admin::private_tower_services_client::PrivateTowerServicesClient;
+use teos_proto::admin::GetTowerInfoRequest;
+use teos_tests::backend::Bitcoind;
+use teos_tests::tower::{binaries_dir, TowerProcess, TowerUser};
+use teosd::protocol::Locator;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(170);
+
+/// `teos-cli`, built first if a test runs before it exists.
+fn teos_cli_path() -> PathBuf {
+    let path = binaries_dir().join("teos-cli");
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "teos-cli"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building teos-cli failed");
+    }
+    path
+}
+
+/// Runs `teos-cli --datadir <datadir> --rpcport <port> <args>`.
+async fn cli(datadir: &Path, rpc_port: u16, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(teos_cli_path());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TEOS_")) {
+        cmd.env_remove(key);
+    }
+    cmd.arg("--datadir").arg(datadir).args(["--rpcport", &rpc_port.to_string()]).args(args);
+    cmd.stdin(Stdio::null()).output().await.expect("running teos-cli")
+}
+
+/// Stdout parsed as JSON, after checking the command succeeded quietly.
+fn json(output: &Output) -> Value {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}: {stderr}", output.status.code());
+    assert!(stderr.is_empty(), "{stderr}");
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+/// The one line on stderr of a command that must fail with exit code 1.
+fn failure(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).trim_end().to_string();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked") && stderr.lines().count() == 1, "{stderr}");
+    stderr
+}
+
+/// A transaction to stand for a penalty (the tower decrypts it only on a breach).
+fn penalty() -> Transaction {
+    Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::new(Txid::from_byte_array([7; 32]), 0),
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut { value: Amount::from_sat(10_000), script_pubkey: ScriptBuf::new() }],
+    }
+}
+
+async fn bounded(test: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(TEST_TIMEOUT, test).await.expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_operator_inspects_and_stops_the_tower_with_teos_cli() {
+    bounded(async {
+        let bitcoind = Bitcoind::in_process().await.expect("regtest node");
+        bitcoind.mine(101).await.expect("mining");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let datadir = dir.path().join("teos");
+        let mut tower = TowerProcess::start(&bitcoind, &datadir, &[]);
+        let port = tower.rpc_port;
+        check_tls_files(&datadir);
+
+        let user = TowerUser::new(7, &tower.api_url);
+        let (status, registration) = user.register().await;
+        assert_eq!(status, 200, "{registration}");
+        let dispute_txid = Txid::from_byte_array([0x42; 32]);
+        let (status, receipt) = user.add_appointment(&dispute_txid, &penalty()).await;
+        assert_eq!(status, 200, "{receipt}");
+        let locator = Locator::from_txid(&dispute_txid).to_string();
+
+        let info = json(&cli(&datadir, port, &["gettowerinfo"]).await);
+        assert_eq!(info["tower_id"].as_str().map(str::len), Some(66), "{info}");
+        assert_eq!(info["n_registered_users"], 1);
+        assert_eq!(info["n_watcher_appointments"], 1);
+        assert_eq!(info["n_responder_trackers"], 0);
+        assert_eq!(info["bitcoind_reachable"], true);
+        assert_eq!(info["tip_height"], 101);
+        assert_eq!(info["network"], "regtest");
+        let api_port: u64 = tower.api_url.rsplit(':').next().unwrap().parse().unwrap();
+        let addresses = info["addresses"].as_array().unwrap();
+        assert!(addresses.iter().any(|a| a["service"] == "public_http" && a["port"] == api_port), "{info}");
+        assert!(addresses.iter().any(|a| a["service"] == "admin_grpc" && a["port"] == port), "{info}");
+        let human = cli(&datadir, port, &["--human", "gettowerinfo"]).await;
+        assert!(String::from_utf8_lossy(&human.stdout).contains("chain tip     101"), "{human:?}");
+
+        let users = json(&cli(&datadir, port, &["getusers"]).await);
+        assert_eq!(users, serde_json::json!({ "user_ids": [user.user_id] }));
+        let got = json(&cli(&datadir, port, &["getuser", &user.user_id]).await);
+        assert_eq!(got["locators"], serde_json::json!([locator]));
+        assert_eq!(got["available_slots"].as_u64(), registration["available_slots"].as_u64().map(|s| s - 1));
+        assert_eq!(got["subscription_expiry"], registration["subscription_expiry"]);
+        assert_eq!(got["subscription_start"], registration["subscription_start"]);
+        let stranger = TowerUser::new(8, &tower.api_url);
+        assert_eq!(failure(&cli(&datadir, port, &["getuser", &stranger.user_id]).await), "teos-cli: User not found");
+
+        let all = json(&cli(&datadir, port, &["getallappointments"]).await);
+        let listed = all["appointments"].as_array().unwrap();
+        assert_eq!(listed.len(), 1, "{all}");
+        assert_eq!(listed[0]["locator"], locator.as_str());
+        assert_eq!(listed[0]["user_id"], user.user_id.as_str());
+        assert_eq!(listed[0]["to_self_delay"], 42);
+        assert_eq!(listed[0]["start_block"], 101);
+        let at = json(&cli(&datadir, port, &["getappointments", &locator]).await);
+        assert_eq!(at["appointments"], all["appointments"]);
+        let elsewhere = json(&cli(&datadir, port, &["getappointments", &"00".repeat(16)]).await);
+        assert_eq!(elsewhere, serde_json::json!({ "appointments": [] }));
+
+        refuses_clients_without_the_tower_certificate(&datadir, port, &dir.path().join("impostor")).await;
+
+        let stop = cli(&datadir, port, &["stop"]).await;
+        assert!(stop.status.success(), "{stop:?}");
+        assert_eq!(String::from_utf8_lossy(&stop.stdout).trim(), "Shutting down tower");
+        tower.wait_for("stop requested over the admin API");
+        tower.wait_for("Shutdown complete");
+        // teosd has shut down by itself; `stop` collects its exit status. Its SIGTERM may still
+        // reach a process that is exiting, after the shutdown completed, and changes nothing.
+        assert!(tower.stop().success(), "{}", tower.tail());
+        let log = tower.tail();
+        let complete = log.find("Shutdown complete").expect("logged");
+        assert!(log.find("SIGTERM received").is_none_or(|at| at > complete), "{log}");
+
+        let down = failure(&cli(&datadir, port, &["gettowerinfo"]).await);
+        assert!(down.starts_with("teos-cli: Could not connect to tower. Is teosd running?"), "{down}");
+    })
+    .await;
+}
+
+/// teosd created its CA, server and client certificates in the data directory's root.
+fn check_tls_files(datadir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["ca.pem", "ca-key.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"] {
+        let meta = std::fs::metadata(datadir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        if file.ends_with("-key.pem") {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        }
+    }
+}
+
+/// A client that trusts the tower but presents no certificate, and one whose certificate comes
+/// from another CA, are both refused.
+async fn refuses_clients_without_the_tower_certificate(datadir: &Path, port: u16, impostor: &Path) {
+    let ca = std::fs::read_to_string(datadir.join("ca.pem")).unwrap();
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)).domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{port}")).unwrap().tls_config(tls).unwrap();
+    let refused = match channel.connect().await {
+        Err(_) => true,
+        Ok(channel) => PrivateTowerServicesClient::new(channel).get_tower_info(GetTowerInfoRequest {}).await.is_err(),
+    };
+    assert!(refused, "a client without a certificate was served");
+
+    // Same CA file (so the client trusts the tower), a client certificate the tower never issued.
+    std::fs::create_dir_all(impostor).unwrap();
+    teosd::tls::load_or_create(impostor).expect("another CA");
+    std::fs::write(impostor.join("ca.pem"), &ca).unwrap();
+    let line = failure(&cli(impostor, port, &["gettowerinfo"]).await);
+    assert!(line.starts_with("teos-cli: "), "{line}");
+}
