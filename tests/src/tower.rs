@@ -168,6 +168,12 @@ impl TowerProcess {
         self.wait_for("Tower ready");
     }
 
+    /// Every log line read so far.
+    pub fn tail_all(&mut self) -> &[String] {
+        self.seen.extend(self.lines.try_iter());
+        &self.seen
+    }
+
     /// Whether the log so far contains `needle`.
     pub fn logged(&mut self, needle: &str) -> bool {
         self.seen.extend(self.lines.try_iter());
@@ -203,10 +209,13 @@ impl TowerUser {
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let response =
-            self.http.post(format!("{}{path}", self.api_url)).json(&body).send().await.expect("tower answers");
+        self.try_post(path, body).await.expect("tower answers")
+    }
+
+    async fn try_post(&self, path: &str, body: Value) -> Result<(u16, Value), reqwest::Error> {
+        let response = self.http.post(format!("{}{path}", self.api_url)).json(&body).send().await?;
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
     /// `POST /register`.
@@ -216,6 +225,15 @@ impl TowerUser {
 
     /// `POST /add_appointment` for `penalty` of the dispute `dispute_txid`.
     pub async fn add_appointment(&self, dispute_txid: &Txid, penalty: &Transaction) -> (u16, Value) {
+        self.try_add_appointment(dispute_txid, penalty).await.expect("tower answers")
+    }
+
+    /// Like [`TowerUser::add_appointment`], but a connection failure is returned, not a panic.
+    pub async fn try_add_appointment(
+        &self,
+        dispute_txid: &Txid,
+        penalty: &Transaction,
+    ) -> Result<(u16, Value), reqwest::Error> {
         let appointment = Appointment {
             locator: Locator::from_txid(dispute_txid),
             encrypted_blob: encrypt_penalty(penalty, dispute_txid),
@@ -226,7 +244,7 @@ impl TowerUser {
             "locator": appointment.locator.to_string(),
             "encrypted_blob": hex::encode(&appointment.encrypted_blob),
             "to_self_delay": appointment.to_self_delay}, "signature": signature});
-        self.post("/add_appointment", body).await
+        self.try_post("/add_appointment", body).await
     }
 
     /// `POST /get_appointment` for the dispute `dispute_txid`.
