@@ -19,6 +19,9 @@ pub mod tls;
 pub mod tower;
 pub mod watcher;
 
+#[cfg(test)]
+mod test_utils;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

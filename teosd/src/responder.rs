@@ -219,22 +219,9 @@ impl Undone {
 mod tests {
     use super::*;
 
-    use bitcoin::{absolute, transaction, Amount, OutPoint, ScriptBuf, Sequence, TxIn, TxOut, Witness};
+    use bitcoin::OutPoint;
 
-    /// A one-input, one-output transaction spending `prev`.
-    fn tx(prev: OutPoint) -> Transaction {
-        Transaction {
-            version: transaction::Version::TWO,
-            lock_time: absolute::LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: prev,
-                script_sig: ScriptBuf::new(),
-                sequence: Sequence::MAX,
-                witness: Witness::new(),
-            }],
-            output: vec![TxOut { value: Amount::from_sat(1000), script_pubkey: ScriptBuf::new() }],
-        }
-    }
+    use crate::test_utils::spending as tx;
 
     fn rpc(code: i64, message: &str) -> Result<Txid, RpcError> {
         Err(RpcError::Rpc { code, message: message.into() })

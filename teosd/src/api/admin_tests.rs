@@ -2,10 +2,7 @@
 //! listings across pages and message budgets, `stop`, shutdown during a listing; and the real
 //! server over mutual TLS on a loopback port.
 
-use bitcoin::absolute::LockTime;
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
-use bitcoin::transaction::Version;
-use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -64,29 +61,8 @@ fn stored(loc: Locator, blob_len: usize) -> StoredAppointment {
     }
 }
 
-fn tx(seed: u8) -> Transaction {
-    Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint::null(),
-            script_sig: ScriptBuf::from_bytes(vec![seed]),
-            sequence: Sequence::MAX,
-            witness: Witness::new(),
-        }],
-        output: vec![TxOut { value: Amount::from_sat(1000), script_pubkey: ScriptBuf::new() }],
-    }
-}
-
 fn tracker(seed: u8) -> TrackerRecord {
-    let dispute = tx(seed);
-    TrackerRecord {
-        dispute_txid: dispute.compute_txid(),
-        dispute,
-        penalty: tx(seed.wrapping_add(100)),
-        dispute_height: 110,
-        status: PenaltyStatus::Confirmed(111),
-    }
+    crate::test_utils::tracker(seed, 110, PenaltyStatus::Confirmed(111))
 }
 
 fn record(slots: u32) -> UserRecord {

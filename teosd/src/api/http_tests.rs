@@ -370,27 +370,7 @@ async fn transcript_get_appointment_and_subscription_info() {
 }
 
 fn tracker_fixture() -> TrackerRecord {
-    use bitcoin::{absolute, transaction, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
-    let tx = |prev: OutPoint| Transaction {
-        version: transaction::Version::TWO,
-        lock_time: absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: prev,
-            script_sig: ScriptBuf::new(),
-            sequence: Sequence::MAX,
-            witness: Witness::new(),
-        }],
-        output: vec![TxOut { value: Amount::from_sat(10_000), script_pubkey: ScriptBuf::new() }],
-    };
-    let dispute = tx(OutPoint::null());
-    let penalty = tx(OutPoint { txid: dispute.compute_txid(), vout: 0 });
-    TrackerRecord {
-        dispute_txid: dispute.compute_txid(),
-        dispute,
-        penalty,
-        dispute_height: 100,
-        status: PenaltyStatus::Broadcast(101),
-    }
+    crate::test_utils::tracker(1, 100, PenaltyStatus::Broadcast(101))
 }
 
 #[tokio::test]

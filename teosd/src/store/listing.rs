@@ -209,10 +209,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use bitcoin::absolute::LockTime;
     use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
-    use bitcoin::transaction::Version;
-    use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
 
     use super::*;
     use crate::protocol::Appointment;
@@ -237,29 +234,8 @@ mod tests {
         }
     }
 
-    fn tx(seed: u8) -> Transaction {
-        Transaction {
-            version: Version::TWO,
-            lock_time: LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: OutPoint::null(),
-                script_sig: ScriptBuf::from_bytes(vec![seed]),
-                sequence: Sequence::MAX,
-                witness: Witness::new(),
-            }],
-            output: vec![TxOut { value: Amount::from_sat(1000), script_pubkey: ScriptBuf::new() }],
-        }
-    }
-
     fn tracker(seed: u8) -> TrackerRecord {
-        let dispute = tx(seed);
-        TrackerRecord {
-            dispute_txid: dispute.compute_txid(),
-            dispute,
-            penalty: tx(seed.wrapping_add(100)),
-            dispute_height: 120,
-            status: PenaltyStatus::Broadcast(120),
-        }
+        crate::test_utils::tracker(seed, 120, PenaltyStatus::Broadcast(120))
     }
 
     fn record(slots: u32) -> UserRecord {
