@@ -68,7 +68,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
 
     let gatekeeper = Gatekeeper::new(store.clone(), config.policy.clone());
-    let tower = Tower::new(Watcher::new(store.clone(), gatekeeper, signer), locks, height_rx, Some(rpc));
+    let tower = Tower::new(Watcher::new(store.clone(), gatekeeper, signer), locks, height_rx, Some(follower.waker()));
     let tasks = TaskTracker::new();
     let http_stop = CancellationToken::new();
     start_public_api(&config, tower.clone(), &tasks, http_stop.clone()).await?;

@@ -4,13 +4,11 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
-use crate::bitcoind::rpc::BitcoindRpc;
 use crate::gatekeeper::SubscriptionError;
 use crate::protocol::{registration_receipt_bytes, Appointment, Locator, UserId};
-use crate::responder::{self, Breach};
-use crate::store::{RecentTx, StoreError};
+use crate::store::StoreError;
 use crate::watcher::{AppointmentError, AppointmentReceipt, AppointmentState, Watcher};
 
 /// Why a user's request was refused. The APIs map each to their wire errors.
@@ -92,56 +90,6 @@ pub struct SubscriptionInfo {
     pub locators: Vec<Locator>,
 }
 
-/// Answers an appointment whose dispute was already mined in one of the recent blocks.
-struct LateDispute {
-    rpc: Arc<BitcoindRpc>,
-    watcher: Arc<Watcher>,
-    locks: Arc<UserLocks>,
-}
-
-impl LateDispute {
-    async fn respond(self, user: UserId, locator: Locator, blob: Vec<u8>, recent: Vec<RecentTx>) {
-        for dispute in recent {
-            if let Err(e) = self.respond_to(user, locator, &blob, dispute).await {
-                tracing::error!(user_id = %user, %locator, error = %e, "could not answer a dispute already on chain");
-            }
-        }
-    }
-
-    async fn respond_to(&self, user: UserId, locator: Locator, blob: &[u8], recent: RecentTx) -> Result<(), String> {
-        let dispute =
-            self.rpc.transaction_in_block(&recent.txid, &recent.block_hash).await.map_err(|e| e.to_string())?;
-        let penalty = match responder::penalty_for(blob, &recent.txid) {
-            Ok(penalty) => penalty,
-            Err(reason) => {
-                tracing::warn!(user_id = %user, %locator, reason, "appointment's dispute is on chain but its penalty is invalid");
-                return Ok(());
-            }
-        };
-        let breach = Breach { locator, user, dispute, penalty };
-        let outcome = responder::broadcast(&self.rpc, &breach.penalty).await.map_err(|e| e.to_string())?;
-        tracing::info!(user_id = %user, %locator, outcome = ?outcome, "dispute already on chain: penalty broadcast");
-        let (watcher, locks) = (self.watcher.clone(), self.locks.clone());
-        let height = recent.height;
-        tokio::task::spawn_blocking(move || {
-            let _guard = locks.lock(&user);
-            let store = watcher.store();
-            if store.has_tracker(&locator, &user)? || store.appointment(&locator, &user)?.is_none() {
-                return Ok(());
-            }
-            let tip = store.tip()?.map_or(height, |(h, _)| h);
-            let mut batch = store.batch();
-            batch.put_tracker(&locator, &user, &responder::new_tracker(&breach, &outcome, height, tip), None);
-            store.commit(batch)?;
-            tracing::info!(user_id = %user, %locator, "New tracker added");
-            Ok::<_, StoreError>(())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
-    }
-}
-
 /// Striped locks: requests of one user run one at a time; different users run in parallel.
 #[derive(Debug)]
 pub struct UserLocks {
@@ -169,19 +117,20 @@ pub struct Tower {
     watcher: Arc<Watcher>,
     locks: Arc<UserLocks>,
     height: watch::Receiver<u32>,
-    bitcoind: Option<Arc<BitcoindRpc>>,
+    chain_waker: Option<Arc<Notify>>,
 }
 
 impl Tower {
-    /// A tower serving `watcher`, at the height `height` publishes. With `bitcoind`, an
-    /// appointment whose dispute is already in a recent block is answered at once.
+    /// A tower serving `watcher`, at the height `height` publishes. An appointment whose dispute
+    /// is already in a recent block is queued in the store for the chain follower, which
+    /// `chain_waker` wakes at once.
     pub fn new(
         watcher: Watcher,
         locks: Arc<UserLocks>,
         height: watch::Receiver<u32>,
-        bitcoind: Option<Arc<BitcoindRpc>>,
+        chain_waker: Option<Arc<Notify>>,
     ) -> Self {
-        Tower { watcher: Arc::new(watcher), locks, height, bitcoind }
+        Tower { watcher: Arc::new(watcher), locks, height, chain_waker }
     }
 
     /// The height requests are served at: the last block the tower processed.
@@ -245,19 +194,15 @@ impl Tower {
             // Re-read under the lock: a concurrent request of this user may have charged a slot.
             let (_, record) = watcher.authenticate_appointment(&appointment, &signature, height).map_err(refuse)?;
             let locator = appointment.locator;
-            let blob = appointment.encrypted_blob.clone();
             let receipt = watcher.store_appointment(&user, &record, appointment, signature, height).map_err(refuse)?;
-            tracing::info!(user_id = %user, %locator, slots = receipt.available_slots, "appointment accepted");
-            let recent = watcher.store().recent_txs(&locator)?;
-            Ok((receipt, user, blob, recent))
+            tracing::info!(user_id = %user, %locator, slots = receipt.available_slots, late = receipt.late_dispute, "appointment accepted");
+            Ok(receipt)
         })
         .await
-        .map(|(receipt, user, blob, recent)| {
-            if let (Some(rpc), false) = (&self.bitcoind, recent.is_empty()) {
-                let late = LateDispute { rpc: rpc.clone(), watcher: self.watcher.clone(), locks: self.locks.clone() };
-                tokio::spawn(late.respond(user, receipt.locator, blob, recent));
+        .inspect(|receipt| {
+            if let (true, Some(waker)) = (receipt.late_dispute, &self.chain_waker) {
+                waker.notify_one();
             }
-            receipt
         })
     }
 

@@ -54,6 +54,8 @@ pub struct AppointmentReceipt {
     pub available_slots: u32,
     /// The subscription's end.
     pub subscription_expiry: u32,
+    /// The dispute was already mined: a late check was queued for the chain follower.
+    pub late_dispute: bool,
 }
 
 /// An appointment's state as its user sees it.
@@ -148,9 +150,15 @@ impl Watcher {
         let charged = self.gatekeeper.charge(&mut batch, user, record, cost)?;
         let stored = StoredAppointment { appointment, user_signature: signature, start_block: height };
         batch.put_appointment(user, &stored);
+        // A dispute already mined: the chain follower answers it (durably queued with the receipt).
+        let recent = self.store.recent_txs(&locator)?;
+        for dispute in &recent {
+            batch.put_late_check(&locator, user, dispute);
+        }
         self.store.commit(batch)?;
         let receipt = appointment_receipt_bytes(&stored.user_signature, height);
         Ok(AppointmentReceipt {
+            late_dispute: !recent.is_empty(),
             locator,
             start_block: height,
             signature: self.signer.sign(&receipt),

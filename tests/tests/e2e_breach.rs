@@ -255,3 +255,30 @@ async fn lapsed_users_are_removed_but_their_penalties_are_followed_to_the_end() 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_appointment_survives_a_bitcoind_outage_and_a_crash() {
+    bounded(async {
+        let mut s = scene(&[]).await;
+        let user = TowerUser::new(14, &s.tower.api_url);
+        assert_eq!(user.register().await.0, 200);
+        let (dispute, penalty) = s.channel(8).await;
+        s.bitcoind.mine_block_with(std::slice::from_ref(&dispute)).await.unwrap();
+        let h = s.mine(2).await;
+        s.wait_for_height(h);
+
+        // bitcoind is away when the appointment arrives: it is accepted and queued.
+        s.bitcoind.go_down().await.unwrap();
+        s.tower.wait_for("bitcoind unreachable");
+        let (status, receipt) = user.add_appointment(&dispute.compute_txid(), &penalty).await;
+        assert_eq!(status, 200, "{receipt}");
+        // The tower crashes before bitcoind comes back: the queued check is on disk.
+        s.tower.kill9();
+        s.bitcoind.come_back().await.unwrap();
+        s.tower.restart();
+        s.tower.wait_for("New tracker added");
+        assert!(s.bitcoind.mempool_contains(&penalty.compute_txid()).await.unwrap(), "{}", s.tower.tail());
+        assert_eq!(user.get_appointment(&dispute.compute_txid()).await.1["status"], "dispute_responded");
+    })
+    .await;
+}

@@ -26,11 +26,14 @@ pub enum Cf {
     RecentTxs,
     /// height ‖ locator → (): the same, by height, to forget old blocks.
     RecentTxsByHeight,
+    /// locator ‖ user_id → recent tx: appointments whose dispute was already mined when they
+    /// arrived, waiting for the chain follower to answer them.
+    LateChecks,
 }
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 11] = [
+    pub const ALL: [Cf; 12] = [
         Cf::Meta,
         Cf::Users,
         Cf::UsersByExpiry,
@@ -42,6 +45,7 @@ impl Cf {
         Cf::TrackerEvents,
         Cf::RecentTxs,
         Cf::RecentTxsByHeight,
+        Cf::LateChecks,
     ];
 
     /// The column family's name on disk.
@@ -58,6 +62,7 @@ impl Cf {
             Cf::TrackerEvents => "tracker_events",
             Cf::RecentTxs => "recent_txs",
             Cf::RecentTxsByHeight => "recent_txs_by_height",
+            Cf::LateChecks => "late_checks",
         }
     }
 

@@ -85,6 +85,20 @@ impl Batch {
         self.ops.push(Op::Delete(Cf::TrackersByPenalty, join(penalty_txid.as_byte_array(), key)));
     }
 
+    /// Records that `user`'s appointment at `locator` arrived after its dispute `recent` was mined.
+    pub fn put_late_check(&mut self, locator: &Locator, user: &UserId, recent: &RecentTx) {
+        let mut value = Vec::with_capacity(68);
+        value.extend_from_slice(&recent.height.to_be_bytes());
+        value.extend_from_slice(recent.txid.as_byte_array());
+        value.extend_from_slice(recent.block_hash.as_byte_array());
+        self.ops.push(Op::Put(Cf::LateChecks, appointment_key(locator, user), value));
+    }
+
+    /// Removes a late check.
+    pub fn delete_late_check(&mut self, locator: &Locator, user: &UserId) {
+        self.ops.push(Op::Delete(Cf::LateChecks, appointment_key(locator, user)));
+    }
+
     /// Indexes a transaction of the block at `height`.
     pub fn put_recent_tx(&mut self, height: u32, txid: &Txid, block_hash: &BlockHash) {
         let locator = Locator::from_txid(txid);
@@ -140,6 +154,23 @@ impl Store {
                 let block_hash =
                     BlockHash::from_slice(&v[32..]).map_err(|e| corrupt(Cf::RecentTxs, "hash", e.to_string()))?;
                 Ok(RecentTx { height, txid, block_hash })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` appointments waiting for a late check, with the dispute each matched.
+    pub fn late_checks(&self, limit: usize) -> Result<Vec<(Locator, UserId, RecentTx)>, StoreError> {
+        let rows = self.kv.range(Cf::LateChecks, &[], &[0xff; 50], limit)?;
+        rows.iter()
+            .map(|(k, v)| {
+                let (locator, user) = split_key(Cf::LateChecks, k)?;
+                let height = be_u32(v, 0)
+                    .filter(|_| v.len() == 68)
+                    .ok_or_else(|| corrupt(Cf::LateChecks, "value", "not 68 bytes"))?;
+                let txid = Txid::from_slice(&v[4..36]).map_err(|e| corrupt(Cf::LateChecks, "txid", e.to_string()))?;
+                let block_hash =
+                    BlockHash::from_slice(&v[36..]).map_err(|e| corrupt(Cf::LateChecks, "hash", e.to_string()))?;
+                Ok((locator, user, RecentTx { height, txid, block_hash }))
             })
             .collect()
     }
