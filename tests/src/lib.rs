@@ -5,9 +5,11 @@
 //! * [`backend`]: [`backend::Bitcoind`], the node the tests run against: ours, or a real bitcoind
 //!   when `BITCOIND_EXE` names one.
 //! * [`rpc_client`]: a small JSON-RPC client with cookie auth.
+//! * [`bench`]: the benchmark harness behind the `teos-bench` binary (`scripts/bench`).
 //! * [`wallet`]: anyone-can-spend outputs, coinbase funding, commitment and penalty transactions.
 
 pub mod backend;
+pub mod bench;
 pub mod regtest;
 pub mod rpc_client;
 pub mod tower;

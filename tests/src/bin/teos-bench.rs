@@ -1,0 +1,408 @@
+//! `teos-bench`: measures the real `teosd` binary against the in-process regtest node (or
+//! `BITCOIND_EXE`) and prints a table of figures next to the targets of issue 8, writing the
+//! same as JSON. Run it through `./scripts/bench` (release build); see `docs/performance.md`.
+//!
+//! ```text
+//! teos-bench [--full] [--out <path.json>]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use serde_json::json;
+use teos_tests::backend::Bitcoind;
+use teos_tests::bench::api::{crypto_floor_us, load, prepare, register_all, BenchUser, LoadResult};
+use teos_tests::bench::chain::{block_processing, reaction, BLOCK_TXS};
+use teos_tests::bench::daemon::{teosd_path, Daemon};
+use teos_tests::bench::store::{measure, SizePoint};
+use teos_tests::bench::{loadavg, median, percentile, Figure, BLOB_SIZE};
+use teos_tests::wallet::Funding;
+
+/// What a mode runs.
+struct Plan {
+    name: &'static str,
+    /// (requests in flight, requests sent).
+    loads: Vec<(usize, usize)>,
+    /// Users the load is spread over.
+    users: u32,
+    floor_iterations: usize,
+    sizes: Vec<usize>,
+    restarts: usize,
+    breaches: Vec<usize>,
+    reaction_trials: usize,
+}
+
+impl Plan {
+    fn quick() -> Plan {
+        Plan {
+            name: "quick",
+            loads: vec![(1, 200), (16, 2000), (64, 4000)],
+            users: 256,
+            floor_iterations: 2000,
+            sizes: vec![0, 100_000],
+            restarts: 2,
+            breaches: vec![0, 1, 100],
+            reaction_trials: 3,
+        }
+    }
+
+    fn full() -> Plan {
+        Plan {
+            name: "full",
+            loads: vec![(1, 1000), (16, 10_000), (64, 30_000)],
+            users: 1024,
+            floor_iterations: 10_000,
+            sizes: vec![0, 100_000, 1_000_000],
+            restarts: 3,
+            breaches: vec![0, 1, 100],
+            reaction_trials: 10,
+        }
+    }
+}
+
+struct Args {
+    full: bool,
+    out: PathBuf,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args { full: false, out: PathBuf::from("target/bench/latest.json") };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--full" => args.full = true,
+            "--quick" => args.full = false,
+            "--out" => match it.next() {
+                Some(path) => args.out = PathBuf::from(path),
+                None => bail!("--out needs a path"),
+            },
+            "-h" | "--help" => {
+                println!("teos-bench [--full] [--out <path.json>]  (see docs/performance.md)");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument `{other}` (try --help)"),
+        }
+    }
+    Ok(args)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn fresh(root: &Path, name: &str) -> PathBuf {
+    root.join(name)
+}
+
+/// add_appointment at each level of requests in flight, each on a fresh tower.
+async fn load_levels(bitcoind: &Bitcoind, root: &Path, plan: &Plan) -> Result<Vec<LoadResult>> {
+    let mut results = Vec::new();
+    for (i, &(in_flight, requests)) in plan.loads.iter().enumerate() {
+        let salt = 100 + i as u32;
+        let mut daemon = Daemon::start(bitcoind, &fresh(root, &format!("load-{in_flight}")), &[]).await?;
+        let users: Vec<BenchUser> = (0..plan.users).map(|u| BenchUser::new(salt, u)).collect();
+        register_all(&daemon.api_url, &users).await?;
+        let bodies = tokio::task::spawn_blocking(move || prepare(salt, requests, &users)).await?;
+        let result = load(&daemon.api_url, daemon.pid(), bodies, in_flight).await?;
+        daemon.stop()?;
+        eprintln!(
+            "  {in_flight:>2} in flight: {:.0}/s p50 {:.2} ms p99 {:.2} ms",
+            result.throughput(),
+            result.p(50.0),
+            result.p(99.0)
+        );
+        results.push(result);
+    }
+    Ok(results)
+}
+
+fn load_figures(results: &[LoadResult], floor_us: Option<f64>, floor_note: &str) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    for r in results {
+        let note = format!("{} requests, {} keep-alive connections, fresh store", r.requests, r.in_flight);
+        let mut throughput =
+            Figure::new(format!("add_appointment/s, {} in flight", r.in_flight), r.throughput(), "1/s", &note);
+        if r.in_flight == 64 {
+            throughput = throughput.at_least(2000.0, ">= 2000/s");
+        }
+        figures.push(throughput);
+        figures.push(Figure::new(format!("add_appointment p50, {} in flight", r.in_flight), r.p(50.0), "ms", &note));
+        let mut p99 = Figure::new(format!("add_appointment p99, {} in flight", r.in_flight), r.p(99.0), "ms", &note);
+        if r.in_flight == 16 {
+            p99 = p99.at_most(50.0, "< 50 ms");
+        }
+        figures.push(p99);
+    }
+    for r in results {
+        let name = format!("teosd CPU per appointment, {} in flight", r.in_flight);
+        figures.push(match r.cpu_per_appointment_us() {
+            Some(us) => Figure::new(name, us, "µs", "utime+stime of /proc/<pid>/stat over the run / requests"),
+            None => Figure::not_measured(name, "µs", "no /proc/<pid>/stat"),
+        });
+    }
+    figures.push(match floor_us {
+        Some(us) => Figure::new("crypto floor (recover + sign)", us, "µs", floor_note),
+        None => Figure::not_measured("crypto floor (recover + sign)", "µs", floor_note),
+    });
+    let ratio_name = "CPU per appointment / crypto floor (64 in flight)";
+    let busiest = results.iter().max_by_key(|r| r.in_flight).and_then(LoadResult::cpu_per_appointment_us);
+    figures.push(match (busiest, floor_us) {
+        (Some(cpu), Some(floor)) => {
+            Figure::new(ratio_name, cpu / floor, "x", "both CPU time, same run").at_most(2.5, "<= 2.5x")
+        }
+        _ => Figure::not_measured(ratio_name, "x", "CPU or floor not measured"),
+    });
+    figures
+}
+
+fn size_figures(points: &[SizePoint], full: bool) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    let largest = points.iter().map(|p| p.stored).max().unwrap_or(0);
+    let how = "filled directly with teosd::store::Store (teosd stopped), 10k appointments per synced batch";
+    for p in points {
+        let n = p.stored;
+        let mut ready = Figure::new(
+            format!("ready (spawn -> /ping), {n} stored"),
+            p.ready.as_secs_f64() * 1000.0,
+            "ms",
+            "median of restarts",
+        );
+        if n == largest {
+            let target = if full { "< 1000 ms at 1M" } else { "< 1000 ms at 1M (quick: at the largest size run)" };
+            ready = ready.at_most(1000.0, target);
+        }
+        figures.push(ready);
+        figures.push(Figure::new(
+            format!("VmRSS after start, {n} stored"),
+            mib(p.rss_ready),
+            "MiB",
+            "200 ms after /ping answered",
+        ));
+        let mut rss = Figure::new(
+            format!("VmRSS after 1000 add_appointment, {n} stored"),
+            mib(p.rss_loaded),
+            "MiB",
+            "16 users, 16 in flight",
+        );
+        if n == largest {
+            rss = rss.at_most(64.0, "< 64 MiB at 1M");
+        }
+        figures.push(rss);
+        if n > 0 {
+            figures.push(Figure::new(format!("store fill time, {n}"), p.fill.as_secs_f64(), "s", how));
+        }
+    }
+    if let (Some(empty), Some(big)) =
+        (points.iter().find(|p| p.stored == 0), points.iter().find(|p| p.stored == largest))
+    {
+        if largest > 0 {
+            let growth = mib(big.rss_loaded) - mib(empty.rss_loaded);
+            figures.push(
+                Figure::new(
+                    format!("VmRSS growth, 0 -> {largest} stored"),
+                    growth,
+                    "MiB",
+                    "after the same load; flat = under 16 MiB",
+                )
+                .at_most(16.0, "flat (< 16 MiB growth)"),
+            );
+            let per = (big.disk as f64 - empty.disk as f64) / largest as f64;
+            figures.push(
+                Figure::new(
+                    format!("disk per appointment ({largest} stored)"),
+                    per,
+                    "B",
+                    format!("du of regtest/db after a restart, minus the empty store's, / count; blob {BLOB_SIZE} B"),
+                )
+                .at_most((BLOB_SIZE + 150) as f64, &format!("<= blob + 150 = {} B", BLOB_SIZE + 150)),
+            );
+        }
+    }
+    figures
+}
+
+async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
+    let plan = if args.full { Plan::full() } else { Plan::quick() };
+    let started = Instant::now();
+    let load_before = loadavg();
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    eprintln!("teos-bench {} mode: nproc {nproc}, loadavg {load_before}, teosd {}", plan.name, teosd_path()?.display());
+    let root = tempfile::Builder::new().prefix("teos-bench-").tempdir()?;
+    let bitcoind = Bitcoind::start_with_zmq().await?;
+    let mut funding = Funding::new();
+    funding.mine(&bitcoind, 101 + 2 * plan.reaction_trials as u32 + plan.breaches.len() as u32 + 5).await?;
+    let mut figures = Vec::new();
+
+    eprintln!("crypto floor, add_appointment load ...");
+    let iterations = plan.floor_iterations;
+    let floor_before = tokio::task::spawn_blocking(move || crypto_floor_us(iterations)).await?;
+    let loads = load_levels(&bitcoind, root.path(), &plan).await;
+    let floor_after = tokio::task::spawn_blocking(move || crypto_floor_us(iterations)).await?;
+    let (floor, floor_note) = match (&floor_before, &floor_after) {
+        (Ok(a), Ok(b)) => (
+            Some((a + b) / 2.0),
+            format!("thread CPU, {iterations} iterations before and after the load: {a:.1} and {b:.1} µs"),
+        ),
+        (Err(e), _) | (_, Err(e)) => (None, format!("failed: {e:#}")),
+    };
+    match loads {
+        Ok(results) => figures.extend(load_figures(&results, floor, &floor_note)),
+        Err(e) => {
+            figures.push(Figure::not_measured("add_appointment load", "", format!("failed: {e:#}")));
+            if let Some(floor) = floor {
+                figures.push(Figure::new("crypto floor (recover + sign)", floor, "µs", floor_note));
+            }
+        }
+    }
+
+    eprintln!("store sizes {:?} ...", plan.sizes);
+    let mut points = Vec::new();
+    let mut size_error = None;
+    for (i, &n) in plan.sizes.iter().enumerate() {
+        match measure(&bitcoind, &fresh(root.path(), &format!("store-{n}")), n, plan.restarts, 200 + i as u32).await {
+            Ok(p) => {
+                eprintln!(
+                    "  {n} stored: ready {:?}, rss {:.1} MiB, disk {:.1} MiB",
+                    p.ready,
+                    mib(p.rss_loaded),
+                    mib(p.disk)
+                );
+                points.push(p)
+            }
+            Err(e) => {
+                size_error = Some(format!("{n} stored: {e:#}"));
+                break;
+            }
+        }
+    }
+    figures.extend(size_figures(&points, args.full));
+    if let Some(e) = size_error {
+        figures.push(Figure::not_measured("store sizes", "", format!("failed at {e}")));
+    }
+
+    let biggest = points.iter().max_by_key(|p| p.stored).cloned();
+    eprintln!("{BLOCK_TXS}-transaction blocks ...");
+    let block_result = match &biggest {
+        Some(p) => {
+            let mut daemon = Daemon::start(&bitcoind, &p.datadir, &[]).await?;
+            let r = block_processing(&bitcoind, &mut funding, &mut daemon, &plan.breaches, 300).await;
+            daemon.stop()?;
+            r.map(|points| (p.stored, points))
+        }
+        None => Err(anyhow::anyhow!("no filled store")),
+    };
+    match block_result {
+        Ok((stored, blocks)) => {
+            for b in blocks {
+                let name = format!("{BLOCK_TXS}-tx block, {} breaches, {stored} stored", b.breaches);
+                let note =
+                    format!("teosd's took_ms (getblock .. synced commit); it logged breaches={}", b.logged_breaches);
+                let mut f = Figure::new(name, b.took_ms, "ms", note);
+                f = match b.breaches {
+                    1 => f.at_most(15.0, "< 15 ms"),
+                    100 => f.at_most(300.0, "< 300 ms"),
+                    _ => f,
+                };
+                if b.logged_breaches != b.breaches {
+                    f.pass = Some(false);
+                    f.note = format!("{}; expected {} breaches", f.note, b.breaches);
+                }
+                figures.push(f);
+            }
+        }
+        Err(e) => figures.push(Figure::not_measured(format!("{BLOCK_TXS}-tx blocks"), "ms", format!("failed: {e:#}"))),
+    }
+
+    eprintln!("breach -> dispute_responded ...");
+    for zmq in [true, false] {
+        let what = if zmq { "ZMQ hashblock" } else { "polling 1 s" };
+        let name = format!("mined breach -> dispute_responded, {what}");
+        let dir = fresh(root.path(), if zmq { "reaction-zmq" } else { "reaction-poll" });
+        match reaction(&bitcoind, &mut funding, &dir, zmq, plan.reaction_trials, 400 + u32::from(zmq)).await {
+            Ok(mut ms) => {
+                let med = median(&mut ms);
+                let max = percentile(&ms, 100.0);
+                let note = format!("median of {} trials, max {max:.0} ms; get_appointment polled every 1 ms", ms.len());
+                let f = Figure::new(name, med, "ms", note);
+                figures.push(if zmq { f.at_most(200.0, "< 200 ms") } else { f });
+            }
+            Err(e) => figures.push(Figure::not_measured(name, "ms", format!("failed: {e:#}"))),
+        }
+    }
+    drop(bitcoind);
+
+    let load_after = loadavg();
+    let meta = json!({
+        "mode": plan.name,
+        "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "machine": { "nproc": nproc, "loadavg_before": load_before, "loadavg_after": load_after },
+        "blob_size": BLOB_SIZE,
+        "durability": "on (teosd syncs every batch before answering)",
+        "backend": if std::env::var_os("BITCOIND_EXE").is_some() { "bitcoind (BITCOIND_EXE)" } else { "in-process regtest node" },
+        "store_fill": "stored appointments beyond 0 are written directly with teosd::store::Store while teosd is stopped",
+    });
+    Ok((meta, figures))
+}
+
+fn print_table(meta: &serde_json::Value, figures: &[Figure]) {
+    println!();
+    println!(
+        "teos-bench ({} mode, {:.0} s) nproc {} loadavg before {} after {}; durability on; blob {} B",
+        meta["mode"].as_str().unwrap_or("?"),
+        meta["elapsed_s"].as_f64().unwrap_or(0.0),
+        meta["machine"]["nproc"],
+        meta["machine"]["loadavg_before"].as_str().unwrap_or("?"),
+        meta["machine"]["loadavg_after"].as_str().unwrap_or("?"),
+        BLOB_SIZE
+    );
+    println!("{:<52} {:>12} {:<5} {:<28} {:<5} note", "figure", "value", "unit", "target", "");
+    for f in figures {
+        let value = f.value.map(|v| format!("{v:.2}")).unwrap_or_else(|| "not measured".into());
+        let verdict = match f.pass {
+            Some(true) => "pass",
+            Some(false) => "MISS",
+            None => "",
+        };
+        println!(
+            "{:<52} {:>12} {:<5} {:<28} {:<5} {}",
+            f.name,
+            value,
+            f.unit,
+            f.target.as_deref().unwrap_or(""),
+            verdict,
+            f.note
+        );
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("teos-bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let (meta, figures) = match run(&args).await {
+        Ok(done) => done,
+        Err(e) => {
+            eprintln!("teos-bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print_table(&meta, &figures);
+    let mut report = meta.clone();
+    report["figures"] = serde_json::to_value(&figures).unwrap_or_default();
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(&args.out, serde_json::to_string_pretty(&report).unwrap_or_default()) {
+        Ok(()) => println!("\nwrote {}", args.out.display()),
+        Err(e) => eprintln!("teos-bench: writing {}: {e}", args.out.display()),
+    }
+    ExitCode::SUCCESS
+}
