@@ -73,10 +73,15 @@ pub fn penalty_for(blob: &[u8], dispute_txid: &Txid) -> Result<Transaction, Stri
 /// Finds the breaches in `block`: every transaction's locator is looked up (a prefix probe with
 /// bloom filters, so the cost does not grow with the number of appointments). Appointments
 /// whose blob does not yield a valid penalty are dropped (no refund) in `drops`.
-pub fn find_breaches(store: &Store, block: &Block, drops: &mut Batch) -> Result<Vec<Breach>, StoreError> {
+/// `txids` are the block's, in order (computed once per block by the caller).
+pub fn find_breaches(
+    store: &Store,
+    block: &Block,
+    txids: &[Txid],
+    drops: &mut Batch,
+) -> Result<Vec<Breach>, StoreError> {
     let mut breaches = Vec::new();
-    for tx in &block.txdata {
-        let txid = tx.compute_txid();
+    for (tx, &txid) in block.txdata.iter().zip(txids) {
         let locator = Locator::from_txid(&txid);
         for (user, stored) in store.appointments_at(&locator)? {
             if store.has_tracker(&locator, &user)? {
@@ -129,13 +134,12 @@ pub fn due_for_rebroadcast(
 /// it returns.
 pub fn mark_confirmations(
     store: &Store,
-    block: &Block,
+    txids: &[Txid],
     height: u32,
     batch: &mut Batch,
 ) -> Result<Vec<(UserId, Locator, Txid)>, StoreError> {
     let mut confirmed = Vec::new();
-    for tx in &block.txdata {
-        let txid = tx.compute_txid();
+    for &txid in txids {
         for (locator, user) in store.trackers_by_penalty(&txid)? {
             if let Some(old) = store.tracker(&locator, &user)? {
                 let status = PenaltyStatus::Confirmed(height);

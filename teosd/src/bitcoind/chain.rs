@@ -67,6 +67,7 @@ struct BlockScan {
     breaches: Vec<Breach>,
     due: Vec<(Locator, UserId, TrackerRecord)>,
     drops: Batch,
+    txids: Vec<Txid>,
     in_block: HashSet<Txid>,
 }
 
@@ -417,13 +418,14 @@ impl ChainFollower {
         self.expire_users(height)?;
         responder::complete_irrevocable(&self.store, &self.locks, height)?;
         let mut drops = self.store.batch();
-        let breaches = responder::find_breaches(&self.store, block, &mut drops)?;
-        let in_block: HashSet<Txid> = block.txdata.iter().map(|tx| tx.compute_txid()).collect();
+        let txids: Vec<Txid> = block.txdata.iter().map(|tx| tx.compute_txid()).collect();
+        let breaches = responder::find_breaches(&self.store, block, &txids, &mut drops)?;
+        let in_block: HashSet<Txid> = txids.iter().copied().collect();
         let due = responder::due_for_rebroadcast(&self.store, height, self.policy.rebroadcast_after)?
             .into_iter()
             .filter(|(_, _, t)| !in_block.contains(&t.penalty.compute_txid()))
             .collect();
-        Ok(BlockScan { breaches, due, drops, in_block })
+        Ok(BlockScan { breaches, due, drops, txids, in_block })
     }
 
     /// Sends every new penalty and every one due again. A transport failure aborts the block,
@@ -457,7 +459,7 @@ impl ChainFollower {
         scan: BlockScan,
         responses: Responses,
     ) -> Result<(), StoreError> {
-        let BlockScan { breaches, due, mut drops, in_block } = scan;
+        let BlockScan { breaches, due, mut drops, txids, in_block } = scan;
         let batch = &mut drops;
         for (breach, outcome) in breaches.iter().zip(&responses.new) {
             let mut tracker = responder::new_tracker(breach, outcome, height, height);
@@ -466,7 +468,7 @@ impl ChainFollower {
             }
             batch.put_tracker(&breach.locator, &breach.user, &tracker, None);
         }
-        let confirmed = responder::mark_confirmations(&self.store, block, height, batch)?;
+        let confirmed = responder::mark_confirmations(&self.store, &txids, height, batch)?;
         for ((locator, user, old), outcome) in due.iter().zip(&responses.resent) {
             match outcome {
                 None => {
@@ -482,8 +484,9 @@ impl ChainFollower {
                 }
             }
         }
-        for txid in &in_block {
-            batch.put_recent_tx(height, txid, &block.block_hash());
+        let block_hash = block.block_hash();
+        for txid in &txids {
+            batch.put_recent_tx(height, txid, &block_hash);
         }
         if let Some(old) = height.checked_sub(self.policy.recent_block_lookback) {
             self.store.forget_recent_block(batch, old)?;
