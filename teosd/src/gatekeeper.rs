@@ -74,11 +74,16 @@ impl Gatekeeper {
         height: u32,
     ) -> Result<(UserId, UserRecord), SubscriptionError> {
         let user = recover_signer(msg, signature).map_err(|_| SubscriptionError::Unauthenticated)?;
-        let record = self.store.user(&user)?.ok_or(SubscriptionError::Unauthenticated)?;
+        Ok((user, self.subscription(&user, height)?))
+    }
+
+    /// `user`'s subscription, if it is registered and not expired at `height`.
+    pub fn subscription(&self, user: &UserId, height: u32) -> Result<UserRecord, SubscriptionError> {
+        let record = self.store.user(user)?.ok_or(SubscriptionError::Unauthenticated)?;
         if height >= record.subscription_expiry {
             return Err(SubscriptionError::Expired(record.subscription_expiry));
         }
-        Ok((user, record))
+        Ok(record)
     }
 
     /// Adds to `batch` the charge of `slots` slots to `user`, if it has them.

@@ -192,7 +192,10 @@ impl Tower {
             let (user, _) = watcher.authenticate_appointment(&appointment, &signature, height).map_err(refuse)?;
             let _guard = locks.lock(&user);
             // Re-read under the lock: a concurrent request of this user may have charged a slot.
-            let (_, record) = watcher.authenticate_appointment(&appointment, &signature, height).map_err(refuse)?;
+            let record = watcher
+                .gatekeeper()
+                .subscription(&user, height)
+                .map_err(|e| RequestError::from_subscription(e, unauthorized()))?;
             let locator = appointment.locator;
             let receipt = watcher.store_appointment(&user, &record, appointment, signature, height).map_err(refuse)?;
             tracing::info!(user_id = %user, %locator, slots = receipt.available_slots, late = receipt.late_dispute, "appointment accepted");
