@@ -231,7 +231,7 @@ impl Tower {
             Ok(SubscriptionInfo {
                 available_slots: record.available_slots,
                 subscription_expiry: record.subscription_expiry,
-                locators: watcher.store_locators(&user)?,
+                locators: watcher.store().user_locators(&user)?,
             })
         })
         .await

@@ -181,10 +181,3 @@ impl Watcher {
         }
     }
 }
-
-impl Watcher {
-    /// The locators of `user`'s appointments.
-    pub fn store_locators(&self, user: &UserId) -> Result<Vec<Locator>, StoreError> {
-        self.store.user_locators(user)
-    }
-}

@@ -384,6 +384,14 @@ impl ChainFollower {
             other => other?,
         };
         self.check_block(header, &block)?;
+        // The follower is the only writer of the tip, so this holds until the block is committed.
+        let tip = self.blocking(|me| me.store.tip()).await?.unwrap_or((0, BlockHash::all_zeros()));
+        if tip != (header.height.wrapping_sub(1), block.header.prev_blockhash) {
+            return Err(ChainError::InvalidBlock {
+                hash: header.hash,
+                reason: "does not extend the stored tip".into(),
+            });
+        }
         let block = Arc::new(block);
         let (height, hash) = (header.height, header.hash);
         let scan = self
@@ -405,16 +413,6 @@ impl ChainFollower {
     /// The blocking part before broadcasts: expire users, complete irrevocable trackers, find
     /// breaches and the penalties due for a rebroadcast.
     fn scan_block(&self, block: &Block, height: u32) -> Result<BlockScan, StoreError> {
-        let (tip_height, tip_hash) = self.store.tip()?.unwrap_or((0, BlockHash::all_zeros()));
-        if tip_hash != block.header.prev_blockhash || tip_height + 1 != height {
-            return Err(StoreError::Corrupt {
-                cf: "meta",
-                source: crate::store::DecodeError {
-                    what: "tip",
-                    why: format!("block {} does not extend the stored tip", block.block_hash()),
-                },
-            });
-        }
         self.expire_users(height)?;
         responder::complete_irrevocable(&self.store, &self.locks, height)?;
         let mut drops = self.store.batch();

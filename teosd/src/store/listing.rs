@@ -11,7 +11,7 @@
 //! bloom filter when there is no tracker).
 
 use super::kv::{Cf, Entries};
-use super::{appointment_key, corrupt, decode_appointment, Store, StoreError, StoredAppointment};
+use super::{appointment_key, corrupt, decode_appointment, decode_tracker, Store, StoreError, StoredAppointment};
 use super::{TrackerRecord, UserRecord};
 use crate::protocol::{Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 
@@ -60,10 +60,6 @@ fn split_appointment_key(cf: Cf, key: &[u8]) -> Result<(Locator, UserId), StoreE
 
 fn cursor_key(cursor: Option<&AppointmentCursor>) -> Option<Vec<u8>> {
     cursor.map(|(locator, user)| appointment_key(locator, user))
-}
-
-fn decode_tracker(bytes: &[u8]) -> Result<TrackerRecord, StoreError> {
-    TrackerRecord::decode(bytes).map_err(|source| StoreError::Corrupt { cf: Cf::Trackers.name(), source })
 }
 
 impl Store {

@@ -257,12 +257,7 @@ impl Store {
 
     /// The tracker of `user`'s appointment at `locator`.
     pub fn tracker(&self, locator: &Locator, user: &UserId) -> Result<Option<TrackerRecord>, StoreError> {
-        self.kv
-            .get(Cf::Trackers, &appointment_key(locator, user))?
-            .map(|v| {
-                TrackerRecord::decode(&v).map_err(|source| StoreError::Corrupt { cf: Cf::Trackers.name(), source })
-            })
-            .transpose()
+        self.kv.get(Cf::Trackers, &appointment_key(locator, user))?.map(|v| decode_tracker(&v)).transpose()
     }
 
     /// Whether `user`'s appointment at `locator` was triggered.
@@ -304,6 +299,10 @@ impl Store {
             })
             .collect()
     }
+}
+
+fn decode_tracker(bytes: &[u8]) -> Result<TrackerRecord, StoreError> {
+    TrackerRecord::decode(bytes).map_err(|source| StoreError::Corrupt { cf: Cf::Trackers.name(), source })
 }
 
 fn decode_appointment(locator: Locator, bytes: &[u8]) -> Result<StoredAppointment, StoreError> {
