@@ -2,7 +2,7 @@
 //! chain side: finding breaches in a block. Both are driven by the chain follower, block by block;
 //! everything a block changes is committed with the block (see `bitcoind::chain`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use bitcoin::{Block, Transaction, Txid};
 
@@ -70,32 +70,39 @@ pub fn penalty_for(blob: &[u8], dispute_txid: &Txid) -> Result<Transaction, Stri
     Ok(penalty)
 }
 
-/// Finds the breaches in `block`: every transaction's locator is looked up (a prefix probe with
-/// bloom filters, so the cost does not grow with the number of appointments). Appointments
-/// whose blob does not yield a valid penalty are dropped (no refund) in `drops`.
-/// `txids` are the block's, in order (computed once per block by the caller).
+/// Finds the breaches in `block`: the locators of all its transactions are looked up in one pass
+/// over the store (prefix probes with bloom filters, so the cost does not grow with the number of
+/// appointments). Appointments whose blob does not yield a valid penalty are dropped (no refund)
+/// in `drops`. `txids` are the block's, in order (computed once per block by the caller).
 pub fn find_breaches(
     store: &Store,
     block: &Block,
     txids: &[Txid],
     drops: &mut Batch,
 ) -> Result<Vec<Breach>, StoreError> {
+    let locators: Vec<Locator> = txids.iter().map(Locator::from_txid).collect();
+    let matches = store.appointments_at_any(&locators)?;
+    if matches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let by_locator: HashMap<Locator, usize> = locators.iter().enumerate().map(|(i, l)| (*l, i)).collect();
     let mut breaches = Vec::new();
-    for (tx, &txid) in block.txdata.iter().zip(txids) {
-        let locator = Locator::from_txid(&txid);
-        for (user, stored) in store.appointments_at(&locator)? {
-            if store.has_tracker(&locator, &user)? {
-                continue;
-            }
-            match penalty_for(&stored.appointment.encrypted_blob, &txid) {
-                Ok(penalty) => breaches.push(Breach { locator, user, dispute: tx.clone(), penalty }),
-                Err(reason) => {
-                    tracing::warn!(user_id = %user, %locator, dispute_txid = %txid, reason, "breach seen but the appointment is invalid: dropped");
-                    drops.delete_appointment(&user, &locator);
-                }
+    for (locator, user, stored) in matches {
+        let Some(&index) = by_locator.get(&locator) else { continue };
+        if store.has_tracker(&locator, &user)? {
+            continue;
+        }
+        let (tx, txid) = (&block.txdata[index], txids[index]);
+        match penalty_for(&stored.appointment.encrypted_blob, &txid) {
+            Ok(penalty) => breaches.push(Breach { locator, user, dispute: tx.clone(), penalty }),
+            Err(reason) => {
+                tracing::warn!(user_id = %user, %locator, dispute_txid = %txid, reason, "breach seen but the appointment is invalid: dropped");
+                drops.delete_appointment(&user, &locator);
             }
         }
     }
+    // In block order, as the transactions came.
+    breaches.sort_by_key(|b| by_locator.get(&b.locator).copied());
     Ok(breaches)
 }
 
@@ -139,13 +146,11 @@ pub fn mark_confirmations(
     batch: &mut Batch,
 ) -> Result<Vec<(UserId, Locator, Txid)>, StoreError> {
     let mut confirmed = Vec::new();
-    for &txid in txids {
-        for (locator, user) in store.trackers_by_penalty(&txid)? {
-            if let Some(old) = store.tracker(&locator, &user)? {
-                let status = PenaltyStatus::Confirmed(height);
-                batch.put_tracker(&locator, &user, &TrackerRecord { status, ..old.clone() }, Some(&old));
-                confirmed.push((user, locator, txid));
-            }
+    for (txid, locator, user) in store.trackers_by_penalty(txids)? {
+        if let Some(old) = store.tracker(&locator, &user)? {
+            let status = PenaltyStatus::Confirmed(height);
+            batch.put_tracker(&locator, &user, &TrackerRecord { status, ..old.clone() }, Some(&old));
+            confirmed.push((user, locator, txid));
         }
     }
     Ok(confirmed)
@@ -194,7 +199,7 @@ pub fn undo_block(store: &Store, height: u32, batch: &mut Batch) -> Result<Undon
             pending.push((locator, user));
         }
     }
-    store.forget_recent_block(batch, height)?;
+    batch.delete_recent_block(height);
     Ok(Undone { disputes: undone.into_iter().collect(), penalties: pending })
 }
 

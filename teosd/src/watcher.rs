@@ -151,14 +151,17 @@ impl Watcher {
         let stored = StoredAppointment { appointment, user_signature: signature, start_block: height };
         batch.put_appointment(user, &stored);
         // A dispute already mined: the chain follower answers it (durably queued with the receipt).
-        let recent = self.store.recent_txs(&locator)?;
-        for dispute in &recent {
-            batch.put_late_check(&locator, user, dispute);
+        // The hold on the recent-block index lasts until the commit (see `store::recent`).
+        let recent = self.store.recent();
+        let hits = recent.blocks_with(&locator);
+        for hit in &hits {
+            batch.put_late_check(&locator, user, hit);
         }
         self.store.commit(batch)?;
+        drop(recent);
         let receipt = appointment_receipt_bytes(&stored.user_signature, height);
         Ok(AppointmentReceipt {
-            late_dispute: !recent.is_empty(),
+            late_dispute: !hits.is_empty(),
             locator,
             start_block: height,
             signature: self.signer.sign(&receipt),

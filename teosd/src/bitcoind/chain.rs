@@ -11,7 +11,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::pow::Target;
 use std::collections::HashSet;
 
-use bitcoin::{Block, BlockHash, Network, Txid};
+use bitcoin::{Block, BlockHash, Network, TxMerkleNode, Txid};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -175,6 +175,8 @@ impl ChainFollower {
         self.disconnect_down_to(fork_height).await?;
         for header in new_headers.iter().rev() {
             self.connect(header).await?;
+            // Before the next block can push a late check's block out of the recent window.
+            self.answer_late_disputes().await?;
         }
         Ok(())
     }
@@ -224,12 +226,17 @@ impl ChainFollower {
     /// Answers queued late checks. A transport failure leaves them queued for the next round, so
     /// neither a bitcoind outage nor a restart loses one.
     async fn answer_late_disputes(&self) -> Result<(), ChainError> {
-        for (locator, user, recent) in self.blocking(|me| me.store.late_checks(256)).await? {
-            let dispute = match self.rpc.transaction_in_block(&recent.txid, &recent.block_hash).await {
-                Ok(tx) => Some(tx),
-                // Its block left the chain: the appointment stays watched like any other.
-                Err(RpcError::Rpc { code: -5, .. }) => None,
-                Err(e) => return Err(e.into()),
+        for (locator, user, hit) in self.blocking(|me| me.store.late_checks(256)).await? {
+            let txid = self.blocking(move |me| me.store.recent_txid(&hit, &locator)).await?;
+            let dispute = match txid {
+                Some(txid) => match self.rpc.transaction_in_block(&txid, &hit.block_hash).await {
+                    Ok(tx) => Some(tx),
+                    // Its block left the chain: the appointment stays watched like any other.
+                    Err(RpcError::Rpc { code: -5, .. }) => None,
+                    Err(e) => return Err(e.into()),
+                },
+                // The block was disconnected, or only 8 bytes of the locator matched.
+                None => None,
             };
             let blob = self
                 .blocking(move |me| {
@@ -245,7 +252,8 @@ impl ChainFollower {
                 self.commit_late(locator, user, None).await?;
                 continue;
             };
-            match responder::penalty_for(&blob, &recent.txid) {
+            let txid = dispute.compute_txid();
+            match responder::penalty_for(&blob, &txid) {
                 Ok(penalty) => {
                     let breach = Breach { locator, user, dispute, penalty };
                     let outcome = responder::broadcast(&self.rpc, &breach.penalty).await?;
@@ -257,12 +265,8 @@ impl ChainFollower {
                         &outcome,
                     );
                     let tip = *self.height.borrow();
-                    self.commit_late(
-                        locator,
-                        user,
-                        Some(responder::new_tracker(&breach, &outcome, recent.height, tip)),
-                    )
-                    .await?;
+                    self.commit_late(locator, user, Some(responder::new_tracker(&breach, &outcome, hit.height, tip)))
+                        .await?;
                     tracing::info!(user_id = %user, %locator, "New tracker added");
                 }
                 Err(reason) => {
@@ -369,6 +373,7 @@ impl ChainFollower {
                     Ok(undone)
                 })
                 .await?;
+            self.store.unindex_recent_blocks(Some(height), 0);
             undone.log(height);
             tracing::warn!(height, %hash, "block disconnected (reorg)");
             self.height.send_replace(height - 1);
@@ -376,14 +381,15 @@ impl ChainFollower {
     }
 
     async fn connect(&self, header: &HeaderInfo) -> Result<(), ChainError> {
-        let started = Instant::now();
+        let mut timer = StageTimer::start();
         let block = match self.rpc.block(&header.hash).await {
             Err(RpcError::Rpc { code: -1, message }) if message.contains("pruned") => {
                 return Err(ChainError::Pruned(header.hash))
             }
             other => other?,
         };
-        self.check_block(header, &block)?;
+        let fetch_ms = timer.lap();
+        let txids = self.check_block(header, &block)?;
         // The follower is the only writer of the tip, so this holds until the block is committed.
         let tip = self.blocking(|me| me.store.tip()).await?.unwrap_or((0, BlockHash::all_zeros()));
         if tip != (header.height.wrapping_sub(1), block.header.prev_blockhash) {
@@ -392,31 +398,36 @@ impl ChainFollower {
                 reason: "does not extend the stored tip".into(),
             });
         }
+        let check_ms = timer.lap();
         let block = Arc::new(block);
         let (height, hash) = (header.height, header.hash);
         let scan = self
             .blocking({
                 let block = block.clone();
-                move |me| me.scan_block(&block, height)
+                move |me| me.scan_block(&block, txids, height)
             })
             .await?;
+        let scan_ms = timer.lap();
         let responses = self.broadcast_all(&scan, height).await?;
+        let broadcast_ms = timer.lap();
         let breaches = scan.breaches.len();
         self.blocking(move |me| me.commit_block(&block, height, scan, responses)).await?;
+        let commit_ms = timer.lap();
         // took_ms: getblock, checks, breach scan, broadcasts and the synced commit (docs/performance.md).
-        let took_ms = started.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(height, %hash, breaches, took_ms, "block connected");
+        let took_ms = timer.total();
+        tracing::info!(height, %hash, breaches, took_ms, fetch_ms, check_ms, scan_ms, broadcast_ms, commit_ms, "block connected");
         self.height.send_replace(height);
         Ok(())
     }
 
     /// The blocking part before broadcasts: expire users, complete irrevocable trackers, find
     /// breaches and the penalties due for a rebroadcast.
-    fn scan_block(&self, block: &Block, height: u32) -> Result<BlockScan, StoreError> {
+    fn scan_block(&self, block: &Block, txids: Vec<Txid>, height: u32) -> Result<BlockScan, StoreError> {
+        // Indexed before the scan: see `store::recent` for why no appointment falls in between.
+        self.store.index_recent_block(height, block.block_hash(), &txids);
         self.expire_users(height)?;
         responder::complete_irrevocable(&self.store, &self.locks, height)?;
         let mut drops = self.store.batch();
-        let txids: Vec<Txid> = block.txdata.iter().map(|tx| tx.compute_txid()).collect();
         let breaches = responder::find_breaches(&self.store, block, &txids, &mut drops)?;
         let in_block: HashSet<Txid> = txids.iter().copied().collect();
         let due = responder::due_for_rebroadcast(&self.store, height, self.policy.rebroadcast_after)?
@@ -483,11 +494,10 @@ impl ChainFollower {
             }
         }
         let block_hash = block.block_hash();
-        for txid in &txids {
-            batch.put_recent_tx(height, txid, &block_hash);
-        }
-        if let Some(old) = height.checked_sub(self.policy.recent_block_lookback) {
-            self.store.forget_recent_block(batch, old)?;
+        batch.put_recent_block(height, &block_hash, &txids);
+        let window_start = height.saturating_add(1).saturating_sub(self.policy.recent_block_lookback);
+        for old in self.store.recent_blocks_below(window_start)? {
+            batch.delete_recent_block(old);
         }
         batch.put_block(height, &block.block_hash(), &block.header.prev_blockhash);
         if let Some(old) = height.checked_sub(BLOCKS_KEPT) {
@@ -495,6 +505,7 @@ impl ChainFollower {
         }
         batch.set_tip(height, &block.block_hash());
         self.store.commit(drops)?;
+        self.store.unindex_recent_blocks(None, window_start);
         // Logged once durable: tests and operators may act on these lines.
         for breach in &breaches {
             tracing::info!(user_id = %breach.user, locator = %breach.locator, "New tracker added");
@@ -505,7 +516,9 @@ impl ChainFollower {
         Ok(())
     }
 
-    fn check_block(&self, header: &HeaderInfo, block: &Block) -> Result<(), ChainError> {
+    /// Checks the block against its header, the network's proof-of-work limit and its merkle
+    /// root; returns its txids, in order.
+    fn check_block(&self, header: &HeaderInfo, block: &Block) -> Result<Vec<Txid>, ChainError> {
         let invalid = |reason: &str| ChainError::InvalidBlock { hash: header.hash, reason: reason.to_string() };
         if block.block_hash() != header.hash {
             return Err(invalid("hash does not match the header"));
@@ -515,10 +528,12 @@ impl ChainFollower {
         if target > limit || block.header.validate_pow(target).is_err() {
             return Err(invalid("insufficient proof of work"));
         }
-        if !block.check_merkle_root() {
+        let txids: Vec<Txid> = block.txdata.iter().map(|tx| tx.compute_txid()).collect();
+        let root = bitcoin::merkle_tree::calculate_root(txids.iter().map(|t| t.to_raw_hash()));
+        if root.map(TxMerkleNode::from_raw_hash) != Some(block.header.merkle_root) {
             return Err(invalid("merkle root mismatch"));
         }
-        Ok(())
+        Ok(txids)
     }
 
     /// Removes users whose grace period ended by `height`, with their appointments (penalties
@@ -546,5 +561,30 @@ impl ChainFollower {
             tracing::info!(user_id = %user, expiry = record.subscription_expiry, "subscription outdated: user removed");
         }
         Ok(())
+    }
+}
+
+/// Milliseconds spent in each stage of a block, for the `block connected` line.
+struct StageTimer {
+    started: Instant,
+    lap: Instant,
+}
+
+impl StageTimer {
+    fn start() -> Self {
+        let now = Instant::now();
+        StageTimer { started: now, lap: now }
+    }
+
+    /// Milliseconds since the previous lap (or the start).
+    fn lap(&mut self) -> f64 {
+        let now = Instant::now();
+        let ms = (now - self.lap).as_secs_f64() * 1000.0;
+        self.lap = now;
+        ms
+    }
+
+    fn total(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1000.0
     }
 }

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
+use std::borrow::Cow;
+
+use bitcoin::consensus::encode::{deserialize, serialize_hex, Decodable};
+use bitcoin::hex::FromHex;
 use bitcoin::{Block, BlockHash, Transaction, Txid};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -52,8 +55,8 @@ impl RpcError {
 }
 
 #[derive(Deserialize)]
-struct Reply {
-    result: Option<Value>,
+struct Reply<T> {
+    result: Option<T>,
     error: Option<ReplyError>,
 }
 
@@ -153,8 +156,8 @@ impl BitcoindRpc {
             .map_err(|e| RpcError::Transport(e.to_string()))
     }
 
-    /// Calls `method`, decoding its result as `T`.
-    pub async fn call<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, RpcError> {
+    /// Calls `method` and returns the reply's body (any JSON-RPC error is still inside).
+    async fn reply_body(&self, method: &str, params: Value) -> Result<bytes::Bytes, RpcError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params});
         let mut response = self.post(&body, false).await?;
@@ -168,12 +171,34 @@ impl BitcoindRpc {
         if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
             return Err(RpcError::Transport("bitcoind is busy (503)".into()));
         }
-        let reply: Reply = response.json().await.map_err(|e| RpcError::Decode(format!("{method}: {e}")))?;
+        response.bytes().await.map_err(|e| RpcError::Transport(format!("{method}: {e}")))
+    }
+
+    /// Calls `method`, decoding its result as `T`.
+    pub async fn call<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, RpcError> {
+        let body = self.reply_body(method, params).await?;
+        let reply: Reply<T> = serde_json::from_slice(&body).map_err(|e| RpcError::Decode(format!("{method}: {e}")))?;
         if let Some(ReplyError { code, message }) = reply.error {
             return Err(RpcError::Rpc { code, message });
         }
-        serde_json::from_value(reply.result.unwrap_or(Value::Null))
-            .map_err(|e| RpcError::Decode(format!("{method}: {e}")))
+        match reply.result {
+            Some(result) => Ok(result),
+            None => T::deserialize(Value::Null).map_err(|e| RpcError::Decode(format!("{method}: {e}"))),
+        }
+    }
+
+    /// Calls `method`, whose result is a hex string, decoding it as `T`'s consensus encoding
+    /// (borrowed from the reply: a block's hex is not copied before it is decoded).
+    async fn call_hex<T: Decodable>(&self, method: &str, params: Value) -> Result<T, RpcError> {
+        let body = self.reply_body(method, params).await?;
+        let decode = |e: String| RpcError::Decode(format!("{method}: {e}"));
+        let reply: Reply<Cow<'_, str>> = serde_json::from_slice(&body).map_err(|e| decode(e.to_string()))?;
+        if let Some(ReplyError { code, message }) = reply.error {
+            return Err(RpcError::Rpc { code, message });
+        }
+        let hex = reply.result.ok_or_else(|| decode("null result".into()))?;
+        let bytes = Vec::<u8>::from_hex(&hex).map_err(|e| decode(e.to_string()))?;
+        deserialize(&bytes).map_err(|e| decode(e.to_string()))
     }
 
     /// `getblockchaininfo`.
@@ -193,15 +218,13 @@ impl BitcoindRpc {
 
     /// `getblock <hash> 0`, decoded.
     pub async fn block(&self, hash: &BlockHash) -> Result<Block, RpcError> {
-        let hex: String = self.call("getblock", json!([hash, 0])).await?;
-        deserialize_hex(&hex).map_err(|e| RpcError::Decode(format!("block {hash}: {e}")))
+        self.call_hex("getblock", json!([hash, 0])).await
     }
 
     /// `getrawtransaction <txid> false <blockhash>`: a confirmed transaction, found without
     /// `txindex` by naming its block.
     pub async fn transaction_in_block(&self, txid: &Txid, block: &BlockHash) -> Result<Transaction, RpcError> {
-        let hex: String = self.call("getrawtransaction", json!([txid, false, block])).await?;
-        deserialize_hex(&hex).map_err(|e| RpcError::Decode(format!("transaction {txid}: {e}")))
+        self.call_hex("getrawtransaction", json!([txid, false, block])).await
     }
 
     /// `sendrawtransaction <hex>`.

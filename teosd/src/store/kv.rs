@@ -22,18 +22,17 @@ pub enum Cf {
     Blocks,
     /// kind ‖ height ‖ locator ‖ user_id → (): when each tracker needs attention.
     TrackerEvents,
-    /// locator ‖ height → txid ‖ block hash: transactions of the recent blocks.
-    RecentTxs,
-    /// height ‖ locator → (): the same, by height, to forget old blocks.
-    RecentTxsByHeight,
-    /// locator ‖ user_id → recent tx: appointments whose dispute was already mined when they
-    /// arrived, waiting for the chain follower to answer them.
+    /// height → block hash ‖ txids: the transactions of the recent blocks, kept for appointments
+    /// that arrive after their dispute (indexed in memory by [`super::recent`]).
+    RecentBlocks,
+    /// locator ‖ user_id → height ‖ block hash: appointments whose dispute was already mined when
+    /// they arrived, waiting for the chain follower to answer them.
     LateChecks,
 }
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 12] = [
+    pub const ALL: [Cf; 11] = [
         Cf::Meta,
         Cf::Users,
         Cf::UsersByExpiry,
@@ -43,8 +42,7 @@ impl Cf {
         Cf::TrackersByPenalty,
         Cf::Blocks,
         Cf::TrackerEvents,
-        Cf::RecentTxs,
-        Cf::RecentTxsByHeight,
+        Cf::RecentBlocks,
         Cf::LateChecks,
     ];
 
@@ -60,8 +58,7 @@ impl Cf {
             Cf::TrackersByPenalty => "trackers_by_penalty",
             Cf::Blocks => "blocks",
             Cf::TrackerEvents => "tracker_events",
-            Cf::RecentTxs => "recent_txs",
-            Cf::RecentTxsByHeight => "recent_txs_by_height",
+            Cf::RecentBlocks => "recent_blocks",
             Cf::LateChecks => "late_checks",
         }
     }
@@ -69,7 +66,7 @@ impl Cf {
     /// Length of the key prefix that lookups by prefix use (and RocksDB's bloom filters index).
     pub fn prefix_len(self) -> Option<usize> {
         match self {
-            Cf::Appointments | Cf::Trackers | Cf::RecentTxs => Some(16),
+            Cf::Appointments | Cf::Trackers => Some(16),
             Cf::UserLocators => Some(33),
             Cf::TrackersByPenalty => Some(32),
             _ => None,
@@ -112,4 +109,9 @@ pub trait Kv: Send + Sync + std::fmt::Debug {
 
     /// Up to `limit` entries with `from <= key < to`, in key order.
     fn range(&self, cf: Cf, from: &[u8], to: &[u8], limit: usize) -> Result<Entries, KvError>;
+
+    /// Every entry whose key starts with one of `prefixes` (each of the column family's
+    /// [`Cf::prefix_len`]), in one pass: what a block's probes need, without one iterator per probe.
+    /// Entries come in key order; `prefixes` may come in any order and repeat.
+    fn scan_prefixes(&self, cf: Cf, prefixes: &[&[u8]]) -> Result<Entries, KvError>;
 }

@@ -54,6 +54,17 @@ impl Kv for MemoryKv {
             .collect())
     }
 
+    fn scan_prefixes(&self, cf: Cf, prefixes: &[&[u8]]) -> Result<Entries, KvError> {
+        let mut sorted = prefixes.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut out = Entries::new();
+        for prefix in sorted {
+            out.extend(self.scan(cf, prefix, prefix, usize::MAX)?);
+        }
+        Ok(out)
+    }
+
     fn range(&self, cf: Cf, from: &[u8], to: &[u8], limit: usize) -> Result<Entries, KvError> {
         let tables = self.tables.lock().expect("memory kv lock");
         let Some(table) = tables.get(&cf) else {

@@ -6,6 +6,7 @@
 mod kv;
 mod listing;
 mod memory;
+mod recent;
 mod records;
 mod rocks;
 mod trackers;
@@ -19,14 +20,15 @@ use bitcoin::BlockHash;
 
 pub use kv::{Cf, Kv, KvError, Op};
 pub use memory::MemoryKv;
+pub use recent::{RecentGuard, RecentHit};
 pub use records::{DecodeError, PenaltyStatus, StoredAppointment, TrackerRecord, UserRecord};
 pub use rocks::{OpenError, RocksKv};
-pub use trackers::{RecentTx, TrackerEvent};
+pub use trackers::TrackerEvent;
 
 use crate::protocol::{Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 
 /// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 const META_TOWER_KEY: &[u8] = b"tower_key/";
@@ -151,6 +153,7 @@ impl Batch {
 #[derive(Debug, Clone)]
 pub struct Store {
     kv: Arc<dyn Kv>,
+    recent: Arc<recent::RecentIndex>,
 }
 
 impl Store {
@@ -166,29 +169,20 @@ impl Store {
 
     /// Wraps a backend, initialising an empty one and checking the schema version of any other.
     pub fn with_kv(kv: Arc<dyn Kv>) -> Result<Store, StoreError> {
-        let store = Store { kv };
-        match store.kv.get(Cf::Meta, META_SCHEMA_VERSION)? {
+        match kv.get(Cf::Meta, META_SCHEMA_VERSION)? {
             Some(bytes) => match records::be_u32(&bytes, 0) {
-                Some(SCHEMA_VERSION) if bytes.len() == 4 => Ok(store),
-                Some(found) => Err(StoreError::SchemaVersion { found }),
-                None => Err(corrupt(Cf::Meta, "schema version", format!("{} bytes", bytes.len()))),
+                Some(SCHEMA_VERSION) if bytes.len() == 4 => {}
+                Some(found) => return Err(StoreError::SchemaVersion { found }),
+                None => return Err(corrupt(Cf::Meta, "schema version", format!("{} bytes", bytes.len()))),
             },
-            None if store.is_empty()? => {
+            None if is_empty(kv.as_ref())? => {
                 let version = SCHEMA_VERSION.to_be_bytes().to_vec();
-                store.kv.write(vec![Op::Put(Cf::Meta, META_SCHEMA_VERSION.to_vec(), version)])?;
-                Ok(store)
+                kv.write(vec![Op::Put(Cf::Meta, META_SCHEMA_VERSION.to_vec(), version)])?;
             }
-            None => Err(StoreError::MissingSchemaVersion),
+            None => return Err(StoreError::MissingSchemaVersion),
         }
-    }
-
-    fn is_empty(&self) -> Result<bool, StoreError> {
-        for cf in Cf::ALL {
-            if !self.kv.range(cf, &[], &[0xff; 64], 1)?.is_empty() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        let recent = Arc::new(recent::RecentIndex::load(kv.as_ref())?);
+        Ok(Store { kv, recent })
     }
 
     /// A new, empty batch.
@@ -277,6 +271,25 @@ impl Store {
             .collect()
     }
 
+    /// Every appointment at any of `locators` (one pass over the store, for a block's
+    /// transactions), in key order.
+    pub fn appointments_at_any(
+        &self,
+        locators: &[Locator],
+    ) -> Result<Vec<(Locator, UserId, StoredAppointment)>, StoreError> {
+        let prefixes: Vec<&[u8]> = locators.iter().map(|l| l.as_bytes().as_slice()).collect();
+        let rows = self.kv.scan_prefixes(Cf::Appointments, &prefixes)?;
+        rows.iter()
+            .map(|(k, v)| {
+                let locator = Locator::from_slice(&k[..LOCATOR_LEN.min(k.len())])
+                    .map_err(|e| corrupt(Cf::Appointments, "key", e.to_string()))?;
+                let user = UserId::from_slice(&k[LOCATOR_LEN.min(k.len())..])
+                    .map_err(|e| corrupt(Cf::Appointments, "key", e.to_string()))?;
+                Ok((locator, user, decode_appointment(locator, v)?))
+            })
+            .collect()
+    }
+
     /// The locators of `user`'s appointments, in byte order.
     pub fn user_locators(&self, user: &UserId) -> Result<Vec<Locator>, StoreError> {
         let prefix = user.to_bytes();
@@ -299,6 +312,15 @@ impl Store {
             })
             .collect()
     }
+}
+
+fn is_empty(kv: &dyn Kv) -> Result<bool, StoreError> {
+    for cf in Cf::ALL {
+        if !kv.range(cf, &[], &[0xff; 64], 1)?.is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn decode_tracker(bytes: &[u8]) -> Result<TrackerRecord, StoreError> {

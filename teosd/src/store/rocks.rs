@@ -93,6 +93,28 @@ impl RocksKv {
         self.db.cf_handle(cf.name()).expect("every column family is created at open")
     }
 
+    /// Every entry under each of `prefixes` (sorted, of the column family's prefix length), with
+    /// one iterator in prefix mode: each seek consults the prefix bloom filters, and the iterator
+    /// over the memtables and every level is built once rather than per probe.
+    fn probe_sorted(&self, cf: Cf, prefixes: &[&[u8]]) -> Result<Entries, KvError> {
+        let mut read = ReadOptions::default();
+        read.set_prefix_same_as_start(true);
+        let mut iter = self.db.raw_iterator_cf_opt(self.handle(cf), read);
+        let mut out = Entries::new();
+        for prefix in prefixes {
+            iter.seek(prefix);
+            while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                out.push((k.to_vec(), v.to_vec()));
+                iter.next();
+            }
+            iter.status().map_err(backend)?;
+        }
+        Ok(out)
+    }
+
     fn collect(&self, cf: Cf, from: &[u8], upper: Option<Vec<u8>>, limit: usize) -> Result<Entries, KvError> {
         let mut read = ReadOptions::default();
         read.set_total_order_seek(true);
@@ -166,6 +188,22 @@ impl Kv for RocksKv {
             return Ok(out);
         }
         self.collect(cf, from, prefix_successor(prefix), limit)
+    }
+
+    fn scan_prefixes(&self, cf: Cf, prefixes: &[&[u8]]) -> Result<Entries, KvError> {
+        if prefixes.iter().any(|p| Some(p.len()) != cf.prefix_len()) {
+            let mut out = Entries::new();
+            for prefix in prefixes {
+                out.extend(self.scan(cf, prefix, prefix, usize::MAX)?);
+            }
+            out.sort_unstable();
+            out.dedup();
+            return Ok(out);
+        }
+        let mut sorted = prefixes.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        self.probe_sorted(cf, &sorted)
     }
 
     fn range(&self, cf: Cf, from: &[u8], to: &[u8], limit: usize) -> Result<Entries, KvError> {

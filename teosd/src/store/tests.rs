@@ -130,14 +130,16 @@ fn reopen_keeps_everything() {
 }
 
 #[test]
-fn newer_schema_version_is_refused_and_untouched() {
-    let kv = Arc::new(MemoryKv::new());
-    kv.write(vec![Op::Put(Cf::Meta, META_SCHEMA_VERSION.to_vec(), 2u32.to_be_bytes().to_vec())]).unwrap();
-    kv.write(vec![Op::Put(Cf::Users, vec![1], vec![2])]).unwrap();
-    let err = Store::with_kv(kv.clone()).unwrap_err();
-    assert!(matches!(err, StoreError::SchemaVersion { found: 2 }), "{err}");
-    assert_eq!(kv.get(Cf::Meta, META_SCHEMA_VERSION).unwrap(), Some(2u32.to_be_bytes().to_vec()));
-    assert_eq!(kv.get(Cf::Users, &[1]).unwrap(), Some(vec![2]));
+fn other_schema_versions_are_refused_and_untouched() {
+    for version in [SCHEMA_VERSION - 1, SCHEMA_VERSION + 1] {
+        let kv = Arc::new(MemoryKv::new());
+        kv.write(vec![Op::Put(Cf::Meta, META_SCHEMA_VERSION.to_vec(), version.to_be_bytes().to_vec())]).unwrap();
+        kv.write(vec![Op::Put(Cf::Users, vec![1], vec![2])]).unwrap();
+        let err = Store::with_kv(kv.clone()).unwrap_err();
+        assert!(matches!(err, StoreError::SchemaVersion { found } if found == version), "{err}");
+        assert_eq!(kv.get(Cf::Meta, META_SCHEMA_VERSION).unwrap(), Some(version.to_be_bytes().to_vec()));
+        assert_eq!(kv.get(Cf::Users, &[1]).unwrap(), Some(vec![2]));
+    }
 }
 
 #[test]
@@ -226,4 +228,128 @@ fn concurrent_writers_all_land() {
         assert_eq!(store.user_locators(&user(t + 1)).unwrap().len(), 25);
         assert_eq!(store.user(&user(t + 1)).unwrap().unwrap().available_slots, 24);
     }
+}
+
+fn txid(n: u8, tail: u8) -> bitcoin::Txid {
+    let mut bytes = [n; 32];
+    bytes[31] = tail;
+    bitcoin::Txid::from_byte_array(bytes)
+}
+
+#[test]
+fn a_blocks_probes_find_every_appointment_at_its_locators_in_one_pass() {
+    let fill = |store: &Store| {
+        let mut batch = store.batch();
+        batch.put_appointment(&user(1), &appointment(locator(3), b"a"));
+        batch.put_appointment(&user(2), &appointment(locator(3), b"b"));
+        batch.put_appointment(&user(1), &appointment(locator(5), b"c"));
+        batch.put_appointment(&user(1), &appointment(locator(6), b"d"));
+        store.commit(batch).unwrap();
+    };
+    let check = |store: &Store| {
+        let found = store.appointments_at_any(&[locator(9), locator(5), locator(3), locator(4), locator(5)]).unwrap();
+        let found: Vec<(Locator, UserId, Vec<u8>)> =
+            found.into_iter().map(|(l, u, a)| (l, u, a.appointment.encrypted_blob)).collect();
+        let mut expected = vec![
+            (locator(3), user(1), b"a".to_vec()),
+            (locator(3), user(2), b"b".to_vec()),
+            (locator(5), user(1), b"c".to_vec()),
+        ];
+        expected.sort_by_key(|(l, u, _)| appointment_key(l, u));
+        assert_eq!(found, expected);
+        assert!(store.appointments_at_any(&[]).unwrap().is_empty());
+    };
+    let memory = Store::in_memory();
+    fill(&memory);
+    check(&memory);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path, 8).unwrap();
+    fill(&store);
+    // From the memtable, then (reopened: flushed to a table file) through the bloom filters.
+    check(&store);
+    drop(store);
+    check(&Store::open(&path, 8).unwrap());
+}
+
+#[test]
+fn recent_blocks_are_indexed_probed_and_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path, 8).unwrap();
+    let (hash_a, hash_b) = (BlockHash::from_byte_array([0xa; 32]), BlockHash::from_byte_array([0xb; 32]));
+    let block_a = [txid(1, 0), txid(2, 0)];
+    let block_b = [txid(3, 0)];
+    for (height, hash, txids) in [(10, hash_a, &block_a[..]), (11, hash_b, &block_b[..])] {
+        store.index_recent_block(height, hash, txids);
+        let mut batch = store.batch();
+        batch.put_recent_block(height, &hash, txids);
+        store.commit(batch).unwrap();
+    }
+    let of = |t: &bitcoin::Txid| Locator::from_txid(t);
+    let hit_a = RecentHit { height: 10, block_hash: hash_a };
+    assert_eq!(store.recent().blocks_with(&of(&block_a[1])), vec![hit_a]);
+    assert_eq!(store.recent().blocks_with(&of(&block_b[0])), vec![RecentHit { height: 11, block_hash: hash_b }]);
+    assert!(store.recent().blocks_with(&locator(7)).is_empty());
+    // The full txid comes from the record, and only if the block is still the one recorded.
+    assert_eq!(store.recent_txid(&hit_a, &of(&block_a[1])).unwrap(), Some(block_a[1]));
+    let other = RecentHit { height: 10, block_hash: hash_b };
+    assert_eq!(store.recent_txid(&other, &of(&block_a[1])).unwrap(), None);
+    // Only 8 of the 16 bytes are in memory: a hit on them alone finds no txid.
+    let mut near = *of(&block_a[0]).as_bytes();
+    near[15] ^= 1;
+    let near = Locator::from_slice(&near).unwrap();
+    assert_eq!(store.recent().blocks_with(&near), vec![hit_a]);
+    assert_eq!(store.recent_txid(&hit_a, &near).unwrap(), None);
+    // Reopened: the index is rebuilt from the records.
+    drop(store);
+    let store = Store::open(&path, 8).unwrap();
+    assert_eq!(store.recent().blocks_with(&of(&block_a[0])), vec![hit_a]);
+    assert_eq!(store.recent_blocks_below(11).unwrap(), vec![10]);
+    // Leaving the window: the record goes in a batch, then the index entry.
+    let mut batch = store.batch();
+    batch.delete_recent_block(10);
+    store.commit(batch).unwrap();
+    store.unindex_recent_blocks(None, 11);
+    assert!(store.recent().blocks_with(&of(&block_a[0])).is_empty());
+    assert_eq!(store.recent().blocks_with(&of(&block_b[0])).len(), 1);
+    store.unindex_recent_blocks(Some(11), 0);
+    assert!(store.recent().blocks_with(&of(&block_b[0])).is_empty());
+}
+
+#[test]
+fn a_held_recent_guard_keeps_new_blocks_out_until_released() {
+    let store = Store::in_memory();
+    let guard = store.recent();
+    let (done, finished) = std::sync::mpsc::channel();
+    let indexer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            store.index_recent_block(1, BlockHash::all_zeros(), &[txid(1, 0)]);
+            done.send(()).unwrap();
+        })
+    };
+    // Still held: the block cannot be indexed (what an appointment between probe and commit sees).
+    let waited = finished.recv_timeout(std::time::Duration::from_millis(100));
+    assert!(waited.is_err(), "indexed while a guard was held");
+    assert!(guard.blocks_with(&Locator::from_txid(&txid(1, 0))).is_empty());
+    drop(guard);
+    finished.recv_timeout(std::time::Duration::from_secs(10)).expect("indexed once released");
+    indexer.join().unwrap();
+    assert_eq!(store.recent().blocks_with(&Locator::from_txid(&txid(1, 0))).len(), 1);
+}
+
+#[test]
+fn late_checks_round_trip() {
+    with_each_backend(|store| {
+        let hit = RecentHit { height: 7, block_hash: BlockHash::from_byte_array([7; 32]) };
+        let mut batch = store.batch();
+        batch.put_late_check(&locator(1), &user(1), &hit);
+        store.commit(batch).unwrap();
+        assert_eq!(store.late_checks(10).unwrap(), vec![(locator(1), user(1), hit)]);
+        let mut batch = store.batch();
+        batch.delete_late_check(&locator(1), &user(1));
+        store.commit(batch).unwrap();
+        assert!(store.late_checks(10).unwrap().is_empty());
+    });
 }

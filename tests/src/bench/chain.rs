@@ -48,7 +48,12 @@ pub struct BlockPoint {
     pub took_ms: f64,
     /// The `breaches=` teosd logged (a check that the breaches were found).
     pub logged_breaches: usize,
+    /// teosd's per-stage milliseconds, as logged: fetch, check, scan, broadcast, commit.
+    pub stages: Vec<(&'static str, f64)>,
 }
+
+/// The stages teosd times on its `block connected` line.
+pub const BLOCK_STAGES: [&str; 5] = ["fetch_ms", "check_ms", "scan_ms", "broadcast_ms", "commit_ms"];
 
 /// On the running tower `daemon`: for each count in `breaches`,
 /// a block of [`BLOCK_TXS`] transactions of which that many are disputes with an appointment.
@@ -86,7 +91,8 @@ pub async fn block_processing(
         let line = daemon.wait_for(&format!("block connected height={} ", tip + 1))?;
         let took_ms = field(&line, "took_ms").ok_or_else(|| anyhow!("no took_ms in `{line}`"))?;
         let logged_breaches = field(&line, "breaches").unwrap_or(-1.0) as usize;
-        points.push(BlockPoint { breaches: k, took_ms, logged_breaches });
+        let stages = BLOCK_STAGES.iter().filter_map(|&name| Some((name, field(&line, name)?))).collect();
+        points.push(BlockPoint { breaches: k, took_ms, logged_breaches, stages });
     }
     Ok(points)
 }

@@ -1,0 +1,214 @@
+//! The transactions of the recent blocks, for appointments that arrive after their dispute was
+//! mined.
+//!
+//! On disk, `recent_blocks` holds one record per block (height → block hash ‖ txids), written in
+//! the block's own batch. In memory, each recent block keeps the sorted first 8 bytes of its
+//! transactions' locators: 8 bytes per transaction, so an appointment's probe is one binary search
+//! per recent block and no store read. A probe that hits reads the block's record to get the
+//! full txid (when the chain follower answers the late check).
+//!
+//! The chain follower indexes a block in memory *before* it scans the block for breaches, and
+//! an appointment holds a [`RecentGuard`] from its probe until its batch is committed. So an
+//! appointment whose dispute is in a block being processed is either committed before the scan
+//! (the scan finds it) or probes after the block was indexed (a late check is queued with it).
+
+use std::collections::BTreeMap;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+
+use bitcoin::hashes::Hash;
+use bitcoin::{BlockHash, Txid};
+
+use super::kv::{Cf, Kv, Op};
+use super::records::be_u32;
+use super::{appointment_key, corrupt, Batch, Store, StoreError};
+use crate::protocol::{Locator, UserId};
+
+/// A recent block holding a transaction with a given locator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecentHit {
+    /// The block's height.
+    pub height: u32,
+    /// The block.
+    pub block_hash: BlockHash,
+}
+
+#[derive(Debug)]
+struct IndexedBlock {
+    hash: BlockHash,
+    /// First 8 bytes of each transaction's locator, sorted.
+    prefixes: Vec<u64>,
+}
+
+type Blocks = BTreeMap<u32, IndexedBlock>;
+
+/// The in-memory index of `recent_blocks`.
+#[derive(Debug, Default)]
+pub(super) struct RecentIndex {
+    blocks: RwLock<Blocks>,
+}
+
+fn short(locator: &Locator) -> u64 {
+    let bytes = locator.as_bytes();
+    u64::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]])
+}
+
+fn index_block(hash: BlockHash, txids: impl Iterator<Item = Txid>) -> IndexedBlock {
+    let mut prefixes: Vec<u64> = txids.map(|txid| short(&Locator::from_txid(&txid))).collect();
+    prefixes.sort_unstable();
+    IndexedBlock { hash, prefixes }
+}
+
+fn decode_record(height: u32, bytes: &[u8]) -> Result<(BlockHash, impl Iterator<Item = Txid> + '_), StoreError> {
+    if bytes.len() < 32 || !bytes.len().is_multiple_of(32) {
+        return Err(corrupt(Cf::RecentBlocks, "recent block", format!("height {height}: {} bytes", bytes.len())));
+    }
+    let hash = BlockHash::from_slice(&bytes[..32]).map_err(|e| corrupt(Cf::RecentBlocks, "hash", e.to_string()))?;
+    let txids = bytes[32..].chunks_exact(32).filter_map(|c| Txid::from_slice(c).ok());
+    Ok((hash, txids))
+}
+
+impl RecentIndex {
+    /// Indexes every record of `recent_blocks`.
+    pub(super) fn load(kv: &dyn Kv) -> Result<RecentIndex, StoreError> {
+        let mut blocks = Blocks::new();
+        let mut from = 0u32.to_be_bytes().to_vec();
+        // One record at a time: a block's record is up to a few hundred kB.
+        while let Some((key, value)) = kv.range(Cf::RecentBlocks, &from, &[0xff; 5], 1)?.pop() {
+            let height = be_u32(&key, 0).filter(|_| key.len() == 4);
+            let height = height.ok_or_else(|| corrupt(Cf::RecentBlocks, "key", format!("{} bytes", key.len())))?;
+            let (hash, txids) = decode_record(height, &value)?;
+            blocks.insert(height, index_block(hash, txids));
+            from = key;
+            from.push(0);
+        }
+        Ok(RecentIndex { blocks: RwLock::new(blocks) })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Blocks> {
+        // The index holds no invariant a panicking writer could break halfway.
+        self.blocks.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self, change: impl FnOnce(&mut Blocks)) {
+        change(&mut self.blocks.write().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// A read hold on the recent-block index (see the module documentation): the chain follower
+/// indexes no new block while it is held.
+#[derive(Debug)]
+pub struct RecentGuard<'a> {
+    blocks: RwLockReadGuard<'a, Blocks>,
+}
+
+impl RecentGuard<'_> {
+    /// The recent blocks that may hold a transaction with `locator` (8 of its 16 bytes are
+    /// compared here; the late check compares the rest).
+    pub fn blocks_with(&self, locator: &Locator) -> Vec<RecentHit> {
+        let wanted = short(locator);
+        self.blocks
+            .iter()
+            .filter(|(_, block)| block.prefixes.binary_search(&wanted).is_ok())
+            .map(|(&height, block)| RecentHit { height, block_hash: block.hash })
+            .collect()
+    }
+}
+
+impl Batch {
+    /// Records the transactions of the block `hash` at `height`.
+    pub fn put_recent_block(&mut self, height: u32, hash: &BlockHash, txids: &[Txid]) {
+        let mut value = Vec::with_capacity(32 * (1 + txids.len()));
+        value.extend_from_slice(hash.as_byte_array());
+        for txid in txids {
+            value.extend_from_slice(txid.as_byte_array());
+        }
+        self.ops.push(Op::Put(Cf::RecentBlocks, height.to_be_bytes().to_vec(), value));
+    }
+
+    /// Forgets the recent block at `height`.
+    pub fn delete_recent_block(&mut self, height: u32) {
+        self.ops.push(Op::Delete(Cf::RecentBlocks, height.to_be_bytes().to_vec()));
+    }
+
+    /// Records that `user`'s appointment at `locator` arrived after a transaction with its
+    /// locator was mined in `hit`.
+    pub fn put_late_check(&mut self, locator: &Locator, user: &UserId, hit: &RecentHit) {
+        let mut value = Vec::with_capacity(36);
+        value.extend_from_slice(&hit.height.to_be_bytes());
+        value.extend_from_slice(hit.block_hash.as_byte_array());
+        self.ops.push(Op::Put(Cf::LateChecks, appointment_key(locator, user), value));
+    }
+
+    /// Removes a late check.
+    pub fn delete_late_check(&mut self, locator: &Locator, user: &UserId) {
+        self.ops.push(Op::Delete(Cf::LateChecks, appointment_key(locator, user)));
+    }
+}
+
+impl Store {
+    /// Holds the recent-block index for reading (see [`RecentGuard`]).
+    pub fn recent(&self) -> RecentGuard<'_> {
+        RecentGuard { blocks: self.recent.read() }
+    }
+
+    /// Indexes in memory the block `hash` at `height` (replacing any other block at that height).
+    /// Its record is written by the block's batch ([`Batch::put_recent_block`]).
+    pub fn index_recent_block(&self, height: u32, hash: BlockHash, txids: &[Txid]) {
+        let block = index_block(hash, txids.iter().copied());
+        self.recent.write(|blocks| {
+            blocks.insert(height, block);
+        });
+    }
+
+    /// Drops from the in-memory index the block at `height` and every block below `below`
+    /// (once their records' deletion is committed).
+    pub fn unindex_recent_blocks(&self, height: Option<u32>, below: u32) {
+        self.recent.write(|blocks| {
+            if let Some(height) = height {
+                blocks.remove(&height);
+            }
+            *blocks = blocks.split_off(&below);
+        });
+    }
+
+    /// Heights of the recent-block records below `height`.
+    pub fn recent_blocks_below(&self, height: u32) -> Result<Vec<u32>, StoreError> {
+        let mut heights = Vec::new();
+        let mut from = 0u32.to_be_bytes().to_vec();
+        while let Some((key, _)) = self.kv.range(Cf::RecentBlocks, &from, &height.to_be_bytes(), 1)?.pop() {
+            heights.push(be_u32(&key, 0).ok_or_else(|| corrupt(Cf::RecentBlocks, "key", "short"))?);
+            from = key;
+            from.push(0);
+        }
+        Ok(heights)
+    }
+
+    /// The txid with `locator` in the recent block `hit`, if that block is still the one
+    /// recorded at its height.
+    pub fn recent_txid(&self, hit: &RecentHit, locator: &Locator) -> Result<Option<Txid>, StoreError> {
+        let Some(bytes) = self.kv.get(Cf::RecentBlocks, &hit.height.to_be_bytes())? else {
+            return Ok(None);
+        };
+        let (hash, mut txids) = decode_record(hit.height, &bytes)?;
+        if hash != hit.block_hash {
+            return Ok(None);
+        }
+        Ok(txids.find(|txid| Locator::from_txid(txid) == *locator))
+    }
+
+    /// Up to `limit` appointments waiting for a late check, with the block each matched.
+    pub fn late_checks(&self, limit: usize) -> Result<Vec<(Locator, UserId, RecentHit)>, StoreError> {
+        let rows = self.kv.range(Cf::LateChecks, &[], &[0xff; 50], limit)?;
+        rows.iter()
+            .map(|(k, v)| {
+                let (locator, user) = super::trackers::split_key(Cf::LateChecks, k)?;
+                let height = be_u32(v, 0)
+                    .filter(|_| v.len() == 36)
+                    .ok_or_else(|| corrupt(Cf::LateChecks, "value", "not 36 bytes"))?;
+                let block_hash =
+                    BlockHash::from_slice(&v[4..]).map_err(|e| corrupt(Cf::LateChecks, "hash", e.to_string()))?;
+                Ok((locator, user, RecentHit { height, block_hash }))
+            })
+            .collect()
+    }
+}
