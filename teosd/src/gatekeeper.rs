@@ -52,11 +52,13 @@ impl Gatekeeper {
                     .max(height)
                     .checked_add(self.policy.subscription_duration)
                     .ok_or(SubscriptionError::SlotsOverflow)?,
+                number: old.number,
             },
             None => UserRecord {
                 available_slots: self.policy.subscription_slots,
                 subscription_start: height,
                 subscription_expiry: height.saturating_add(self.policy.subscription_duration),
+                number: self.store.new_user_number(),
             },
         };
         let mut batch = self.store.batch();

@@ -97,7 +97,9 @@ pub fn find_breaches(
             Ok(penalty) => breaches.push(Breach { locator, user, dispute: tx.clone(), penalty }),
             Err(reason) => {
                 tracing::warn!(user_id = %user, %locator, dispute_txid = %txid, reason, "breach seen but the appointment is invalid: dropped");
-                drops.delete_appointment(&user, &locator);
+                if let Some(record) = store.user(&user)? {
+                    drops.delete_appointment(&user, &record, &locator);
+                }
             }
         }
     }
@@ -166,8 +168,9 @@ pub fn complete_irrevocable(store: &Store, locks: &UserLocks, height: u32) -> Re
         let Some(tracker) = store.tracker(&locator, &user)? else { continue };
         let mut batch = store.batch();
         batch.delete_tracker(&locator, &user, &tracker);
-        batch.delete_appointment(&user, &locator);
+        // A removed user's appointments went with it.
         if let Some(record) = store.user(&user)? {
+            batch.delete_appointment(&user, &record, &locator);
             let refunded = UserRecord { available_slots: record.available_slots.saturating_add(1), ..record };
             batch.put_user(&user, Some(&record), &refunded);
         }

@@ -214,9 +214,10 @@ impl Tower {
         self.blocking(move |watcher, _, height| {
             let msg = format!("get appointment {locator}");
             let refuse = |e| RequestError::from_subscription(e, RequestError::UserUnauthenticated);
-            let (user, _) = watcher.gatekeeper().authenticate(msg.as_bytes(), &signature, height).map_err(refuse)?;
+            let (user, record) =
+                watcher.gatekeeper().authenticate(msg.as_bytes(), &signature, height).map_err(refuse)?;
             watcher
-                .appointment_state(&user, &locator)
+                .appointment_state(&user, &record, &locator)
                 .map_err(|e| RequestError::from_appointment(e, RequestError::UserUnauthenticated))
         })
         .await

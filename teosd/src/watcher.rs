@@ -145,11 +145,11 @@ impl Watcher {
         if self.store.has_tracker(&locator, user)? {
             return Err(AppointmentError::AlreadyTriggered);
         }
-        let cost = u32::from(self.store.appointment(&locator, user)?.is_none());
+        let cost = u32::from(self.store.appointment(&locator, record)?.is_none());
         let mut batch = self.store.batch();
         let charged = self.gatekeeper.charge(&mut batch, user, record, cost)?;
         let stored = StoredAppointment { appointment, user_signature: signature, start_block: height };
-        batch.put_appointment(user, &stored);
+        batch.put_appointment(user, record, &stored);
         // A dispute already mined: the chain follower answers it (durably queued with the receipt).
         // The hold on the recent-block index lasts until the commit (see `store::recent`).
         let recent = self.store.recent();
@@ -170,15 +170,20 @@ impl Watcher {
         })
     }
 
-    /// The state of `user`'s appointment at `locator`.
-    pub fn appointment_state(&self, user: &UserId, locator: &Locator) -> Result<AppointmentState, AppointmentError> {
+    /// The state of `user`'s appointment at `locator` (`record` is the user's).
+    pub fn appointment_state(
+        &self,
+        user: &UserId,
+        record: &UserRecord,
+        locator: &Locator,
+    ) -> Result<AppointmentState, AppointmentError> {
         if let Some(tracker) = self.store.tracker(locator, user)? {
             return Ok(AppointmentState::DisputeResponded {
                 dispute_txid: tracker.dispute_txid,
                 penalty: tracker.penalty,
             });
         }
-        match self.store.appointment(locator, user)? {
+        match self.store.appointment(locator, record)? {
             Some(stored) => Ok(AppointmentState::BeingWatched(stored.appointment)),
             None => Err(AppointmentError::NotFound),
         }

@@ -42,10 +42,11 @@ fn write_forever(store: &Store, t: u8) {
     let mut old = store.user(&me).unwrap();
     let mut seq = old.map_or(0, |r| r.available_slots + 1);
     loop {
-        let record = UserRecord { available_slots: seq, subscription_start: 0, subscription_expiry: seq };
+        let number = u32::from(t) + 1;
+        let record = UserRecord { available_slots: seq, subscription_start: 0, subscription_expiry: seq, number };
         let mut batch = store.batch();
         batch.put_user(&me, old.as_ref(), &record);
-        batch.put_appointment(&me, &stored(t, seq));
+        batch.put_appointment(&me, &record, &stored(t, seq));
         store.commit(batch).unwrap();
         println!("ack {t} {seq}");
         old = Some(record);
@@ -121,7 +122,7 @@ fn check_consistent(store: &Store, acked: &[(u8, u32)]) {
         let last = record.available_slots;
         assert_eq!(locators.len() as u32, last + 1, "writer {t}: user record and appointments disagree");
         for seq in 0..=last {
-            assert_eq!(store.appointment(&locator(t, seq), &user(t)).unwrap(), Some(stored(t, seq)));
+            assert_eq!(store.appointment(&locator(t, seq), &record).unwrap(), Some(stored(t, seq)));
         }
         assert_eq!(
             store.users_expiring_before(u32::MAX, 100).unwrap().iter().filter(|(_, u)| *u == user(t)).count(),

@@ -66,17 +66,22 @@ fn tracker(seed: u8) -> TrackerRecord {
 }
 
 fn record(slots: u32) -> UserRecord {
-    UserRecord { available_slots: slots, subscription_start: 100, subscription_expiry: 4420 }
+    UserRecord { available_slots: slots, subscription_start: 100, subscription_expiry: 4420, number: 0 }
 }
 
 impl Harness {
     fn add(&self, user: &UserId, appointments: &[StoredAppointment]) {
         let mut batch = self.store.batch();
-        if self.store.user(user).unwrap().is_none() {
-            batch.put_user(user, None, &record(10));
-        }
+        let record = match self.store.user(user).unwrap() {
+            Some(record) => record,
+            None => {
+                let record = UserRecord { number: self.store.new_user_number(), ..record(10) };
+                batch.put_user(user, None, &record);
+                record
+            }
+        };
         for a in appointments {
-            batch.put_appointment(user, a);
+            batch.put_appointment(user, &record, a);
         }
         self.store.commit(batch).unwrap();
     }
@@ -255,7 +260,7 @@ async fn users_stream_in_id_order_across_pages() {
     let mut users: Vec<_> = (0..(LIST_PAGE as u32 * 4 + 5)).map(numbered_user).collect();
     let mut batch = h.store.batch();
     for u in &users {
-        batch.put_user(u, None, &record(1));
+        batch.put_user(u, None, &UserRecord { number: h.store.new_user_number(), ..record(1) });
     }
     h.store.commit(batch).unwrap();
     users.sort_by_key(|u| u.to_bytes());

@@ -240,10 +240,11 @@ impl ChainFollower {
             };
             let blob = self
                 .blocking(move |me| {
+                    let Some(record) = me.store.user(&user)? else { return Ok(None) };
                     let triggered = me.store.has_tracker(&locator, &user)?;
                     Ok(me
                         .store
-                        .appointment(&locator, &user)?
+                        .appointment(&locator, &record)?
                         .filter(|_| !triggered)
                         .map(|a| a.appointment.encrypted_blob))
                 })
@@ -273,8 +274,11 @@ impl ChainFollower {
                     tracing::warn!(user_id = %user, %locator, reason, "dispute already on chain but the appointment is invalid: dropped");
                     self.commit_late(locator, user, None).await?;
                     let drop_appointment = move |me: &ChainFollower| {
+                        let _guard = me.locks.lock(&user);
                         let mut batch = me.store.batch();
-                        batch.delete_appointment(&user, &locator);
+                        if let Some(record) = me.store.user(&user)? {
+                            batch.delete_appointment(&user, &record, &locator);
+                        }
                         me.store.commit(batch)
                     };
                     self.blocking(drop_appointment).await?;
@@ -482,7 +486,9 @@ impl ChainFollower {
             match outcome {
                 None => {
                     batch.delete_tracker(locator, user, old);
-                    batch.delete_appointment(user, locator);
+                    if let Some(record) = self.store.user(user)? {
+                        batch.delete_appointment(user, &record, locator);
+                    }
                 }
                 Some(outcome) => {
                     let status = match outcome {
@@ -554,7 +560,7 @@ impl ChainFollower {
             }
             let mut batch: Batch = self.store.batch();
             for locator in self.store.user_locators(&user)? {
-                batch.delete_appointment(&user, &locator);
+                batch.delete_appointment(&user, &record, &locator);
             }
             batch.delete_user(&user, &record);
             self.store.commit(batch)?;

@@ -10,7 +10,9 @@ pub enum Cf {
     Users,
     /// expiry ‖ user_id → ().
     UsersByExpiry,
-    /// locator ‖ user_id → appointment.
+    /// user number → user_id.
+    UserNumbers,
+    /// locator ‖ user number → appointment.
     Appointments,
     /// user_id ‖ locator → ().
     UserLocators,
@@ -32,10 +34,11 @@ pub enum Cf {
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 11] = [
+    pub const ALL: [Cf; 12] = [
         Cf::Meta,
         Cf::Users,
         Cf::UsersByExpiry,
+        Cf::UserNumbers,
         Cf::Appointments,
         Cf::UserLocators,
         Cf::Trackers,
@@ -52,6 +55,7 @@ impl Cf {
             Cf::Meta => "meta",
             Cf::Users => "users",
             Cf::UsersByExpiry => "users_by_expiry",
+            Cf::UserNumbers => "user_numbers",
             Cf::Appointments => "appointments",
             Cf::UserLocators => "user_locators",
             Cf::Trackers => "trackers",

@@ -11,7 +11,8 @@
 //! bloom filter when there is no tracker).
 
 use super::kv::{Cf, Entries};
-use super::{appointment_key, corrupt, decode_appointment, decode_tracker, Store, StoreError, StoredAppointment};
+use super::{appointment_key, corrupt, decode_appointment, decode_tracker, numbered_key, split_numbered_key};
+use super::{Store, StoreError, StoredAppointment};
 use super::{TrackerRecord, UserRecord};
 use crate::protocol::{Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 
@@ -21,8 +22,11 @@ pub const COUNT_PAGE: usize = 4096;
 const APPOINTMENT_KEY_LEN: usize = LOCATOR_LEN + USER_ID_LEN;
 const PENALTY_INDEX_KEY_LEN: usize = 32 + APPOINTMENT_KEY_LEN;
 
-/// Where a listing of appointments or trackers resumes: just after this `(locator, user)` key.
+/// Where a listing of trackers resumes: just after this `(locator, user)` key.
 pub type AppointmentCursor = (Locator, UserId);
+
+/// Where a listing of stored appointments resumes: just after this `(locator, user number)` key.
+pub type StoredCursor = (Locator, u32);
 
 /// One page of a listing: the items, in key order, and where the next page starts (`None` after
 /// the last page).
@@ -104,8 +108,12 @@ impl Store {
         loop {
             let (rows, full) = range_after(self, Cf::TrackersByPenalty, PENALTY_INDEX_KEY_LEN, after, COUNT_PAGE)?;
             for (key, _) in &rows {
-                if self.kv.get(Cf::Appointments, &key[32..])?.is_some() {
-                    triggered += 1;
+                let (locator, user) = split_appointment_key(Cf::TrackersByPenalty, &key[32..])?;
+                // A removed user's appointments went with it.
+                if let Some(record) = self.user(&user)? {
+                    if self.appointment(&locator, &record)?.is_some() {
+                        triggered += 1;
+                    }
                 }
             }
             match (full, rows.into_iter().last()) {
@@ -140,19 +148,19 @@ impl Store {
     /// or not.
     pub fn appointments_page(
         &self,
-        after: Option<&AppointmentCursor>,
+        after: Option<&StoredCursor>,
         limit: usize,
-    ) -> Result<Page<(UserId, StoredAppointment), AppointmentCursor>, StoreError> {
-        let (rows, full) = range_after(self, Cf::Appointments, APPOINTMENT_KEY_LEN, cursor_key(after), limit)?;
-        let items = rows
-            .iter()
-            .map(|(k, v)| {
-                let (locator, user) = split_appointment_key(Cf::Appointments, k)?;
-                Ok((user, decode_appointment(locator, v)?))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let next = if full { items.last().map(|(user, a)| (a.appointment.locator, *user)) } else { None };
-        Ok((items, next))
+    ) -> Result<Page<(UserId, StoredAppointment), StoredCursor>, StoreError> {
+        let after = after.map(|(locator, number)| numbered_key(locator, *number));
+        let (rows, full) = range_after(self, Cf::Appointments, LOCATOR_LEN + 4, after, limit)?;
+        let mut items = Vec::with_capacity(rows.len());
+        let mut next = None;
+        for (k, v) in &rows {
+            let (locator, number) = split_numbered_key(k)?;
+            items.push((self.user_of_row(number)?, decode_appointment(locator, v)?));
+            next = Some((locator, number));
+        }
+        Ok((items, next.filter(|_| full)))
     }
 
     /// Like [`Store::appointments_page`], without the appointments that have a tracker (those
@@ -160,9 +168,9 @@ impl Store {
     /// shorter; follow `next`.
     pub fn watched_appointments_page(
         &self,
-        after: Option<&AppointmentCursor>,
+        after: Option<&StoredCursor>,
         limit: usize,
-    ) -> Result<Page<(UserId, StoredAppointment), AppointmentCursor>, StoreError> {
+    ) -> Result<Page<(UserId, StoredAppointment), StoredCursor>, StoreError> {
         let (items, next) = self.appointments_page(after, limit)?;
         let mut watched = Vec::with_capacity(items.len());
         for (user, stored) in items {
@@ -235,7 +243,20 @@ mod tests {
     }
 
     fn record(slots: u32) -> UserRecord {
-        UserRecord { available_slots: slots, subscription_start: 100, subscription_expiry: 600 }
+        UserRecord { available_slots: slots, subscription_start: 100, subscription_expiry: 600, number: 1 }
+    }
+
+    /// `user(n)`'s record, numbered `n`, registered in `store`.
+    fn registered(store: &Store, n: u8) -> UserRecord {
+        let record = UserRecord { number: u32::from(n), ..record(10) };
+        let mut batch = store.batch();
+        batch.put_user(&user(n), None, &record);
+        store.commit(batch).unwrap();
+        record
+    }
+
+    fn num(n: u8) -> UserRecord {
+        UserRecord { number: u32::from(n), ..record(10) }
     }
 
     fn with_each_backend(test: impl Fn(Store)) {
@@ -292,11 +313,13 @@ mod tests {
     #[test]
     fn appointments_are_paged_across_users_and_locators() {
         with_each_backend(|store| {
+            registered(&store, 1);
+            registered(&store, 2);
             let mut batch = store.batch();
             for n in 0..10u16 {
-                batch.put_appointment(&user(1), &stored(locator(n)));
+                batch.put_appointment(&user(1), &num(1), &stored(locator(n)));
             }
-            batch.put_appointment(&user(2), &stored(locator(3)));
+            batch.put_appointment(&user(2), &num(2), &stored(locator(3)));
             store.commit(batch).unwrap();
             assert_eq!(store.count_appointments().unwrap(), 11);
 
@@ -312,7 +335,8 @@ mod tests {
             }
             let mut expected: Vec<_> = (0..10u16).map(|n| (locator(n), user(1))).collect();
             expected.push((locator(3), user(2)));
-            expected.sort_by_key(|(l, u)| appointment_key(l, u));
+            // In (locator, user number) order.
+            expected.sort_by_key(|(l, u)| (*l, u32::from(*u != user(1))));
             assert_eq!(keys, expected);
         });
     }
@@ -321,10 +345,12 @@ mod tests {
     fn triggered_appointments_are_listed_as_trackers_only() {
         with_each_backend(|store| {
             let (alice, bob) = (user(1), user(2));
+            registered(&store, 1);
+            registered(&store, 2);
             let mut batch = store.batch();
-            batch.put_appointment(&alice, &stored(locator(1)));
-            batch.put_appointment(&bob, &stored(locator(1)));
-            batch.put_appointment(&alice, &stored(locator(2)));
+            batch.put_appointment(&alice, &num(1), &stored(locator(1)));
+            batch.put_appointment(&bob, &num(2), &stored(locator(1)));
+            batch.put_appointment(&alice, &num(1), &stored(locator(2)));
             batch.put_tracker(&locator(1), &bob, &tracker(1), None);
             store.commit(batch).unwrap();
 
@@ -346,16 +372,17 @@ mod tests {
     #[test]
     fn a_page_of_only_triggered_appointments_still_points_to_the_next() {
         let store = Store::in_memory();
+        registered(&store, 1);
         let mut batch = store.batch();
         for n in 0..3u16 {
-            batch.put_appointment(&user(1), &stored(locator(n)));
+            batch.put_appointment(&user(1), &num(1), &stored(locator(n)));
         }
         batch.put_tracker(&locator(0), &user(1), &tracker(0), None);
         batch.put_tracker(&locator(1), &user(1), &tracker(1), None);
         store.commit(batch).unwrap();
         let (items, next) = store.watched_appointments_page(None, 2).unwrap();
         assert!(items.is_empty());
-        assert_eq!(next, Some((locator(1), user(1))));
+        assert_eq!(next, Some((locator(1), 1)));
         let (items, next) = store.watched_appointments_page(next.as_ref(), 2).unwrap();
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].1.appointment.locator, locator(2));
@@ -365,11 +392,12 @@ mod tests {
     #[test]
     fn counts_span_several_count_pages() {
         let store = Store::in_memory();
+        registered(&store, 1);
         let total = COUNT_PAGE as u16 * 2 + 5;
         for chunk in (0..total).collect::<Vec<_>>().chunks(1000) {
             let mut batch = store.batch();
             for n in chunk {
-                batch.put_appointment(&user(1), &stored(locator(*n)));
+                batch.put_appointment(&user(1), &num(1), &stored(locator(*n)));
             }
             store.commit(batch).unwrap();
         }

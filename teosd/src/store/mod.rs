@@ -12,6 +12,7 @@ mod rocks;
 mod trackers;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bitcoin::hashes::Hash;
@@ -76,8 +77,24 @@ fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
     key
 }
 
+/// `locator ‖ user_id`: the key of trackers and late checks.
 fn appointment_key(locator: &Locator, user: &UserId) -> Vec<u8> {
     join(locator.as_bytes(), &user.to_bytes())
+}
+
+/// `locator ‖ user number`: the key of `appointments` (4 bytes instead of the 33-byte user id
+/// in a column family sorted by random locators, where keys share no prefix).
+fn numbered_key(locator: &Locator, number: u32) -> Vec<u8> {
+    join(locator.as_bytes(), &number.to_be_bytes())
+}
+
+/// Splits a `locator ‖ user number` key.
+fn split_numbered_key(key: &[u8]) -> Result<(Locator, u32), StoreError> {
+    let number = records::be_u32(key, LOCATOR_LEN).filter(|_| key.len() == LOCATOR_LEN + 4);
+    let number = number.ok_or_else(|| corrupt(Cf::Appointments, "key", format!("{} bytes", key.len())))?;
+    let locator =
+        Locator::from_slice(&key[..LOCATOR_LEN]).map_err(|e| corrupt(Cf::Appointments, "key", e.to_string()))?;
+    Ok((locator, number))
 }
 
 fn expiry_key(expiry: u32, user: &UserId) -> Vec<u8> {
@@ -91,25 +108,29 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Writes a user, moving its expiry index entry from `old` if it changed.
+    /// Writes a user, moving its expiry index entry from `old` if it changed (and recording its
+    /// number when it is new).
     pub fn put_user(&mut self, user: &UserId, old: Option<&UserRecord>, new: &UserRecord) {
         if let Some(old) = old.filter(|o| o.subscription_expiry != new.subscription_expiry) {
             self.ops.push(Op::Delete(Cf::UsersByExpiry, expiry_key(old.subscription_expiry, user)));
+        }
+        if old.is_none_or(|o| o.number != new.number) {
+            self.ops.push(Op::Put(Cf::UserNumbers, new.number.to_be_bytes().to_vec(), user.to_bytes().to_vec()));
         }
         self.ops.push(Op::Put(Cf::UsersByExpiry, expiry_key(new.subscription_expiry, user), Vec::new()));
         self.ops.push(Op::Put(Cf::Users, user.to_bytes().to_vec(), new.encode()));
     }
 
-    /// Writes (or overwrites) `user`'s appointment at its locator.
-    pub fn put_appointment(&mut self, user: &UserId, stored: &StoredAppointment) {
+    /// Writes (or overwrites) `user`'s appointment at its locator (`record` is the user's).
+    pub fn put_appointment(&mut self, user: &UserId, record: &UserRecord, stored: &StoredAppointment) {
         let locator = stored.appointment.locator;
-        self.ops.push(Op::Put(Cf::Appointments, appointment_key(&locator, user), stored.encode()));
+        self.ops.push(Op::Put(Cf::Appointments, numbered_key(&locator, record.number), stored.encode()));
         self.ops.push(Op::Put(Cf::UserLocators, join(&user.to_bytes(), locator.as_bytes()), Vec::new()));
     }
 
-    /// Removes `user`'s appointment at `locator`.
-    pub fn delete_appointment(&mut self, user: &UserId, locator: &Locator) {
-        self.ops.push(Op::Delete(Cf::Appointments, appointment_key(locator, user)));
+    /// Removes `user`'s appointment at `locator` (`record` is the user's).
+    pub fn delete_appointment(&mut self, user: &UserId, record: &UserRecord, locator: &Locator) {
+        self.ops.push(Op::Delete(Cf::Appointments, numbered_key(locator, record.number)));
         self.ops.push(Op::Delete(Cf::UserLocators, join(&user.to_bytes(), locator.as_bytes())));
     }
 
@@ -137,8 +158,9 @@ impl Batch {
         self.ops.push(Op::Delete(Cf::Blocks, height.to_be_bytes().to_vec()));
     }
 
-    /// Removes a user record and its expiry index entry.
+    /// Removes a user record, its expiry index entry and its number.
     pub fn delete_user(&mut self, user: &UserId, record: &UserRecord) {
+        self.ops.push(Op::Delete(Cf::UserNumbers, record.number.to_be_bytes().to_vec()));
         self.ops.push(Op::Delete(Cf::UsersByExpiry, expiry_key(record.subscription_expiry, user)));
         self.ops.push(Op::Delete(Cf::Users, user.to_bytes().to_vec()));
     }
@@ -154,6 +176,7 @@ impl Batch {
 pub struct Store {
     kv: Arc<dyn Kv>,
     recent: Arc<recent::RecentIndex>,
+    next_user_number: Arc<AtomicU32>,
 }
 
 impl Store {
@@ -182,7 +205,27 @@ impl Store {
             None => return Err(StoreError::MissingSchemaVersion),
         }
         let recent = Arc::new(recent::RecentIndex::load(kv.as_ref())?);
-        Ok(Store { kv, recent })
+        let next_user_number = Arc::new(AtomicU32::new(highest_user_number(kv.as_ref())?.map_or(1, |n| n + 1)));
+        Ok(Store { kv, recent, next_user_number })
+    }
+
+    /// A number for a new user, never given to a user that is stored. (A removed user's number
+    /// may be given again after a restart: nothing refers to it by then.)
+    pub fn new_user_number(&self) -> u32 {
+        self.next_user_number.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The user with `number`.
+    pub fn user_by_number(&self, number: u32) -> Result<Option<UserId>, StoreError> {
+        self.kv
+            .get(Cf::UserNumbers, &number.to_be_bytes())?
+            .map(|v| UserId::from_slice(&v).map_err(|e| corrupt(Cf::UserNumbers, "user id", e.to_string())))
+            .transpose()
+    }
+
+    fn user_of_row(&self, number: u32) -> Result<UserId, StoreError> {
+        self.user_by_number(number)?
+            .ok_or_else(|| corrupt(Cf::Appointments, "key", format!("user number {number} is not registered")))
     }
 
     /// A new, empty batch.
@@ -241,10 +284,10 @@ impl Store {
             .transpose()
     }
 
-    /// `user`'s appointment at `locator`.
-    pub fn appointment(&self, locator: &Locator, user: &UserId) -> Result<Option<StoredAppointment>, StoreError> {
+    /// The appointment at `locator` of the user whose record is `record`.
+    pub fn appointment(&self, locator: &Locator, record: &UserRecord) -> Result<Option<StoredAppointment>, StoreError> {
         self.kv
-            .get(Cf::Appointments, &appointment_key(locator, user))?
+            .get(Cf::Appointments, &numbered_key(locator, record.number))?
             .map(|v| decode_appointment(*locator, &v))
             .transpose()
     }
@@ -264,9 +307,8 @@ impl Store {
         let rows = self.kv.scan(Cf::Appointments, locator.as_bytes(), locator.as_bytes(), usize::MAX)?;
         rows.iter()
             .map(|(k, v)| {
-                let user = UserId::from_slice(&k[LOCATOR_LEN..])
-                    .map_err(|e| corrupt(Cf::Appointments, "key", e.to_string()))?;
-                Ok((user, decode_appointment(*locator, v)?))
+                let (_, number) = split_numbered_key(k)?;
+                Ok((self.user_of_row(number)?, decode_appointment(*locator, v)?))
             })
             .collect()
     }
@@ -281,11 +323,8 @@ impl Store {
         let rows = self.kv.scan_prefixes(Cf::Appointments, &prefixes)?;
         rows.iter()
             .map(|(k, v)| {
-                let locator = Locator::from_slice(&k[..LOCATOR_LEN.min(k.len())])
-                    .map_err(|e| corrupt(Cf::Appointments, "key", e.to_string()))?;
-                let user = UserId::from_slice(&k[LOCATOR_LEN.min(k.len())..])
-                    .map_err(|e| corrupt(Cf::Appointments, "key", e.to_string()))?;
-                Ok((locator, user, decode_appointment(locator, v)?))
+                let (locator, number) = split_numbered_key(k)?;
+                Ok((locator, self.user_of_row(number)?, decode_appointment(locator, v)?))
             })
             .collect()
     }
@@ -312,6 +351,28 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// The highest key of `user_numbers`, by bisection over the u32 key space (32 seeks).
+fn highest_user_number(kv: &dyn Kv) -> Result<Option<u32>, StoreError> {
+    let any_in = |from: u64, to: u64| -> Result<bool, StoreError> {
+        let to = if to > u64::from(u32::MAX) { vec![0xff; 5] } else { (to as u32).to_be_bytes().to_vec() };
+        Ok(!kv.range(Cf::UserNumbers, &(from as u32).to_be_bytes(), &to, 1)?.is_empty())
+    };
+    let (mut low, mut high) = (0u64, 1u64 << 32);
+    if !any_in(low, high)? {
+        return Ok(None);
+    }
+    // Invariant: some key is in [low, high).
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        if any_in(mid, high)? {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    Ok(Some(low as u32))
 }
 
 fn is_empty(kv: &dyn Kv) -> Result<bool, StoreError> {

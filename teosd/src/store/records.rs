@@ -33,26 +33,78 @@ pub struct UserRecord {
     pub subscription_start: u32,
     /// Height at which the subscription ends.
     pub subscription_expiry: u32,
+    /// The user's number in this store (given at first registration): appointments are keyed
+    /// by it rather than by the 33-byte user id.
+    pub number: u32,
 }
 
 impl UserRecord {
-    /// `slots ‖ start ‖ expiry`, u32 big-endian each.
+    /// `slots ‖ start ‖ expiry ‖ number`, u32 big-endian each.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(12);
+        let mut out = Vec::with_capacity(16);
         out.extend_from_slice(&self.available_slots.to_be_bytes());
         out.extend_from_slice(&self.subscription_start.to_be_bytes());
         out.extend_from_slice(&self.subscription_expiry.to_be_bytes());
+        out.extend_from_slice(&self.number.to_be_bytes());
         out
     }
 
     /// Inverse of [`UserRecord::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        match (bytes.len(), be_u32(bytes, 0), be_u32(bytes, 4), be_u32(bytes, 8)) {
-            (12, Some(available_slots), Some(subscription_start), Some(subscription_expiry)) => {
-                Ok(UserRecord { available_slots, subscription_start, subscription_expiry })
+        match (bytes.len(), be_u32(bytes, 0), be_u32(bytes, 4), be_u32(bytes, 8), be_u32(bytes, 12)) {
+            (16, Some(available_slots), Some(subscription_start), Some(subscription_expiry), Some(number)) => {
+                Ok(UserRecord { available_slots, subscription_start, subscription_expiry, number })
             }
-            (len, ..) => Err(err("user", format!("{len} bytes, expected 12"))),
+            (len, ..) => Err(err("user", format!("{len} bytes, expected 16"))),
         }
+    }
+}
+
+/// How a user signature is stored: the 65 bytes it encodes when its zbase32 text is canonical
+/// (what every signer produces), else the text itself.
+const SIG_RAW: u8 = 0;
+const SIG_TEXT: u8 = 1;
+const SIG_RAW_LEN: usize = 65;
+
+fn zbase32() -> &'static data_encoding::Encoding {
+    static ZBASE32: std::sync::OnceLock<data_encoding::Encoding> = std::sync::OnceLock::new();
+    ZBASE32.get_or_init(|| {
+        let mut spec = data_encoding::Specification::new();
+        spec.symbols.push_str("ybndrfg8ejkmcpqxot1uwisza345h769");
+        spec.encoding().unwrap_or_else(|e| unreachable!("the zbase32 alphabet is a valid specification: {e}"))
+    })
+}
+
+fn encode_signature(signature: &str, out: &mut Vec<u8>) {
+    if let Ok(raw) = zbase32().decode(signature.as_bytes()) {
+        if raw.len() == SIG_RAW_LEN && zbase32().encode(&raw) == signature {
+            out.push(SIG_RAW);
+            out.extend_from_slice(&raw);
+            return;
+        }
+    }
+    let text = &signature.as_bytes()[..signature.len().min(255)];
+    out.push(SIG_TEXT);
+    out.push(text.len() as u8);
+    out.extend_from_slice(text);
+}
+
+/// The signature and where the bytes after it start.
+fn decode_signature(bytes: &[u8]) -> Result<(String, usize), DecodeError> {
+    let bad = |why: &str| err("appointment", format!("signature: {why}"));
+    match bytes.first() {
+        Some(&SIG_RAW) => {
+            let raw = bytes.get(1..1 + SIG_RAW_LEN).ok_or_else(|| bad("truncated"))?;
+            Ok((zbase32().encode(raw), 1 + SIG_RAW_LEN))
+        }
+        Some(&SIG_TEXT) => {
+            let len = *bytes.get(1).ok_or_else(|| bad("truncated"))? as usize;
+            let text = bytes.get(2..2 + len).ok_or_else(|| bad("truncated"))?;
+            let text = String::from_utf8(text.to_vec()).map_err(|_| bad("not ASCII"))?;
+            Ok((text, 2 + len))
+        }
+        Some(other) => Err(bad(&format!("unknown form {other}"))),
+        None => Err(bad("missing")),
     }
 }
 
@@ -68,31 +120,25 @@ pub struct StoredAppointment {
 }
 
 impl StoredAppointment {
-    /// `to_self_delay ‖ start_block ‖ sig_len(u8) ‖ signature ‖ blob`; the locator lives in the key.
+    /// `to_self_delay ‖ start_block ‖ signature ‖ blob`; the signature is `0 ‖ 65 bytes` (its
+    /// canonical zbase32 text decoded) or `1 ‖ len(u8) ‖ text`; the locator lives in the key.
     pub fn encode(&self) -> Vec<u8> {
-        let sig = self.user_signature.as_bytes();
-        let mut out = Vec::with_capacity(9 + sig.len() + self.appointment.encrypted_blob.len());
+        let mut out = Vec::with_capacity(10 + SIG_RAW_LEN + self.appointment.encrypted_blob.len());
         out.extend_from_slice(&self.appointment.to_self_delay.to_be_bytes());
         out.extend_from_slice(&self.start_block.to_be_bytes());
-        out.push(u8::try_from(sig.len()).unwrap_or(u8::MAX));
-        out.extend_from_slice(&sig[..sig.len().min(255)]);
+        encode_signature(&self.user_signature, &mut out);
         out.extend_from_slice(&self.appointment.encrypted_blob);
         out
     }
 
     /// Inverse of [`StoredAppointment::encode`].
     pub fn decode(locator: Locator, bytes: &[u8]) -> Result<Self, DecodeError> {
-        let (Some(to_self_delay), Some(start_block), Some(&sig_len)) =
-            (be_u32(bytes, 0), be_u32(bytes, 4), bytes.get(8))
-        else {
+        let (Some(to_self_delay), Some(start_block)) = (be_u32(bytes, 0), be_u32(bytes, 4)) else {
             return Err(err("appointment", format!("{} bytes is too short", bytes.len())));
         };
-        let sig_end = 9 + sig_len as usize;
-        let sig = bytes.get(9..sig_end).ok_or_else(|| err("appointment", "truncated signature"))?;
-        let user_signature =
-            String::from_utf8(sig.to_vec()).map_err(|_| err("appointment", "signature is not ASCII"))?;
+        let (user_signature, used) = decode_signature(&bytes[8..])?;
         Ok(StoredAppointment {
-            appointment: Appointment { locator, encrypted_blob: bytes[sig_end..].to_vec(), to_self_delay },
+            appointment: Appointment { locator, encrypted_blob: bytes[8 + used..].to_vec(), to_self_delay },
             user_signature,
             start_block,
         })
@@ -169,9 +215,9 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_reject_garbage() {
-        let user = UserRecord { available_slots: 1, subscription_start: 2, subscription_expiry: 3 };
+        let user = UserRecord { available_slots: 1, subscription_start: 2, subscription_expiry: 3, number: 4 };
         assert_eq!(UserRecord::decode(&user.encode()), Ok(user));
-        assert!(UserRecord::decode(&[0; 11]).is_err());
+        assert!(UserRecord::decode(&[0; 15]).is_err());
         let locator = Locator::from_slice(&[9; 16]).unwrap();
         let stored = StoredAppointment {
             appointment: Appointment { locator, encrypted_blob: vec![1, 2, 3], to_self_delay: 42 },
@@ -180,8 +226,33 @@ mod tests {
         };
         assert_eq!(StoredAppointment::decode(locator, &stored.encode()), Ok(stored.clone()));
         let encoded = stored.encode();
-        for len in 0..113 {
+        // A canonical 104-character signature is kept as its 65 bytes.
+        assert_eq!(encoded.len(), 8 + 1 + 65 + 3);
+        for len in 0..8 + 1 + 65 {
             assert!(StoredAppointment::decode(locator, &encoded[..len]).is_err(), "{len}");
+        }
+        // Anything else is kept as it came, byte for byte.
+        for odd in ["", "not zbase32!", &"y".repeat(103), &"y".repeat(105), &"Y".repeat(104)] {
+            let stored = StoredAppointment { user_signature: odd.to_string(), ..stored.clone() };
+            assert_eq!(StoredAppointment::decode(locator, &stored.encode()), Ok(stored));
+        }
+        assert!(StoredAppointment::decode(locator, &[0, 0, 0, 1, 0, 0, 0, 2, 9]).is_err());
+    }
+
+    #[test]
+    fn real_signatures_are_stored_in_65_bytes_and_come_back_identical() {
+        let key = bitcoin::secp256k1::SecretKey::from_slice(&[7; 32]).unwrap();
+        for n in 0..50u8 {
+            let signature = crate::protocol::sign_message(&[n; 40], &key);
+            let locator = Locator::from_slice(&[n; 16]).unwrap();
+            let stored = StoredAppointment {
+                appointment: Appointment { locator, encrypted_blob: vec![n; 100], to_self_delay: 20 },
+                user_signature: signature,
+                start_block: 1,
+            };
+            let encoded = stored.encode();
+            assert_eq!(encoded.len(), 8 + 1 + 65 + 100);
+            assert_eq!(StoredAppointment::decode(locator, &encoded), Ok(stored));
         }
     }
 }

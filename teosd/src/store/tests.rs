@@ -25,7 +25,21 @@ fn appointment(loc: Locator, blob: &[u8]) -> StoredAppointment {
 }
 
 fn record(slots: u32, expiry: u32) -> UserRecord {
-    UserRecord { available_slots: slots, subscription_start: 100, subscription_expiry: expiry }
+    UserRecord { available_slots: slots, subscription_start: 100, subscription_expiry: expiry, number: 1 }
+}
+
+/// The record of `user(n)`, numbered `n`.
+fn num(n: u8) -> UserRecord {
+    UserRecord { number: u32::from(n), ..record(10, 600) }
+}
+
+/// Registers `user(n)` for each `n`, numbered `n`.
+fn register(store: &Store, users: &[u8]) {
+    let mut batch = store.batch();
+    for &n in users {
+        batch.put_user(&user(n), None, &num(n));
+    }
+    store.commit(batch).unwrap();
 }
 
 fn with_each_backend(test: impl Fn(Store)) {
@@ -58,15 +72,16 @@ fn users_and_expiry_index() {
 fn appointments_by_user_and_locator() {
     with_each_backend(|store| {
         let (alice, bob) = (user(1), user(2));
+        register(&store, &[2]);
         let mut batch = store.batch();
         batch.put_user(&alice, None, &record(9, 600));
-        batch.put_appointment(&alice, &appointment(locator(7), b"a"));
-        batch.put_appointment(&alice, &appointment(locator(8), b"b"));
-        batch.put_appointment(&bob, &appointment(locator(7), b"c"));
+        batch.put_appointment(&alice, &num(1), &appointment(locator(7), b"a"));
+        batch.put_appointment(&alice, &num(1), &appointment(locator(8), b"b"));
+        batch.put_appointment(&bob, &num(2), &appointment(locator(7), b"c"));
         store.commit(batch).unwrap();
 
-        assert_eq!(store.appointment(&locator(7), &alice).unwrap(), Some(appointment(locator(7), b"a")));
-        assert_eq!(store.appointment(&locator(8), &bob).unwrap(), None);
+        assert_eq!(store.appointment(&locator(7), &num(1)).unwrap(), Some(appointment(locator(7), b"a")));
+        assert_eq!(store.appointment(&locator(8), &num(2)).unwrap(), None);
         let at_seven = store.appointments_at(&locator(7)).unwrap();
         assert_eq!(at_seven.len(), 2);
         assert!(at_seven.contains(&(bob, appointment(locator(7), b"c"))));
@@ -75,10 +90,10 @@ fn appointments_by_user_and_locator() {
 
         // An update overwrites in place; a delete removes both the row and the user's index.
         let mut batch = store.batch();
-        batch.put_appointment(&alice, &appointment(locator(7), b"updated"));
-        batch.delete_appointment(&alice, &locator(8));
+        batch.put_appointment(&alice, &num(1), &appointment(locator(7), b"updated"));
+        batch.delete_appointment(&alice, &num(1), &locator(8));
         store.commit(batch).unwrap();
-        assert_eq!(store.appointment(&locator(7), &alice).unwrap(), Some(appointment(locator(7), b"updated")));
+        assert_eq!(store.appointment(&locator(7), &num(1)).unwrap(), Some(appointment(locator(7), b"updated")));
         assert_eq!(store.user_locators(&alice).unwrap(), vec![locator(7)]);
     });
 }
@@ -86,11 +101,12 @@ fn appointments_by_user_and_locator() {
 #[test]
 fn locator_prefixes_do_not_leak_into_neighbours() {
     with_each_backend(|store| {
+        register(&store, &[1]);
         let mut batch = store.batch();
         let mut near = [7u8; 16];
         near[15] = 8;
-        batch.put_appointment(&user(1), &appointment(Locator::from_slice(&near).unwrap(), b"x"));
-        batch.put_appointment(&user(1), &appointment(locator(6), b"x"));
+        batch.put_appointment(&user(1), &num(1), &appointment(Locator::from_slice(&near).unwrap(), b"x"));
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(6), b"x"));
         store.commit(batch).unwrap();
         assert!(store.appointments_at(&locator(7)).unwrap().is_empty());
     });
@@ -121,12 +137,12 @@ fn reopen_keeps_everything() {
         let store = Store::open(&path, 8).unwrap();
         let mut batch = store.batch();
         batch.put_user(&user(1), None, &record(3, 600));
-        batch.put_appointment(&user(1), &appointment(locator(1), b"blob"));
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(1), b"blob"));
         store.commit(batch).unwrap();
     }
     let store = Store::open(&path, 8).unwrap();
     assert_eq!(store.user(&user(1)).unwrap(), Some(record(3, 600)));
-    assert_eq!(store.appointment(&locator(1), &user(1)).unwrap(), Some(appointment(locator(1), b"blob")));
+    assert_eq!(store.appointment(&locator(1), &num(1)).unwrap(), Some(appointment(locator(1), b"blob")));
 }
 
 #[test]
@@ -156,14 +172,16 @@ fn corrupt_records_are_errors_not_panics() {
     let store = Store::with_kv(kv.clone()).unwrap();
     kv.write(vec![
         Op::Put(Cf::Users, user(1).to_bytes().to_vec(), vec![1, 2, 3]),
-        Op::Put(Cf::Appointments, appointment_key(&locator(1), &user(1)), vec![0; 5]),
+        Op::Put(Cf::Appointments, numbered_key(&locator(1), 1), vec![0; 5]),
+        Op::Put(Cf::Appointments, appointment_key(&locator(2), &user(1)), vec![0; 5]),
         Op::Put(Cf::Meta, META_TIP.to_vec(), vec![0; 3]),
         Op::Put(Cf::Meta, join(META_TOWER_KEY, &[0, 0, 0, 0]), vec![0; 32]),
     ])
     .unwrap();
     assert!(matches!(store.user(&user(1)), Err(StoreError::Corrupt { .. })));
-    assert!(matches!(store.appointment(&locator(1), &user(1)), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(store.appointment(&locator(1), &num(1)), Err(StoreError::Corrupt { .. })));
     assert!(matches!(store.appointments_at(&locator(1)), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(store.appointments_at(&locator(2)), Err(StoreError::Corrupt { .. })));
     assert!(matches!(store.tip(), Err(StoreError::Corrupt { .. })));
     assert!(matches!(store.tower_keys(), Err(StoreError::Corrupt { .. })));
 }
@@ -214,8 +232,16 @@ fn concurrent_writers_all_land() {
                     let mut batch = store.batch();
                     let mut loc = [t; 16];
                     loc[15] = i;
-                    batch.put_user(&user(t + 1), None, &record(u32::from(i), 600));
-                    batch.put_appointment(&user(t + 1), &appointment(Locator::from_slice(&loc).unwrap(), &[i]));
+                    batch.put_user(
+                        &user(t + 1),
+                        None,
+                        &UserRecord { number: u32::from(t + 1), ..record(u32::from(i), 600) },
+                    );
+                    batch.put_appointment(
+                        &user(t + 1),
+                        &num(t + 1),
+                        &appointment(Locator::from_slice(&loc).unwrap(), &[i]),
+                    );
                     store.commit(batch).unwrap();
                 }
             })
@@ -239,11 +265,12 @@ fn txid(n: u8, tail: u8) -> bitcoin::Txid {
 #[test]
 fn a_blocks_probes_find_every_appointment_at_its_locators_in_one_pass() {
     let fill = |store: &Store| {
+        register(store, &[1, 2]);
         let mut batch = store.batch();
-        batch.put_appointment(&user(1), &appointment(locator(3), b"a"));
-        batch.put_appointment(&user(2), &appointment(locator(3), b"b"));
-        batch.put_appointment(&user(1), &appointment(locator(5), b"c"));
-        batch.put_appointment(&user(1), &appointment(locator(6), b"d"));
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(3), b"a"));
+        batch.put_appointment(&user(2), &num(2), &appointment(locator(3), b"b"));
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(5), b"c"));
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(6), b"d"));
         store.commit(batch).unwrap();
     };
     let check = |store: &Store| {
@@ -255,7 +282,8 @@ fn a_blocks_probes_find_every_appointment_at_its_locators_in_one_pass() {
             (locator(3), user(2), b"b".to_vec()),
             (locator(5), user(1), b"c".to_vec()),
         ];
-        expected.sort_by_key(|(l, u, _)| appointment_key(l, u));
+        // In (locator, user number) order: user(n) is numbered n.
+        expected.sort_by_key(|(l, u, _)| (*l, u32::from(*u != user(1))));
         assert_eq!(found, expected);
         assert!(store.appointments_at_any(&[]).unwrap().is_empty());
     };
@@ -352,4 +380,32 @@ fn late_checks_round_trip() {
         store.commit(batch).unwrap();
         assert!(store.late_checks(10).unwrap().is_empty());
     });
+}
+
+#[test]
+fn user_numbers_resume_above_the_highest_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path, 8).unwrap();
+    assert_eq!(store.new_user_number(), 1);
+    let mut batch = store.batch();
+    for (n, number) in [(1u8, 7u32), (2, 70_000), (3, 12)] {
+        batch.put_user(&user(n), None, &UserRecord { number, ..record(1, 600) });
+    }
+    store.commit(batch).unwrap();
+    assert_eq!(store.user_by_number(70_000).unwrap(), Some(user(2)));
+    drop(store);
+    let store = Store::open(&path, 8).unwrap();
+    assert_eq!(store.new_user_number(), 70_001);
+    assert_eq!(store.new_user_number(), 70_002);
+    // A removed user's number goes with it.
+    let mut batch = store.batch();
+    batch.delete_user(&user(3), &UserRecord { number: 12, ..record(1, 600) });
+    store.commit(batch).unwrap();
+    assert_eq!(store.user_by_number(12).unwrap(), None);
+    let memory = Store::in_memory();
+    let mut batch = memory.batch();
+    batch.put_user(&user(1), None, &UserRecord { number: u32::MAX - 1, ..record(1, 600) });
+    memory.commit(batch).unwrap();
+    assert_eq!(super::highest_user_number(memory.kv.as_ref()).unwrap(), Some(u32::MAX - 1));
 }

@@ -70,6 +70,7 @@ pub fn fill(datadir: &Path, n: usize, seed: u64) -> Result<Duration> {
             available_slots: 10_000 - count as u32,
             subscription_start: tip,
             subscription_expiry: tip + 4320,
+            number: store.new_user_number(),
         };
         batch.put_user(&user, None, &record);
         for _ in 0..count {
@@ -79,6 +80,7 @@ pub fn fill(datadir: &Path, n: usize, seed: u64) -> Result<Duration> {
             let appointment = Appointment { locator, encrypted_blob: rng.bytes(BLOB_SIZE), to_self_delay: 42 };
             batch.put_appointment(
                 &user,
+                &record,
                 &StoredAppointment { appointment, user_signature: signature, start_block: tip },
             );
             in_batch += 1;
