@@ -76,7 +76,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await?;
     let chain_stop = CancellationToken::new();
     if let Some(endpoint) = &config.bitcoind.zmq_hashblock {
-        tasks.spawn(bitcoind::zmq::subscribe(endpoint.clone(), follower.waker(), chain_stop.clone()));
+        let feed = bitcoind::zmq::Feed::Hashblock { wake: follower.waker() };
+        tasks.spawn(bitcoind::zmq::subscribe(endpoint.clone(), feed, chain_stop.clone()));
+    }
+    if let Some(endpoint) = &config.bitcoind.zmq_rawblock {
+        let feed = bitcoind::zmq::Feed::Rawblock { wake: follower.waker(), blocks: follower.offered_blocks() };
+        tasks.spawn(bitcoind::zmq::subscribe(endpoint.clone(), feed, chain_stop.clone()));
     }
     tasks.spawn(follower.follow(config.bitcoind.polling_interval, chain_stop.clone()));
     tasks.close();

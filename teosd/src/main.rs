@@ -36,8 +36,12 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Threads for blocking work (store access with its synced writes, and the signature checks
+/// around them). Requests beyond this wait in the pool's queue: more threads than this only add
+/// context switches on a small machine, while this many still share each WAL sync (docs/performance.md).
+const BLOCKING_THREADS: usize = 16;
+
+fn main() -> ExitCode {
     let config = match Config::load(&Cli::parse()) {
         Ok(config) => config,
         Err(e) => {
@@ -45,6 +49,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(BLOCKING_THREADS).build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(serve(config)),
+        Err(e) => {
+            eprintln!("teosd: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
     init_tracing(&config.log);
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));

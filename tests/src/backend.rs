@@ -3,7 +3,7 @@
 //!
 //! A real bitcoind runs as a child process
 //! (`bitcoind -regtest -datadir=<tmp> -rpcport=<free> -port=<free> -listen=0 -server
-//! -fallbackfee=0.0001 -txindex=1`, plus `-zmqpubhashblock=tcp://127.0.0.1:<free>` from
+//! -fallbackfee=0.0001 -txindex=1`, plus `-zmqpubhashblock` and `-zmqpubrawblock=tcp://127.0.0.1:<free>` from
 //! [`Bitcoind::start_with_zmq`]) and is driven over JSON-RPC only: mining with
 //! `generatetoaddress`/`generateblock`, reorgs with `invalidateblock`, going down with `stop`,
 //! coming back by respawning it on the same datadir and ports.
@@ -320,6 +320,7 @@ impl RealBitcoind {
             .arg(format!("-port={}", self.p2p_port))
             .args(["-listen=0", "-server", "-fallbackfee=0.0001", "-txindex=1"])
             .args(self.zmq_port.map(|port| format!("-zmqpubhashblock=tcp://127.0.0.1:{port}")))
+            .args(self.zmq_port.map(|port| format!("-zmqpubrawblock=tcp://127.0.0.1:{port}")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -108,3 +108,46 @@ async fn an_unreachable_zmq_endpoint_leaves_polling_in_charge() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_blocks_come_over_zmq_rawblock_and_missing_ones_over_rpc() {
+    bounded(async {
+        let bitcoind = Bitcoind::start_with_zmq().await.unwrap();
+        bitcoind.mine(1).await.unwrap();
+        // bitcoind given -zmqpubhashblock and -zmqpubrawblock on the same endpoint.
+        let endpoint = bitcoind.zmq_hashblock_endpoint().expect("ZMQ enabled");
+        let dir = tempfile::tempdir().unwrap();
+        let mut tower = TowerProcess::start(
+            &bitcoind,
+            &dir.path().join("teos"),
+            &["--pollingdelta", "3600", "--zmqpubrawblock", &endpoint],
+        );
+        wait_logged(&mut tower, "ZMQ rawblock feed connected");
+        subscribed(&bitcoind, 1).await;
+
+        // Each new tip arrives whole: no getblock.
+        for _ in 0..3 {
+            let (height, _) = bitcoind.tip().await.unwrap();
+            let hash = bitcoind.mine(1).await.unwrap()[0];
+            let line = tower.wait_for(&format!("block connected height={} hash={hash}", height + 1));
+            assert!(line.contains("source=\"zmq\"") || line.contains("source=zmq"), "{line}");
+        }
+
+        // Blocks found while the tower was down were offered to nobody: fetched with getblock.
+        assert_eq!(tower.stop().code(), Some(0));
+        let (height, _) = bitcoind.tip().await.unwrap();
+        let missed = bitcoind.mine(2).await.unwrap();
+        let mut tower = TowerProcess::start(
+            &bitcoind,
+            &dir.path().join("teos"),
+            &["--pollingdelta", "3600", "--zmqpubrawblock", &endpoint],
+        );
+        // (Caught up before the tower is ready: these lines may already be behind us.)
+        for (i, hash) in missed.iter().enumerate() {
+            let height = height + 1 + i as u32;
+            wait_logged(&mut tower, &format!("block connected height={height} hash={hash} breaches=0 source=\"rpc\""));
+        }
+        assert_eq!(tower.stop().code(), Some(0));
+    })
+    .await;
+}

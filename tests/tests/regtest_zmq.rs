@@ -14,6 +14,7 @@ use serde_json::json;
 use teos_tests::regtest::{NodeOptions, RegtestNode};
 use teos_tests::rpc_client::RpcClient;
 use teos_tests::wallet;
+use teosd::bitcoind::zmq::Feed;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +55,13 @@ async fn publishes_every_new_tip_in_bitcoinds_layout() -> anyhow::Result<()> {
         assert!(endpoint.starts_with("tcp://127.0.0.1:"), "{endpoint}");
         let rpc = RpcClient::with_cookie(node.rpc_url(), node.cookie_path());
         let notifications = rpc.call_value("getzmqnotifications", vec![]).await?;
-        assert_eq!(notifications, json!([{ "type": "pubhashblock", "address": endpoint, "hwm": 1000 }]));
+        assert_eq!(
+            notifications,
+            json!([
+                { "type": "pubhashblock", "address": endpoint, "hwm": 1000 },
+                { "type": "pubrawblock", "address": endpoint, "hwm": 1000 },
+            ])
+        );
 
         node.mine(1); // sequence 0, heard by nobody
         let mut socket = subscriber(&node).await?;
@@ -108,8 +115,11 @@ async fn the_publisher_goes_down_and_comes_back_with_the_node_and_teosd_follows(
         let endpoint = node.zmq_hashblock_endpoint().expect("ZMQ on");
         let wake = Arc::new(Notify::new());
         let stop = CancellationToken::new();
-        let teosd_subscriber =
-            tokio::spawn(teosd::bitcoind::zmq::subscribe(endpoint.clone(), wake.clone(), stop.clone()));
+        let teosd_subscriber = tokio::spawn(teosd::bitcoind::zmq::subscribe(
+            endpoint.clone(),
+            Feed::Hashblock { wake: wake.clone() },
+            stop.clone(),
+        ));
         node.wait_for_zmq_subscriptions(1).await;
         wake.notified().await; // teosd's subscriber wakes its follower when it connects
         let mut socket = subscriber(&node).await?;

@@ -16,6 +16,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::rpc::{BitcoindRpc, HeaderInfo, RpcError};
+use super::zmq::OfferedBlocks;
 use crate::config::Policy;
 use crate::protocol::{Locator, UserId};
 use crate::responder::{self, Breach, BroadcastOutcome, IRREVOCABLY_RESOLVED};
@@ -106,6 +107,7 @@ pub struct ChainFollower {
     height: watch::Sender<u32>,
     reachable: Arc<AtomicBool>,
     wake: Arc<Notify>,
+    offered: Arc<OfferedBlocks>,
 }
 
 impl ChainFollower {
@@ -119,7 +121,14 @@ impl ChainFollower {
         height: watch::Sender<u32>,
     ) -> Self {
         let reachable = Arc::new(AtomicBool::new(false));
-        ChainFollower { rpc, store, locks, policy, network, height, reachable, wake: Arc::new(Notify::new()) }
+        let (wake, offered) = (Arc::new(Notify::new()), Arc::new(OfferedBlocks::default()));
+        ChainFollower { rpc, store, locks, policy, network, height, reachable, wake, offered }
+    }
+
+    /// Where the ZMQ `rawblock` subscriber ([`super::zmq`]) leaves whole blocks for
+    /// [`connect`](Self::connect) to use instead of `getblock`.
+    pub fn offered_blocks(&self) -> Arc<OfferedBlocks> {
+        self.offered.clone()
     }
 
     /// Wakes [`follow`](Self::follow) between polls: the ZMQ `hashblock` subscriber
@@ -386,11 +395,9 @@ impl ChainFollower {
 
     async fn connect(&self, header: &HeaderInfo) -> Result<(), ChainError> {
         let mut timer = StageTimer::start();
-        let block = match self.rpc.block(&header.hash).await {
-            Err(RpcError::Rpc { code: -1, message }) if message.contains("pruned") => {
-                return Err(ChainError::Pruned(header.hash))
-            }
-            other => other?,
+        let (block, source) = match self.offered_block(&header.hash) {
+            Some(block) => (block, "zmq"),
+            None => (self.fetch_block(&header.hash).await?, "rpc"),
         };
         let fetch_ms = timer.lap();
         let txids = self.check_block(header, &block)?;
@@ -419,9 +426,28 @@ impl ChainFollower {
         let commit_ms = timer.lap();
         // took_ms: getblock, checks, breach scan, broadcasts and the synced commit (docs/performance.md).
         let took_ms = timer.total();
-        tracing::info!(height, %hash, breaches, took_ms, fetch_ms, check_ms, scan_ms, broadcast_ms, commit_ms, "block connected");
+        tracing::info!(height, %hash, breaches, source, took_ms, fetch_ms, check_ms, scan_ms, broadcast_ms, commit_ms, "block connected");
         self.height.send_replace(height);
         Ok(())
+    }
+
+    /// The block `hash` if it came whole over ZMQ (it is checked like any other).
+    fn offered_block(&self, hash: &BlockHash) -> Option<Block> {
+        let bytes = self.offered.take(hash)?;
+        match bitcoin::consensus::deserialize(&bytes) {
+            Ok(block) => Some(block),
+            Err(error) => {
+                tracing::warn!(%hash, %error, "block from ZMQ rawblock does not decode; fetching it over RPC");
+                None
+            }
+        }
+    }
+
+    async fn fetch_block(&self, hash: &BlockHash) -> Result<Block, ChainError> {
+        match self.rpc.block(hash).await {
+            Err(RpcError::Rpc { code: -1, message }) if message.contains("pruned") => Err(ChainError::Pruned(*hash)),
+            other => Ok(other?),
+        }
     }
 
     /// The blocking part before broadcasts: expire users, complete irrevocable trackers, find

@@ -3,6 +3,12 @@
 //! poll. Nothing is taken from the message but the fact that it came, so a lost, late or forged
 //! notification costs at most one extra `getbestblockhash`; polling stays on as the fallback.
 //!
+//! bitcoind's `rawblock` (`-zmqpubrawblock`) carries the whole block: it is kept in
+//! [`OfferedBlocks`] and the follower wakes. When the follower then connects a block whose hash
+//! (from bitcoind's headers over RPC) matches an offered one, it uses it instead of `getblock`,
+//! after the same checks (hash, proof of work, merkle root). An offered block that is never asked
+//! for is dropped after [`MAX_OFFERED`] newer ones.
+//!
 //! The subscriber connects with a pure-Rust ZMTP implementation (the `zeromq` crate, no libzmq),
 //! reconnects by itself when bitcoind restarts (logging once when the feed is lost and once when
 //! it is back) and wakes the follower whenever it (re)connects, since blocks found while the feed
@@ -20,6 +26,71 @@ use zeromq::{Socket, SocketEvent, SocketOptions, SocketRecv, SubSocket, ZmqMessa
 
 /// The topic bitcoind publishes block hashes under.
 pub const TOPIC: &str = "hashblock";
+/// The topic bitcoind publishes whole blocks under.
+pub const RAWBLOCK_TOPIC: &str = "rawblock";
+/// Blocks received over `rawblock` and not yet used, at most.
+pub const MAX_OFFERED: usize = 4;
+
+/// Blocks received whole over ZMQ, by hash, for the chain follower to use instead of `getblock`.
+#[derive(Debug, Default)]
+pub struct OfferedBlocks {
+    blocks: std::sync::Mutex<std::collections::VecDeque<(BlockHash, Vec<u8>)>>,
+}
+
+impl OfferedBlocks {
+    /// Keeps a consensus-encoded block (the oldest goes beyond [`MAX_OFFERED`]). Returns its hash,
+    /// or `None` if it is too short to hold a header.
+    pub fn offer(&self, block: Vec<u8>) -> Option<BlockHash> {
+        let header: bitcoin::block::Header = bitcoin::consensus::deserialize(block.get(..80)?).ok()?;
+        let hash = header.block_hash();
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        blocks.retain(|(h, _)| *h != hash);
+        if blocks.len() == MAX_OFFERED {
+            blocks.pop_front();
+        }
+        blocks.push_back((hash, block));
+        Some(hash)
+    }
+
+    /// The block `hash`, if it was offered (and takes it out).
+    pub fn take(&self, hash: &BlockHash) -> Option<Vec<u8>> {
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        let index = blocks.iter().position(|(h, _)| h == hash)?;
+        blocks.remove(index).map(|(_, block)| block)
+    }
+}
+
+/// What a subscription is for.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// `hashblock`: wake the follower.
+    Hashblock {
+        /// The follower's waker.
+        wake: Arc<Notify>,
+    },
+    /// `rawblock`: offer the block to the follower, then wake it.
+    Rawblock {
+        /// The follower's waker.
+        wake: Arc<Notify>,
+        /// Where blocks are offered.
+        blocks: Arc<OfferedBlocks>,
+    },
+}
+
+impl Feed {
+    fn topic(&self) -> &'static str {
+        match self {
+            Feed::Hashblock { .. } => TOPIC,
+            Feed::Rawblock { .. } => RAWBLOCK_TOPIC,
+        }
+    }
+
+    fn wake(&self) -> &Notify {
+        match self {
+            Feed::Hashblock { wake } | Feed::Rawblock { wake, .. } => wake,
+        }
+    }
+}
 
 /// How long one connection attempt (TCP connect and ZMTP handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,7 +115,7 @@ pub enum MessageError {
     #[error("{0} parts, expected 3")]
     Parts(usize),
     /// Another topic.
-    #[error("topic {0:?}, expected \"hashblock\"")]
+    #[error("unexpected topic {0:?}")]
     Topic(String),
     /// The hash part is not 32 bytes.
     #[error("block hash of {0} bytes, expected 32")]
@@ -52,6 +123,19 @@ pub enum MessageError {
     /// The sequence part is not 4 bytes.
     #[error("sequence of {0} bytes, expected 4")]
     SequenceLength(usize),
+}
+
+/// Parses the parts of a `rawblock` message: the block's bytes and the sequence.
+pub fn parse_rawblock<P: AsRef<[u8]>>(parts: &[P]) -> Result<(&[u8], u32), MessageError> {
+    let [topic, block, sequence] = parts else {
+        return Err(MessageError::Parts(parts.len()));
+    };
+    let (topic, block, sequence) = (topic.as_ref(), block.as_ref(), sequence.as_ref());
+    if topic != RAWBLOCK_TOPIC.as_bytes() {
+        return Err(MessageError::Topic(String::from_utf8_lossy(topic).into_owned()));
+    }
+    let sequence: [u8; 4] = sequence.try_into().map_err(|_| MessageError::SequenceLength(sequence.len()))?;
+    Ok((block, u32::from_le_bytes(sequence)))
 }
 
 /// Parses the parts of a `hashblock` message.
@@ -76,11 +160,12 @@ enum End {
     Lost(String),
 }
 
-/// Subscribes to `hashblock` on `endpoint` (e.g. `tcp://127.0.0.1:28332`) and calls
-/// `wake.notify_one()` on every notification and on every (re)connection, until `stop` fires.
+/// Subscribes to the feed's topic on `endpoint` (e.g. `tcp://127.0.0.1:28332`), handles every
+/// message (see [`Feed`]) and wakes the follower on every (re)connection, until `stop` fires.
 /// Never returns an error: an unreachable endpoint is logged and retried (with backoff up to
 /// five seconds) while the follower keeps polling.
-pub async fn subscribe(endpoint: String, wake: Arc<Notify>, stop: CancellationToken) {
+pub async fn subscribe(endpoint: String, feed: Feed, stop: CancellationToken) {
+    let topic = feed.topic();
     // Each change is logged once: unavailable at start, connected, lost, back.
     let (mut ever_connected, mut unavailable_logged) = (false, false);
     let mut retry = RETRY_MIN;
@@ -91,11 +176,11 @@ pub async fn subscribe(endpoint: String, wake: Arc<Notify>, stop: CancellationTo
         let mut events = socket.monitor();
         let attempt = tokio::select! {
             _ = stop.cancelled() => break,
-            attempt = connect(&mut socket, &endpoint) => attempt,
+            attempt = connect(&mut socket, &endpoint, topic) => attempt,
         };
         if let Err(error) = attempt {
             if !ever_connected && !unavailable_logged {
-                tracing::warn!(%endpoint, %error, "ZMQ hashblock feed unavailable; following the chain by polling until it is up");
+                tracing::warn!(%endpoint, %error, "ZMQ {topic} feed unavailable; following the chain by polling until it is up");
                 unavailable_logged = true;
             }
             drop(socket);
@@ -108,35 +193,35 @@ pub async fn subscribe(endpoint: String, wake: Arc<Notify>, stop: CancellationTo
         }
         retry = RETRY_MIN;
         if ever_connected {
-            tracing::info!(%endpoint, "ZMQ hashblock feed back");
+            tracing::info!(%endpoint, "ZMQ {topic} feed back");
         } else {
-            tracing::info!(%endpoint, "ZMQ hashblock feed connected");
+            tracing::info!(%endpoint, "ZMQ {topic} feed connected");
             ever_connected = true;
         }
         // Blocks found before this connection were announced to nobody: look now.
-        wake.notify_one();
-        match receive(&mut socket, &mut events, &wake, &stop).await {
+        feed.wake().notify_one();
+        match receive(&mut socket, &mut events, &feed, &stop).await {
             End::Stopped => break,
             End::Lost(reason) => {
-                tracing::warn!(%endpoint, %reason, "ZMQ hashblock feed lost; following the chain by polling until it is back")
+                tracing::warn!(%endpoint, %reason, "ZMQ {topic} feed lost; following the chain by polling until it is back")
             }
         }
         // Dropping the socket closes the connection and the crate's own reconnection task: we
         // reconnect ourselves, with a fresh socket and our own backoff and logs.
     }
-    tracing::debug!(%endpoint, "ZMQ hashblock subscriber stopped");
+    tracing::debug!(%endpoint, "ZMQ {topic} subscriber stopped");
 }
 
-async fn connect(socket: &mut SubSocket, endpoint: &str) -> zeromq::ZmqResult<()> {
+async fn connect(socket: &mut SubSocket, endpoint: &str, topic: &str) -> zeromq::ZmqResult<()> {
     socket.connect(endpoint).await?;
-    socket.subscribe(TOPIC).await
+    socket.subscribe(topic).await
 }
 
-/// Wakes the follower on each notification until the connection ends or `stop` fires.
+/// Handles each message until the connection ends or `stop` fires.
 async fn receive(
     socket: &mut SubSocket,
     events: &mut (impl tokio_stream::Stream<Item = SocketEvent> + Unpin),
-    wake: &Notify,
+    feed: &Feed,
     stop: &CancellationToken,
 ) -> End {
     loop {
@@ -148,21 +233,35 @@ async fn receive(
                 None => return End::Lost("the socket's monitor closed".into()),
             },
             message = socket.recv() => match message {
-                Ok(message) => on_message(&message, wake),
+                Ok(message) => on_message(&message, feed),
                 Err(error) => return End::Lost(error.to_string()),
             },
         }
     }
 }
 
-fn on_message(message: &ZmqMessage, wake: &Notify) {
+fn on_message(message: &ZmqMessage, feed: &Feed) {
     let parts: Vec<&[u8]> = message.iter().map(|part| part.as_ref()).collect();
-    match parse_hashblock(&parts) {
-        Ok(Hashblock { hash, sequence }) => {
-            tracing::debug!(%hash, sequence, "ZMQ hashblock notification");
-            wake.notify_one();
+    match feed {
+        Feed::Hashblock { wake } => match parse_hashblock(&parts) {
+            Ok(Hashblock { hash, sequence }) => {
+                tracing::debug!(%hash, sequence, "ZMQ hashblock notification");
+                wake.notify_one();
+            }
+            Err(error) => tracing::warn!(%error, "ignoring a malformed ZMQ hashblock message"),
+        },
+        Feed::Rawblock { wake, blocks } => {
+            let offered = parse_rawblock(&parts)
+                .ok()
+                .and_then(|(block, sequence)| Some((blocks.offer(block.to_vec())?, sequence)));
+            match offered {
+                Some((hash, sequence)) => {
+                    tracing::debug!(%hash, sequence, "ZMQ rawblock notification");
+                    wake.notify_one();
+                }
+                None => tracing::warn!("ignoring a malformed ZMQ rawblock message"),
+            }
         }
-        Err(error) => tracing::warn!(%error, "ignoring a malformed ZMQ hashblock message"),
     }
 }
 
@@ -217,7 +316,8 @@ mod tests {
 
     async fn subscribed(publisher: &mut zeromq::XPubSocket) {
         let subscription = publisher.recv().await.unwrap();
-        assert_eq!(subscription.get(0).unwrap().as_ref(), b"\x01hashblock");
+        let subscription = subscription.get(0).unwrap().as_ref().to_vec();
+        assert!(subscription == b"\x01hashblock" || subscription == b"\x01rawblock", "{subscription:?}");
     }
 
     async fn publish(publisher: &mut zeromq::XPubSocket, parts: Vec<Vec<u8>>) {
@@ -235,7 +335,7 @@ mod tests {
             let (mut publisher, endpoint) = bind_publisher("tcp://127.0.0.1:0").await;
             let wake = Arc::new(Notify::new());
             let stop = CancellationToken::new();
-            let task = tokio::spawn(subscribe(endpoint, wake.clone(), stop.clone()));
+            let task = tokio::spawn(subscribe(endpoint, Feed::Hashblock { wake: wake.clone() }, stop.clone()));
             subscribed(&mut publisher).await;
             wake.notified().await; // on connection
             let hash = hex::decode(GENESIS).unwrap();
@@ -255,9 +355,61 @@ mod tests {
     async fn an_unreachable_endpoint_never_blocks_shutdown() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(subscribe(format!("tcp://127.0.0.1:{port}"), Arc::new(Notify::new()), stop.clone()));
+        let feed = Feed::Hashblock { wake: Arc::new(Notify::new()) };
+        let task = tokio::spawn(subscribe(format!("tcp://127.0.0.1:{port}"), feed, stop.clone()));
         tokio::task::yield_now().await;
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops at once").unwrap();
+    }
+
+    fn regtest_genesis() -> (BlockHash, Vec<u8>) {
+        let genesis = bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest);
+        (genesis.block_hash(), bitcoin::consensus::serialize(&genesis))
+    }
+
+    #[test]
+    fn rawblock_messages_are_parsed_and_offered_blocks_are_bounded() {
+        let (hash, raw) = regtest_genesis();
+        let parts = message(b"rawblock", &raw, &[5, 0, 0, 0]);
+        assert_eq!(parse_rawblock(&parts), Ok((raw.as_slice(), 5)));
+        assert_eq!(parse_rawblock(&message(b"hashblock", &raw, &[0; 4])), Err(MessageError::Topic("hashblock".into())));
+        assert_eq!(parse_rawblock(&message(b"rawblock", &raw, &[0; 3])), Err(MessageError::SequenceLength(3)));
+        assert_eq!(parse_rawblock(&[b"rawblock".to_vec()]), Err(MessageError::Parts(1)));
+
+        let offered = OfferedBlocks::default();
+        assert_eq!(offered.offer(raw[..79].to_vec()), None, "shorter than a header");
+        assert_eq!(offered.offer(raw.clone()), Some(hash));
+        assert_eq!(offered.take(&hash), Some(raw.clone()));
+        assert_eq!(offered.take(&hash), None, "taken once");
+        // Only the newest MAX_OFFERED stay: headers differing by their nonce.
+        let mut hashes = Vec::new();
+        for nonce in 0..=MAX_OFFERED as u32 {
+            let mut block = raw.clone();
+            block[76..80].copy_from_slice(&nonce.to_le_bytes());
+            hashes.push(offered.offer(block).unwrap());
+        }
+        assert_eq!(offered.take(&hashes[0]), None);
+        assert!(hashes[1..].iter().all(|h| offered.take(h).is_some()));
+    }
+
+    #[tokio::test]
+    async fn offers_each_rawblock_and_wakes_the_follower() {
+        let test = async {
+            let (mut publisher, endpoint) = bind_publisher("tcp://127.0.0.1:0").await;
+            let (wake, blocks) = (Arc::new(Notify::new()), Arc::new(OfferedBlocks::default()));
+            let stop = CancellationToken::new();
+            let feed = Feed::Rawblock { wake: wake.clone(), blocks: blocks.clone() };
+            let task = tokio::spawn(subscribe(endpoint, feed, stop.clone()));
+            subscribed(&mut publisher).await;
+            wake.notified().await; // on connection
+            let (hash, raw) = regtest_genesis();
+            publish(&mut publisher, message(b"rawblock", &raw[..40], &[0; 4])).await; // ignored
+            publish(&mut publisher, message(b"rawblock", &raw, &[1, 0, 0, 0])).await;
+            wake.notified().await;
+            assert_eq!(blocks.take(&hash), Some(raw));
+            stop.cancel();
+            task.await.unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(30), test).await.expect("bounded");
     }
 }

@@ -47,6 +47,11 @@ pub struct Cli {
     #[arg(long = "zmqpubhashblock", env = "TEOS_ZMQ_HASHBLOCK", value_name = "ENDPOINT")]
     pub zmq_hashblock: Option<String>,
 
+    /// bitcoind's zmqpubrawblock endpoint: new blocks arrive whole over ZMQ, saving the
+    /// getblock round trip (and waking the follower like hashblock) [default: off].
+    #[arg(long = "zmqpubrawblock", env = "TEOS_ZMQ_RAWBLOCK", value_name = "ENDPOINT")]
+    pub zmq_rawblock: Option<String>,
+
     /// Seconds between polls of bitcoind for a new tip [default: 1].
     #[arg(long = "pollingdelta", env = "TEOS_POLLING_DELTA", value_name = "SECS")]
     pub polling_delta: Option<u64>,

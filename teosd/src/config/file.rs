@@ -18,6 +18,7 @@ pub(super) struct FileConfig {
     pub btc_rpc_connect: Option<String>,
     pub btc_rpc_port: Option<u16>,
     pub zmq_hashblock: Option<String>,
+    pub zmq_rawblock: Option<String>,
     pub polling_delta: Option<u64>,
     pub api_bind: Option<String>,
     pub api_port: Option<u16>,

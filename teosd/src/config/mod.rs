@@ -99,6 +99,8 @@ pub struct BitcoindConfig {
     pub auth: BitcoindAuth,
     /// bitcoind's `zmqpubhashblock` endpoint, if block notifications are enabled.
     pub zmq_hashblock: Option<String>,
+    /// bitcoind's `zmqpubrawblock` endpoint, if whole blocks are to come over ZMQ.
+    pub zmq_rawblock: Option<String>,
     /// How often to poll for a new tip (also the fallback when ZMQ is on).
     pub polling_interval: Duration,
 }
@@ -244,7 +246,7 @@ impl Config {
     pub fn summary(&self) -> String {
         format!(
             "network={} datadir={} bitcoind={}:{} auth={} http={} admin={} slots={} duration={} \
-             expiry_delta={} min_to_self_delay={} polling={:?} zmq={}",
+             expiry_delta={} min_to_self_delay={} polling={:?} zmq={} zmq_rawblock={}",
             self.network,
             self.data_dir.display(),
             self.bitcoind.host,
@@ -261,6 +263,7 @@ impl Config {
             self.policy.min_to_self_delay,
             self.bitcoind.polling_interval,
             self.bitcoind.zmq_hashblock.as_deref().unwrap_or("off"),
+            self.bitcoind.zmq_rawblock.as_deref().unwrap_or("off"),
         )
     }
 }
@@ -359,13 +362,21 @@ fn bitcoind_config(
     if polling_secs == 0 {
         return Err(invalid("polling_delta", "must be at least 1 second"));
     }
-    let zmq = cli.zmq_hashblock.clone().or_else(|| file.zmq_hashblock.clone()).filter(|s| !s.is_empty());
-    if let Some(endpoint) = &zmq {
-        endpoint.parse::<zeromq::Endpoint>().map_err(|e| {
-            invalid("zmq_hashblock", format!("`{endpoint}`: {e} (expected tcp://<host>:<port> or ipc://<path>)"))
-        })?;
+    let zmq_hashblock = zmq_endpoint("zmq_hashblock", &cli.zmq_hashblock, &file.zmq_hashblock)?;
+    let zmq_rawblock = zmq_endpoint("zmq_rawblock", &cli.zmq_rawblock, &file.zmq_rawblock)?;
+    let polling_interval = Duration::from_secs(polling_secs);
+    Ok(BitcoindConfig { host, port, auth, zmq_hashblock, zmq_rawblock, polling_interval })
+}
+
+/// A ZMQ endpoint setting (flag over file; empty means off), checked.
+fn zmq_endpoint(key: &'static str, cli: &Option<String>, file: &Option<String>) -> Result<Option<String>, ConfigError> {
+    let endpoint = cli.clone().or_else(|| file.clone()).filter(|s| !s.is_empty());
+    if let Some(endpoint) = &endpoint {
+        endpoint
+            .parse::<zeromq::Endpoint>()
+            .map_err(|e| invalid(key, format!("`{endpoint}`: {e} (expected tcp://<host>:<port> or ipc://<path>)")))?;
     }
-    Ok(BitcoindConfig { host, port, auth, zmq_hashblock: zmq, polling_interval: Duration::from_secs(polling_secs) })
+    Ok(endpoint)
 }
 
 fn policy(cli: &Cli, file: &FileConfig) -> Result<Policy, ConfigError> {

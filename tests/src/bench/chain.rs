@@ -40,6 +40,16 @@ async fn appoint(
     Ok(())
 }
 
+/// Waits until the in-process node has `n` ZMQ subscriptions (a real bitcoind does not tell).
+pub async fn wait_subscribed(bitcoind: &Bitcoind, n: u64) -> Result<()> {
+    if let Some(node) = bitcoind.regtest_node() {
+        tokio::time::timeout(Duration::from_secs(30), node.wait_for_zmq_subscriptions(n))
+            .await
+            .context("teosd never subscribed to the ZMQ feed")?;
+    }
+    Ok(())
+}
+
 /// One processed big block.
 #[derive(Debug, Clone)]
 pub struct BlockPoint {
@@ -48,6 +58,8 @@ pub struct BlockPoint {
     pub took_ms: f64,
     /// The `breaches=` teosd logged (a check that the breaches were found).
     pub logged_breaches: usize,
+    /// Where teosd got the block: `zmq` (rawblock) or `rpc` (getblock).
+    pub source: String,
     /// teosd's per-stage milliseconds, as logged: fetch, check, scan, broadcast, commit.
     pub stages: Vec<(&'static str, f64)>,
 }
@@ -92,7 +104,8 @@ pub async fn block_processing(
         let took_ms = field(&line, "took_ms").ok_or_else(|| anyhow!("no took_ms in `{line}`"))?;
         let logged_breaches = field(&line, "breaches").unwrap_or(-1.0) as usize;
         let stages = BLOCK_STAGES.iter().filter_map(|&name| Some((name, field(&line, name)?))).collect();
-        points.push(BlockPoint { breaches: k, took_ms, logged_breaches, stages });
+        let source = ["zmq", "rpc"].iter().find(|s| line.contains(&format!("source=\"{s}\""))).unwrap_or(&"?");
+        points.push(BlockPoint { breaches: k, took_ms, logged_breaches, stages, source: source.to_string() });
     }
     Ok(points)
 }
@@ -117,13 +130,10 @@ pub async fn reaction(
     if let Some(endpoint) = &endpoint {
         extra = vec!["--zmqpubhashblock", endpoint.as_str()];
     }
+    let before = bitcoind.regtest_node().map_or(0, |node| node.zmq_subscriptions());
     let mut daemon = Daemon::start(bitcoind, datadir, &extra).await?;
     if zmq {
-        if let Some(node) = bitcoind.regtest_node() {
-            tokio::time::timeout(Duration::from_secs(30), node.wait_for_zmq_subscriptions(1))
-                .await
-                .context("teosd never subscribed to the ZMQ feed")?;
-        }
+        wait_subscribed(bitcoind, before + 1).await?;
     }
     let http = client(2);
     let user = BenchUser::new(salt, 0);

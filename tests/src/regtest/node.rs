@@ -195,7 +195,7 @@ impl RegtestNode {
         self.zmq_addr.map(|addr| format!("tcp://{addr}"))
     }
 
-    /// How many `hashblock` subscriptions the publisher has received since the node started
+    /// How many `hashblock` or `rawblock` subscriptions the publisher has received since the node started
     /// (a subscriber sends one at each connection, so a reconnection counts again).
     pub fn zmq_subscriptions(&self) -> u64 {
         *self.zmq_subscriptions.borrow()

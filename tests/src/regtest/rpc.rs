@@ -259,7 +259,10 @@ pub(crate) fn dispatch(ctx: &RpcContext, method: &str, params: Option<&Value>) -
         "getconnectioncount" => Ok(json!(0)),
         "getpeerinfo" => Ok(json!([])),
         "getzmqnotifications" => Ok(match &ctx.zmq_hashblock {
-            Some(address) => json!([{ "type": "pubhashblock", "address": address, "hwm": 1000 }]),
+            Some(address) => json!([
+                { "type": "pubhashblock", "address": address, "hwm": 1000 },
+                { "type": "pubrawblock", "address": address, "hwm": 1000 },
+            ]),
             None => json!([]),
         }),
         "uptime" => Ok(json!(ctx.started.elapsed().as_secs())),

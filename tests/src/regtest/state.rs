@@ -16,6 +16,8 @@ use super::persist::{ChainLog, Record};
 use super::validation::{
     check_block, check_block_sanity, check_mempool_accept, fee_for, select_block_txs, AcceptOptions, Accepted, Reject,
 };
+use std::sync::Arc;
+
 use super::zmq::BlockListener;
 use super::{block_subsidy, RpcError};
 
@@ -70,7 +72,7 @@ impl NodeState {
         Ok(state)
     }
 
-    /// Sends the hash of every block announced from now on to `listener` (ZMQ `hashblock`).
+    /// Sends every block announced from now on to `listener` (ZMQ `hashblock` and `rawblock`).
     pub fn set_block_listener(&mut self, listener: Option<BlockListener>) {
         self.block_listener = listener;
     }
@@ -79,7 +81,8 @@ impl NodeState {
     fn announce(&self, hash: BlockHash) {
         if let Some(listener) = &self.block_listener {
             // The publisher may be gone (node going down): then nobody listens.
-            let _ = listener.send(hash);
+            let raw = self.chain.get(&hash).map(|entry| bitcoin::consensus::serialize(&entry.block));
+            let _ = listener.send((hash, Arc::new(raw.unwrap_or_default())));
         }
     }
 

@@ -1,9 +1,11 @@
-//! The node's ZMQ `hashblock` publisher, as bitcoind's `-zmqpubhashblock=<endpoint>`.
+//! The node's ZMQ block publisher, as bitcoind's `-zmqpubhashblock=<endpoint>` and
+//! `-zmqpubrawblock=<endpoint>` given the same endpoint.
 //!
 //! # Messages
 //!
-//! Each message is bitcoind's three parts: `b"hashblock"`, the block hash (32 bytes, in display
-//! order: the bytes of the hex bitcoind prints) and a 4-byte little-endian sequence number that
+//! Each message is bitcoind's three parts: the topic (`b"hashblock"` or `b"rawblock"`), the body
+//! (the block hash, 32 bytes in display order: the bytes of the hex bitcoind prints; or the
+//! whole block, consensus-encoded) and a 4-byte little-endian sequence number, per topic, that
 //! starts at 0 when the node starts (again after [`come_back`](super::RegtestNode::come_back),
 //! as after a bitcoind restart) and counts every message published on the topic, heard or not.
 //!
@@ -37,8 +39,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The topic.
+/// The topic of block hashes.
 pub const HASHBLOCK: &str = "hashblock";
+/// The topic of whole blocks.
+pub const RAWBLOCK: &str = "rawblock";
 
 /// Messages a subscriber may fall behind by before it loses some (bitcoind's default
 /// `-zmqpubhashblockhwm`).
@@ -52,8 +56,13 @@ const FLAG_MORE: u8 = 0x01;
 const FLAG_LONG: u8 = 0x02;
 const FLAG_COMMAND: u8 = 0x04;
 
-/// Where the node's state sends the hash of every block to announce.
-pub(crate) type BlockListener = mpsc::UnboundedSender<BlockHash>;
+/// Where the node's state sends every block to announce: its hash and its consensus encoding.
+pub(crate) type BlockListener = mpsc::UnboundedSender<(BlockHash, Arc<Vec<u8>>)>;
+
+/// The three parts of the `rawblock` message for a block's consensus encoding.
+pub fn rawblock_message(block: &[u8], sequence: u32) -> [Vec<u8>; 3] {
+    [RAWBLOCK.as_bytes().to_vec(), block.to_vec(), sequence.to_le_bytes().to_vec()]
+}
 
 /// The three parts of the `hashblock` message for `hash`.
 pub fn hashblock_message(hash: &BlockHash, sequence: u32) -> [Vec<u8>; 3] {
@@ -76,18 +85,18 @@ pub fn loopback_port(endpoint: &str) -> Result<u16, String> {
 
 /// Publishes every hash received on `blocks` to the subscribers accepted on `listener`, until
 /// `stop` fires; then closes the listener and every connection before returning.
-/// `subscriptions` counts the subscriptions received that cover `hashblock` (an empty one, to
-/// every topic, does).
+/// `subscriptions` counts the subscriptions received that cover `hashblock` or `rawblock` (an
+/// empty one, to every topic, does).
 pub(crate) async fn publish(
     listener: TcpListener,
-    mut blocks: mpsc::UnboundedReceiver<BlockHash>,
+    mut blocks: mpsc::UnboundedReceiver<(BlockHash, Arc<Vec<u8>>)>,
     subscriptions: Arc<watch::Sender<u64>>,
     stop: CancellationToken,
 ) {
     let stop = stop.child_token();
-    let (messages, _) = broadcast::channel::<Arc<Vec<u8>>>(HIGH_WATER_MARK);
+    let (messages, _) = broadcast::channel::<Published>(HIGH_WATER_MARK);
     let connections = TaskTracker::new();
-    let mut sequence: u32 = 0;
+    let (mut hash_sequence, mut raw_sequence): (u32, u32) = (0, 0);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -98,11 +107,15 @@ pub(crate) async fn publish(
                 }
                 Err(error) => tracing::warn!(%error, "ZMQ publisher: accept failed"),
             },
-            hash = blocks.recv() => {
-                let Some(hash) = hash else { break };
-                // No subscriber: nobody hears it, and the sequence moves on all the same.
-                let _ = messages.send(Arc::new(encode_message(&hashblock_message(&hash, sequence))));
-                sequence = sequence.wrapping_add(1);
+            block = blocks.recv() => {
+                let Some((hash, raw)) = block else { break };
+                // No subscriber: nobody hears it, and the sequences move on all the same.
+                let hashblock = encode_message(&hashblock_message(&hash, hash_sequence));
+                let _ = messages.send((HASHBLOCK, Arc::new(hashblock)));
+                hash_sequence = hash_sequence.wrapping_add(1);
+                let rawblock = encode_message(&rawblock_message(&raw, raw_sequence));
+                let _ = messages.send((RAWBLOCK, Arc::new(rawblock)));
+                raw_sequence = raw_sequence.wrapping_add(1);
             }
         }
     }
@@ -112,9 +125,12 @@ pub(crate) async fn publish(
     connections.wait().await;
 }
 
+/// A message on its way to the subscribers: its topic, and its frames as sent.
+type Published = (&'static str, Arc<Vec<u8>>);
+
 /// One connected subscriber.
 struct Subscriber {
-    messages: broadcast::Receiver<Arc<Vec<u8>>>,
+    messages: broadcast::Receiver<Published>,
     counter: Arc<watch::Sender<u64>>,
 }
 
@@ -141,7 +157,7 @@ impl Subscriber {
             let bytes = tokio::select! {
                 _ = done.cancelled() => break,
                 message = messages.recv() => match message {
-                    Ok(message) if subscribed(&topics, HASHBLOCK.as_bytes()) => message,
+                    Ok((topic, message)) if subscribed(&topics, topic.as_bytes()) => message,
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "ZMQ publisher: a slow subscriber lost messages");
@@ -210,7 +226,7 @@ async fn read_subscriptions(
         };
         match update {
             Some((true, topic)) => {
-                let covers = HASHBLOCK.as_bytes().starts_with(&topic);
+                let covers = [HASHBLOCK, RAWBLOCK].iter().any(|t| t.as_bytes().starts_with(&topic));
                 topics.lock().unwrap_or_else(|e| e.into_inner()).push(topic);
                 // Counted once the subscription is in force.
                 if covers {
