@@ -118,4 +118,8 @@ pub trait Kv: Send + Sync + std::fmt::Debug {
     /// [`Cf::prefix_len`]), in one pass: what a block's probes need, without one iterator per probe.
     /// Entries come in key order; `prefixes` may come in any order and repeat.
     fn scan_prefixes(&self, cf: Cf, prefixes: &[&[u8]]) -> Result<Entries, KvError>;
+
+    /// Rewrites the stored data compactly now rather than in the background later (after a bulk
+    /// load). Changes no content.
+    fn compact(&self) -> Result<(), KvError>;
 }

@@ -65,6 +65,10 @@ impl Kv for MemoryKv {
         Ok(out)
     }
 
+    fn compact(&self) -> Result<(), KvError> {
+        Ok(())
+    }
+
     fn range(&self, cf: Cf, from: &[u8], to: &[u8], limit: usize) -> Result<Entries, KvError> {
         let tables = self.tables.lock().expect("memory kv lock");
         let Some(table) = tables.get(&cf) else {

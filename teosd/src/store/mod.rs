@@ -241,6 +241,12 @@ impl Store {
         Ok(self.kv.write(batch.ops)?)
     }
 
+    /// Compacts the whole store now (for tools, after a bulk load; teosd leaves it to RocksDB's
+    /// background compactions). Blocking, and long on a big store.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        Ok(self.kv.compact()?)
+    }
+
     /// Every tower key, oldest first. The last is the current one.
     pub fn tower_keys(&self) -> Result<Vec<SecretKey>, StoreError> {
         let rows = self.kv.scan(Cf::Meta, META_TOWER_KEY, META_TOWER_KEY, usize::MAX)?;

@@ -206,6 +206,13 @@ impl Kv for RocksKv {
         self.probe_sorted(cf, &sorted)
     }
 
+    fn compact(&self) -> Result<(), KvError> {
+        for cf in Cf::ALL {
+            self.db.compact_range_cf(self.handle(cf), None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
     fn range(&self, cf: Cf, from: &[u8], to: &[u8], limit: usize) -> Result<Entries, KvError> {
         if from >= to {
             return Ok(Vec::new());
