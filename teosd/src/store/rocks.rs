@@ -24,6 +24,17 @@ pub enum OpenError {
         /// RocksDB's message.
         message: String,
     },
+    /// The database has column families this build does not know: another teosd version wrote it.
+    #[error(
+        "the store at {path} has column families this teosd does not know ({names}): it was written by \
+         another teosd version; the data was left untouched"
+    )]
+    UnknownColumnFamilies {
+        /// The directory.
+        path: PathBuf,
+        /// Their names.
+        names: String,
+    },
     /// File system error.
     #[error("cannot prepare {path}: {source}")]
     Io {
@@ -70,6 +81,17 @@ impl RocksKv {
         let exists = has_files(path)?;
         if exists && !path.join("CURRENT").exists() {
             return Err(OpenError::NotADatabase(path.to_path_buf()));
+        }
+        if exists {
+            // Checked before opening: opening would add our column families to it.
+            let found = DB::list_cf(&Options::default(), path)
+                .map_err(|e| OpenError::Rocks { path: path.to_path_buf(), message: e.into_string() })?;
+            let known: Vec<&str> = Cf::ALL.iter().map(|cf| cf.name()).collect();
+            let unknown: Vec<String> =
+                found.into_iter().filter(|name| name != "default" && !known.contains(&name.as_str())).collect();
+            if !unknown.is_empty() {
+                return Err(OpenError::UnknownColumnFamilies { path: path.to_path_buf(), names: unknown.join(", ") });
+            }
         }
         std::fs::create_dir_all(path).map_err(|source| OpenError::Io { path: path.to_path_buf(), source })?;
         let cache = Cache::new_lru_cache(cache_mib.max(1) << 20)

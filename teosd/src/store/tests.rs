@@ -213,6 +213,27 @@ fn a_directory_of_other_files_is_not_turned_into_a_store() {
 }
 
 #[test]
+fn a_store_of_another_version_is_refused_before_anything_is_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        // Column families of schema version 1 that this build no longer has.
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        rocksdb::DB::open_cf(&opts, &path, ["meta", "recent_txs", "recent_txs_by_height"]).unwrap();
+    }
+    let err = Store::open(&path, 8).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Open(OpenError::UnknownColumnFamilies { names, .. }) if names.contains("recent_txs")),
+        "{err}"
+    );
+    let mut families = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+    families.sort();
+    assert_eq!(families, ["default", "meta", "recent_txs", "recent_txs_by_height"]);
+}
+
+#[test]
 fn a_second_opener_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
