@@ -25,6 +25,12 @@ async fn subscribed(bitcoind: &Bitcoind, n: u64) {
     }
 }
 
+/// The tower on `dir`, polling once an hour, fed by ZMQ with `flag` (`--zmqpubhashblock` or
+/// `--zmqpubrawblock`) on `endpoint`.
+fn zmq_tower(bitcoind: &Bitcoind, dir: &std::path::Path, flag: &str, endpoint: &str) -> TowerProcess {
+    TowerProcess::start(bitcoind, &dir.join("teos"), &["--pollingdelta", "3600", flag, endpoint])
+}
+
 /// Waits for `needle`, which may already have been logged.
 fn wait_logged(tower: &mut TowerProcess, needle: &str) {
     if !tower.logged(needle) {
@@ -56,11 +62,7 @@ async fn blocks_are_noticed_through_zmq_alone_and_after_a_bitcoind_restart() {
         bitcoind.mine(1).await.unwrap();
         let endpoint = bitcoind.zmq_hashblock_endpoint().expect("ZMQ enabled");
         let dir = tempfile::tempdir().unwrap();
-        let mut tower = TowerProcess::start(
-            &bitcoind,
-            &dir.path().join("teos"),
-            &["--pollingdelta", "3600", "--zmqpubhashblock", &endpoint],
-        );
+        let mut tower = zmq_tower(&bitcoind, dir.path(), "--zmqpubhashblock", &endpoint);
         wait_logged(&mut tower, "ZMQ hashblock feed connected");
         subscribed(&bitcoind, 1).await;
 
@@ -117,11 +119,7 @@ async fn whole_blocks_come_over_zmq_rawblock_and_missing_ones_over_rpc() {
         // bitcoind given -zmqpubhashblock and -zmqpubrawblock on the same endpoint.
         let endpoint = bitcoind.zmq_hashblock_endpoint().expect("ZMQ enabled");
         let dir = tempfile::tempdir().unwrap();
-        let mut tower = TowerProcess::start(
-            &bitcoind,
-            &dir.path().join("teos"),
-            &["--pollingdelta", "3600", "--zmqpubrawblock", &endpoint],
-        );
+        let mut tower = zmq_tower(&bitcoind, dir.path(), "--zmqpubrawblock", &endpoint);
         wait_logged(&mut tower, "ZMQ rawblock feed connected");
         subscribed(&bitcoind, 1).await;
 
@@ -137,11 +135,7 @@ async fn whole_blocks_come_over_zmq_rawblock_and_missing_ones_over_rpc() {
         assert_eq!(tower.stop().code(), Some(0));
         let (height, _) = bitcoind.tip().await.unwrap();
         let missed = bitcoind.mine(2).await.unwrap();
-        let mut tower = TowerProcess::start(
-            &bitcoind,
-            &dir.path().join("teos"),
-            &["--pollingdelta", "3600", "--zmqpubrawblock", &endpoint],
-        );
+        let mut tower = zmq_tower(&bitcoind, dir.path(), "--zmqpubrawblock", &endpoint);
         // (Caught up before the tower is ready: these lines may already be behind us.)
         for (i, hash) in missed.iter().enumerate() {
             let height = height + 1 + i as u32;
