@@ -236,7 +236,9 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
     let root = tempfile::Builder::new().prefix("teos-bench-").tempdir()?;
     let bitcoind = Bitcoind::start_with_zmq().await?;
     let mut funding = Funding::new();
-    let blocks = 1 + plan.block_rounds * plan.breaches.len();
+    // With rawblock: a warm-up, then every count of breaches; with getblock: a warm-up, then one
+    // breach.
+    let blocks = 1 + plan.block_rounds * plan.breaches.len() + 1 + plan.block_rounds;
     funding.mine(&bitcoind, 101 + 2 * plan.reaction_trials as u32 + blocks as u32 + 5).await?;
     let mut figures = Vec::new();
 
@@ -289,27 +291,28 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
 
     let biggest = points.iter().max_by_key(|p| p.stored).cloned();
     eprintln!("{BLOCK_TXS}-transaction blocks ...");
-    let block_result = match &biggest {
+    match &biggest {
         Some(p) => {
             // Blocks come whole over ZMQ rawblock, as a tower next to its bitcoind is set up
-            // (docs/operations.md); a block never offered is fetched with getblock.
-            let endpoint = bitcoind.zmq_hashblock_endpoint().ok_or_else(|| anyhow::anyhow!("no ZMQ endpoint"))?;
-            let before = bitcoind.regtest_node().map_or(0, |node| node.zmq_subscriptions());
-            let mut daemon = Daemon::start(&bitcoind, &p.datadir, &["--zmqpubrawblock", &endpoint]).await?;
-            wait_subscribed(&bitcoind, before + 1).await?;
-            // One warm-up block (the first after a restart reads the filters and indexes from
-            // disk), then each count of breaches `block_rounds` times.
+            // (docs/operations.md): each count of breaches.
             let sequence: Vec<usize> =
-                std::iter::once(0).chain((0..plan.block_rounds).flat_map(|_| plan.breaches.iter().copied())).collect();
-            let r = block_processing(&bitcoind, &mut funding, &mut daemon, &sequence, 300).await;
-            daemon.stop()?;
-            r.map(|points| (p.stored, points))
+                plan.breaches.iter().copied().cycle().take(plan.block_rounds * plan.breaches.len()).collect();
+            match blocks_run(&bitcoind, &mut funding, &p.datadir, true, &sequence).await {
+                Ok(blocks) => figures.extend(block_figures(p.stored, "rawblock", &blocks, &plan.breaches)),
+                Err(e) => {
+                    figures.push(Figure::not_measured("2000-tx blocks, rawblock", "ms", format!("failed: {e:#}")))
+                }
+            }
+            // The same with getblock (a tower without rawblock): one breach.
+            let sequence = vec![1; plan.block_rounds];
+            match blocks_run(&bitcoind, &mut funding, &p.datadir, false, &sequence).await {
+                Ok(blocks) => figures.extend(block_figures(p.stored, "getblock", &blocks, &[1])),
+                Err(e) => {
+                    figures.push(Figure::not_measured("2000-tx blocks, getblock", "ms", format!("failed: {e:#}")))
+                }
+            }
         }
-        None => Err(anyhow::anyhow!("no filled store")),
-    };
-    match block_result {
-        Ok((stored, blocks)) => figures.extend(block_figures(stored, &blocks, &plan.breaches)),
-        Err(e) => figures.push(Figure::not_measured(format!("{BLOCK_TXS}-tx blocks"), "ms", format!("failed: {e:#}"))),
+        None => figures.push(Figure::not_measured(format!("{BLOCK_TXS}-tx blocks"), "ms", "no filled store")),
     }
 
     eprintln!("breach -> dispute_responded ...");
@@ -404,15 +407,40 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The first block (cold cache) on its own, then the median of each count of breaches.
-fn block_figures(stored: usize, blocks: &[BlockPoint], breaches: &[usize]) -> Vec<Figure> {
+/// Starts teosd on `datadir` (with `rawblock` on the node's feed, or fetching with getblock) and
+/// processes one warm-up block (the first after a restart reads the filters and indexes from
+/// disk), then a block for each count of breaches in `sequence`.
+async fn blocks_run(
+    bitcoind: &Bitcoind,
+    funding: &mut Funding,
+    datadir: &std::path::Path,
+    rawblock: bool,
+    sequence: &[usize],
+) -> Result<Vec<BlockPoint>> {
+    let endpoint = bitcoind.zmq_hashblock_endpoint().ok_or_else(|| anyhow::anyhow!("no ZMQ endpoint"))?;
+    let extra: Vec<&str> = if rawblock { vec!["--zmqpubrawblock", &endpoint] } else { vec![] };
+    let before = bitcoind.regtest_node().map_or(0, |node| node.zmq_subscriptions());
+    let mut daemon = Daemon::start(bitcoind, datadir, &extra).await?;
+    if rawblock {
+        wait_subscribed(bitcoind, before + 1).await?;
+    }
+    let sequence: Vec<usize> = std::iter::once(0).chain(sequence.iter().copied()).collect();
+    let salt = if rawblock { 300 } else { 500 };
+    let result = block_processing(bitcoind, funding, &mut daemon, &sequence, salt).await;
+    daemon.stop()?;
+    result
+}
+
+/// The first block (cold cache) on its own, then the median of each count of breaches; `how`
+/// the blocks reached teosd.
+fn block_figures(stored: usize, how: &str, blocks: &[BlockPoint], breaches: &[usize]) -> Vec<Figure> {
     let stages = |b: &BlockPoint| -> String {
         b.stages.iter().map(|(name, ms)| format!("{name} {ms:.1}")).collect::<Vec<_>>().join(", ")
     };
     let mut figures = Vec::new();
     let Some((first, measured)) = blocks.split_first() else { return figures };
     figures.push(Figure::new(
-        format!("{BLOCK_TXS}-tx block, first after a restart (cold cache), 0 breaches, {stored} stored"),
+        format!("{BLOCK_TXS}-tx block ({how}), first after a restart (cold cache), 0 breaches, {stored} stored"),
         first.took_ms,
         "ms",
         format!("teosd's took_ms: {} (block from {})", stages(first), first.source),
@@ -423,13 +451,17 @@ fn block_figures(stored: usize, blocks: &[BlockPoint], breaches: &[usize]) -> Ve
         let Some(mid) = runs.get((runs.len().max(1) - 1) / 2) else { continue };
         let all: Vec<String> = runs.iter().map(|b| format!("{:.1} ({})", b.took_ms, b.source)).collect();
         let note = format!(
-            "median of {} blocks [{}] ms, teosd's took_ms (getblock .. synced commit); median's stages: {}",
+            "median of {} blocks [{}] ms, teosd's took_ms (block taken .. synced commit); median's stages: {}",
             runs.len(),
             all.join(", "),
             stages(mid)
         );
-        let mut f =
-            Figure::new(format!("{BLOCK_TXS}-tx block, {k} breaches, {stored} stored"), mid.took_ms, "ms", note);
+        let mut f = Figure::new(
+            format!("{BLOCK_TXS}-tx block ({how}), {k} breaches, {stored} stored"),
+            mid.took_ms,
+            "ms",
+            note,
+        );
         f = match k {
             1 => f.at_most(15.0, "< 15 ms"),
             100 => f.at_most(300.0, "< 300 ms"),
