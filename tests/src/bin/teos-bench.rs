@@ -449,7 +449,12 @@ fn block_figures(stored: usize, how: &str, blocks: &[BlockPoint], breaches: &[us
         let mut runs: Vec<&BlockPoint> = measured.iter().filter(|b| b.breaches == k).collect();
         runs.sort_by(|a, b| a.took_ms.total_cmp(&b.took_ms));
         let Some(mid) = runs.get((runs.len().max(1) - 1) / 2) else { continue };
-        let all: Vec<String> = runs.iter().map(|b| format!("{:.1} ({})", b.took_ms, b.source)).collect();
+        // Each run with its source and its slowest stage, so an outlier says where it went.
+        let slowest = |b: &BlockPoint| {
+            let top = b.stages.iter().max_by(|x, y| x.1.total_cmp(&y.1));
+            top.map_or(String::new(), |(name, ms)| format!(", {name} {ms:.1}"))
+        };
+        let all: Vec<String> = runs.iter().map(|b| format!("{:.1} ({}{})", b.took_ms, b.source, slowest(b))).collect();
         let note = format!(
             "median of {} blocks [{}] ms, teosd's took_ms (block taken .. synced commit); median's stages: {}",
             runs.len(),
