@@ -383,10 +383,11 @@ impl ChainFollower {
                     batch.delete_block(height);
                     batch.set_tip(height - 1, &prev);
                     me.store.commit(batch)?;
+                    // (Here, not on the async side: it waits for appointments being committed.)
+                    me.store.unindex_recent_blocks(Some(height), 0);
                     Ok(undone)
                 })
                 .await?;
-            self.store.unindex_recent_blocks(Some(height), 0);
             undone.log(height);
             tracing::warn!(height, %hash, "block disconnected (reorg)");
             self.height.send_replace(height - 1);
