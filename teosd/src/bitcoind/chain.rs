@@ -529,7 +529,7 @@ impl ChainFollower {
         let block_hash = block.block_hash();
         batch.put_recent_block(height, &block_hash, &txids);
         let window_start = height.saturating_add(1).saturating_sub(self.policy.recent_block_lookback);
-        for old in self.store.recent_blocks_below(window_start)? {
+        for old in self.store.recent_blocks_below(window_start) {
             batch.delete_recent_block(old);
         }
         batch.put_block(height, &block.block_hash(), &block.header.prev_blockhash);

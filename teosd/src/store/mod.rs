@@ -310,13 +310,8 @@ impl Store {
 
     /// Every user's appointment at `locator`.
     pub fn appointments_at(&self, locator: &Locator) -> Result<Vec<(UserId, StoredAppointment)>, StoreError> {
-        let rows = self.kv.scan(Cf::Appointments, locator.as_bytes(), locator.as_bytes(), usize::MAX)?;
-        rows.iter()
-            .map(|(k, v)| {
-                let (_, number) = split_numbered_key(k)?;
-                Ok((self.user_of_row(number)?, decode_appointment(*locator, v)?))
-            })
-            .collect()
+        let rows = self.appointments_at_any(std::slice::from_ref(locator))?;
+        Ok(rows.into_iter().map(|(_, user, stored)| (user, stored)).collect())
     }
 
     /// Every appointment at any of `locators` (one pass over the store, for a block's
