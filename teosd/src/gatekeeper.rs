@@ -1,7 +1,9 @@
 //! The Gatekeeper: subscriptions. Registers and renews users, authenticates signed requests and
 //! charges slots. Plain logic over the store; callers serialise work per user (see
-//! [`crate::tower::UserLocks`]).
+//! [`crate::locks::UserLocks`]). On the chain side, at each block, it gives back the slots of
+//! completed trackers and removes the users whose grace period ended.
 
+use crate::chain::{BlockBatch, ChainError, ChainListener, ConnectedBlock};
 use crate::config::Policy;
 use crate::protocol::{recover_signer, UserId};
 use crate::store::{Batch, Store, StoreError, UserRecord};
@@ -108,5 +110,92 @@ impl Gatekeeper {
     /// The policy in force.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+}
+
+impl ChainListener for Gatekeeper {
+    /// Settles the slots the block owes back (completed trackers), then removes the users whose
+    /// grace period ended by this block, with their appointments (trackers stay until they
+    /// complete). Runs last, under the locks of every user it touches, held until the block's
+    /// batch commits: a renewal racing an expiry is either seen here or comes after it.
+    fn block_connected(&self, block: &ConnectedBlock, batch: &mut BlockBatch<'_>) -> Result<(), ChainError> {
+        let limit = block.height.checked_sub(self.policy.expiry_delta);
+        let expiring = match limit {
+            Some(limit) => self.store.users_expiring_before(limit.saturating_add(1), usize::MAX)?,
+            None => Vec::new(),
+        };
+        let refunds = batch.take_refunds();
+        for user in refunds.keys().chain(expiring.iter().map(|(_, user)| user)) {
+            batch.lock_user(user);
+        }
+        let expired = |record: &UserRecord| limit.is_some_and(|limit| record.subscription_expiry <= limit);
+        for (user, slots) in refunds {
+            // A user removed, or removed below, gets nothing back.
+            let Some(record) = self.store.user(&user)?.filter(|r| !expired(r)) else { continue };
+            let refunded = UserRecord { available_slots: record.available_slots.saturating_add(slots), ..record };
+            batch.writes().put_user(&user, Some(&record), &refunded);
+        }
+        for (_, user) in expiring {
+            // Re-read under the lock: renewed meanwhile, it stays.
+            let Some(record) = self.store.user(&user)?.filter(expired) else { continue };
+            for locator in self.store.user_locators(&user)? {
+                batch.writes().delete_appointment(&user, &record, &locator);
+            }
+            batch.writes().delete_user(&user, &record);
+            let expiry = record.subscription_expiry;
+            batch.after_commit(move || tracing::info!(user_id = %user, expiry, "subscription outdated: user removed"));
+        }
+        Ok(())
+    }
+
+    /// Nothing: an expiry is not undone by a reorg (the user may register again).
+    fn block_disconnected(&self, _height: u32, _batch: &mut BlockBatch<'_>) -> Result<(), ChainError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::test_utils::{channel, policy, user, FakeChain, Scene};
+
+    #[tokio::test]
+    async fn a_user_is_removed_with_its_appointments_when_its_grace_period_ends() {
+        let s = Scene::new(Arc::new(FakeChain::new())).await;
+        let expiry = s.register(&user(1)).subscription_expiry;
+        let (dispute, penalty) = channel(1);
+        s.add_appointment(&user(1), &dispute, &penalty);
+        s.mine_empty(expiry + policy().expiry_delta - 1).await;
+        assert!(s.user(&user(1)).is_some(), "expired, but within its grace period");
+        s.mine_empty(1).await;
+        assert!(s.user(&user(1)).is_none());
+        assert!(s.store.user_locators(&user(1)).unwrap().is_empty());
+        assert!(s
+            .store
+            .appointments_at(&crate::protocol::Locator::from_txid(&dispute.compute_txid()))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_renewal_before_the_grace_period_ends_keeps_the_user() {
+        let s = Scene::new(Arc::new(FakeChain::new())).await;
+        let expiry = s.register(&user(1)).subscription_expiry;
+        s.mine_empty(expiry + 1).await;
+        let renewed = s.watcher.gatekeeper().register(&user(1), s.height()).unwrap();
+        assert!(renewed.subscription_expiry > s.height() + policy().expiry_delta);
+        s.mine_empty(policy().expiry_delta + 1).await;
+        assert_eq!(s.user(&user(1)), Some(renewed));
+    }
+
+    #[tokio::test]
+    async fn users_expiring_together_go_in_the_same_block() {
+        let s = Scene::new(Arc::new(FakeChain::new())).await;
+        for n in 1..=20 {
+            s.register(&user(n));
+        }
+        s.mine_empty(policy().subscription_duration + policy().expiry_delta).await;
+        assert!((1..=20).all(|n| s.user(&user(n)).is_none()));
     }
 }

@@ -1,20 +1,24 @@
 //! teosd: The Eye of Satoshi, a Lightning Network watchtower.
 //!
 //! The binary parses [`config::Config`], sets up tracing and calls [`run`]. Everything else lives
-//! here: the protocol ([`protocol`]), the store ([`store`]), the request-side core
-//! ([`gatekeeper`], [`watcher`], [`tower`]), bitcoind access ([`bitcoind`]) and the APIs ([`api`]).
+//! here: the protocol ([`protocol`]), the store ([`store`]), the domain ([`gatekeeper`],
+//! [`watcher`], [`responder`]) with its request-side facade ([`tower`]), the chain seam and its
+//! follower ([`chain`]), bitcoind behind that seam ([`bitcoind`]) and the APIs ([`api`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod bitcoind;
+pub mod chain;
 pub mod config;
 pub mod gatekeeper;
 pub mod keys;
+pub mod locks;
 pub mod protocol;
 pub mod responder;
 pub mod sd_notify;
 pub mod store;
+pub mod task;
 pub mod tls;
 pub mod tower;
 pub mod watcher;
@@ -32,13 +36,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::http::BodyLimits;
-use crate::bitcoind::chain::ChainFollower;
 use crate::bitcoind::rpc::BitcoindRpc;
-use crate::config::Config;
+use crate::bitcoind::zmq::OfferedBlocks;
+use crate::bitcoind::{BitcoindBroadcaster, BitcoindSource};
+use crate::chain::follower::FollowerSettings;
+use crate::chain::{Broadcaster, ChainFollower, ChainListener};
+use crate::config::{Config, Policy};
 use crate::gatekeeper::Gatekeeper;
+use crate::locks::UserLocks;
 use crate::protocol::TowerSigner;
+use crate::responder::Responder;
 use crate::store::Store;
-use crate::tower::{Tower, UserLocks};
+use crate::tower::Tower;
 use crate::watcher::Watcher;
 
 /// How long shutdown waits for requests in flight.
@@ -59,16 +68,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let start_height = store.tip().context("reading the stored chain tip")?.map_or(0, |(h, _)| h);
     let (height_tx, height_rx) = watch::channel(start_height);
     let height_rx_ready = height_rx.clone();
-    let rpc = Arc::new(BitcoindRpc::new(&config.bitcoind).context("creating the bitcoind client")?);
+    let bitcoind = connect_bitcoind(&config)?;
+    let (watcher, listeners) = build_domain(&config.policy, &store, signer, bitcoind.broadcaster.clone());
+    let settings =
+        FollowerSettings { network: config.network, recent_block_lookback: config.policy.recent_block_lookback };
     let follower =
-        ChainFollower::new(rpc.clone(), store.clone(), locks.clone(), config.policy.clone(), config.network, height_tx);
+        ChainFollower::new(bitcoind.source.clone(), store.clone(), locks.clone(), listeners, settings, height_tx);
     if !catch_up(&follower, &config, &shutdown).await? {
         tracing::info!("shutdown requested before bitcoind was reached");
         return Ok(());
     }
 
-    let gatekeeper = Gatekeeper::new(store.clone(), config.policy.clone());
-    let tower = Tower::new(Watcher::new(store.clone(), gatekeeper, signer), locks, height_rx, Some(follower.waker()));
+    let tower = Tower::new(watcher, locks, height_rx, Some(follower.waker()));
     let tasks = TaskTracker::new();
     let http_stop = CancellationToken::new();
     start_public_api(&config, tower.clone(), &tasks, http_stop.clone()).await?;
@@ -80,7 +91,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tasks.spawn(bitcoind::zmq::subscribe(endpoint.clone(), feed, chain_stop.clone()));
     }
     if let Some(endpoint) = &config.bitcoind.zmq_rawblock {
-        let feed = bitcoind::zmq::Feed::Rawblock { wake: follower.waker(), blocks: follower.offered_blocks() };
+        let feed = bitcoind::zmq::Feed::Rawblock { wake: follower.waker(), blocks: bitcoind.offered.clone() };
         tasks.spawn(bitcoind::zmq::subscribe(endpoint.clone(), feed, chain_stop.clone()));
     }
     tasks.spawn(follower.follow(config.bitcoind.polling_interval, chain_stop.clone()));
@@ -118,9 +129,41 @@ fn restrict_permissions(_: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// bitcoind behind the chain seam: one RPC client for reading blocks and sending penalties, and
+/// the blocks its ZMQ `rawblock` feed offers.
+struct Bitcoind {
+    source: Arc<BitcoindSource>,
+    broadcaster: Arc<BitcoindBroadcaster>,
+    offered: Arc<OfferedBlocks>,
+}
+
+fn connect_bitcoind(config: &Config) -> anyhow::Result<Bitcoind> {
+    let rpc = Arc::new(BitcoindRpc::new(&config.bitcoind).context("creating the bitcoind client")?);
+    let offered = Arc::new(OfferedBlocks::default());
+    let source = Arc::new(BitcoindSource::new(rpc.clone(), offered.clone()));
+    let broadcaster = Arc::new(BitcoindBroadcaster::new(rpc, tokio::runtime::Handle::current()));
+    Ok(Bitcoind { source, broadcaster, offered })
+}
+
+/// The Gatekeeper, Watcher and Responder, and the order in which blocks are shown to them: the
+/// Watcher finds breaches (and hands them to the Responder), the Responder follows its trackers,
+/// the Gatekeeper settles refunds and expiries last (see `chain`).
+pub(crate) fn build_domain(
+    policy: &Policy,
+    store: &Store,
+    signer: TowerSigner,
+    broadcaster: Arc<dyn Broadcaster>,
+) -> (Arc<Watcher>, Vec<Arc<dyn ChainListener>>) {
+    let gatekeeper = Gatekeeper::new(store.clone(), policy.clone());
+    let responder = Arc::new(Responder::new(store.clone(), broadcaster, policy.rebroadcast_after));
+    let watcher = Arc::new(Watcher::new(store.clone(), gatekeeper.clone(), signer, responder.clone()));
+    let listeners: Vec<Arc<dyn ChainListener>> = vec![watcher.clone(), responder, Arc::new(gatekeeper)];
+    (watcher, listeners)
+}
+
 async fn open_store(network_dir: &Path, cache_mib: usize) -> anyhow::Result<Store> {
     let path = network_dir.join("db");
-    let store = tokio::task::spawn_blocking({
+    let store = task::blocking({
         let path = path.clone();
         move || Store::open(&path, cache_mib)
     })
@@ -132,16 +175,14 @@ async fn open_store(network_dir: &Path, cache_mib: usize) -> anyhow::Result<Stor
 
 async fn load_tower_key(store: &Store, rotate: bool) -> anyhow::Result<TowerSigner> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || keys::load_or_create_tower_key(&store, rotate))
-        .await?
-        .context("loading the tower key")
+    task::blocking(move || keys::load_or_create_tower_key(&store, rotate)).await?.context("loading the tower key")
 }
 
 /// Waits for bitcoind and processes every block missed while the tower was down, before any
 /// API opens. Returns false if shutdown came first.
 async fn catch_up(follower: &ChainFollower, config: &Config, shutdown: &CancellationToken) -> anyhow::Result<bool> {
     tracing::info!(url = %config.bitcoind.rpc_url(), "connecting to bitcoind");
-    if !follower.wait_for_bitcoind(shutdown).await? {
+    if !follower.wait_for_source(shutdown).await? {
         return Ok(false);
     }
     loop {
@@ -149,9 +190,9 @@ async fn catch_up(follower: &ChainFollower, config: &Config, shutdown: &Cancella
             _ = shutdown.cancelled() => return Ok(false),
             result = follower.sync() => match result {
                 Ok(()) => return Ok(true),
-                Err(bitcoind::chain::ChainError::Rpc(e)) if e.is_transient() => {
+                Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "bitcoind went away during catch-up; retrying");
-                    if !follower.wait_for_bitcoind(shutdown).await? {
+                    if !follower.wait_for_source(shutdown).await? {
                         return Ok(false);
                     }
                 }
@@ -189,7 +230,7 @@ async fn start_admin_api(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
-    let tls = tokio::task::spawn_blocking(move || tls::load_or_create(&data_dir))
+    let tls = task::blocking(move || tls::load_or_create(&data_dir))
         .await?
         .with_context(|| format!("preparing the admin API's TLS certificates in {}", config.data_dir.display()))?;
     // Fail here rather than in the server task if a key does not match its certificate.

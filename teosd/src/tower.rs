@@ -2,11 +2,12 @@
 //! Watcher on the blocking pool (the store blocks), serialising each user's requests so that a
 //! slot charge and the appointment it pays for are decided and written together.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
 
 use crate::gatekeeper::SubscriptionError;
+use crate::locks::UserLocks;
 use crate::protocol::{registration_receipt_bytes, Appointment, Locator, UserId};
 use crate::store::StoreError;
 use crate::watcher::{AppointmentError, AppointmentReceipt, AppointmentState, Watcher};
@@ -90,27 +91,6 @@ pub struct SubscriptionInfo {
     pub locators: Vec<Locator>,
 }
 
-/// Striped locks: requests of one user run one at a time; different users run in parallel.
-#[derive(Debug)]
-pub struct UserLocks {
-    stripes: Vec<Mutex<()>>,
-}
-
-impl Default for UserLocks {
-    fn default() -> Self {
-        UserLocks { stripes: (0..256).map(|_| Mutex::new(())).collect() }
-    }
-}
-
-impl UserLocks {
-    /// Locks `user`'s stripe.
-    pub fn lock(&self, user: &UserId) -> MutexGuard<'_, ()> {
-        // Byte 1 is the first byte of the key's x coordinate: uniformly spread.
-        let stripe = usize::from(user.to_bytes()[1]) % self.stripes.len();
-        self.stripes[stripe].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 /// The request-side tower shared by the APIs.
 #[derive(Debug, Clone)]
 pub struct Tower {
@@ -125,12 +105,12 @@ impl Tower {
     /// is already in a recent block is queued in the store for the chain follower, which
     /// `chain_waker` wakes at once.
     pub fn new(
-        watcher: Watcher,
+        watcher: Arc<Watcher>,
         locks: Arc<UserLocks>,
         height: watch::Receiver<u32>,
         chain_waker: Option<Arc<Notify>>,
     ) -> Self {
-        Tower { watcher: Arc::new(watcher), locks, height, chain_waker }
+        Tower { watcher, locks, height, chain_waker }
     }
 
     /// The height requests are served at: the last block the tower processed.
@@ -148,7 +128,7 @@ impl Tower {
         work: impl FnOnce(&Watcher, &UserLocks, u32) -> Result<T, RequestError> + Send + 'static,
     ) -> Result<T, RequestError> {
         let (watcher, locks, height) = (self.watcher.clone(), self.locks.clone(), self.height());
-        tokio::task::spawn_blocking(move || work(&watcher, &locks, height))
+        crate::task::blocking(move || work(&watcher, &locks, height))
             .await
             .map_err(|e| RequestError::Internal(format!("request task failed: {e}")))?
     }

@@ -1,9 +1,22 @@
-//! The Watcher's request side: accepting, reading and listing appointments. (Breach detection
-//! per block is the chain side.)
+//! The Watcher. On the request side it accepts and serves appointments; on the chain side it
+//! looks for each block's transactions among the stored locators, decrypts the penalty of every
+//! match and hands the breaches to the [`Responder`]. Appointments that arrive after their dispute
+//! was mined carry a late check: the Watcher asks the follower to show it that recent block again
+//! and answers them the same way.
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bitcoin::{Transaction, Txid};
+
+use crate::chain::{BlockBatch, ChainError, ChainListener, ConnectedBlock, Revisit};
 use crate::gatekeeper::{Gatekeeper, SubscriptionError};
-use crate::protocol::{appointment_receipt_bytes, Appointment, Locator, TowerSigner, UserId};
-use crate::store::{Store, StoreError, StoredAppointment, UserRecord};
+use crate::protocol::{appointment_receipt_bytes, decrypt_penalty, Appointment, Locator, TowerSigner, UserId};
+use crate::responder::{Breach, Responder};
+use crate::store::{RecentHit, Store, StoreError, StoredAppointment, UserRecord};
+
+/// Late checks looked at per round.
+const LATE_CHECKS_PER_ROUND: usize = 256;
 
 /// Why an appointment request failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,18 +85,19 @@ pub enum AppointmentState {
     },
 }
 
-/// Accepts and serves appointments.
+/// Accepts and serves appointments, and finds their breaches.
 #[derive(Debug, Clone)]
 pub struct Watcher {
     store: Store,
     gatekeeper: Gatekeeper,
     signer: TowerSigner,
+    responder: Arc<Responder>,
 }
 
 impl Watcher {
-    /// A watcher signing receipts with `signer`.
-    pub fn new(store: Store, gatekeeper: Gatekeeper, signer: TowerSigner) -> Self {
-        Watcher { store, gatekeeper, signer }
+    /// A watcher signing receipts with `signer` and handing breaches to `responder`.
+    pub fn new(store: Store, gatekeeper: Gatekeeper, signer: TowerSigner, responder: Arc<Responder>) -> Self {
+        Watcher { store, gatekeeper, signer, responder }
     }
 
     /// The tower's signer.
@@ -189,3 +203,136 @@ impl Watcher {
         }
     }
 }
+
+/// The penalty in `blob` for the dispute `dispute_txid`, or why there is none.
+pub fn penalty_for(blob: &[u8], dispute_txid: &Txid) -> Result<Transaction, String> {
+    let penalty = decrypt_penalty(blob, dispute_txid).map_err(|e| e.to_string())?;
+    if !penalty.input.iter().any(|i| i.previous_output.txid == *dispute_txid) {
+        return Err("the penalty spends no output of the dispute".into());
+    }
+    Ok(penalty)
+}
+
+impl Watcher {
+    /// The breaches in `block`: the locators of all its transactions are looked up in one pass
+    /// over the store (prefix probes with bloom filters, so the cost does not grow with the number
+    /// of appointments). Appointments whose blob does not yield a valid penalty are dropped (no
+    /// refund) in `batch`. In block order.
+    fn find_breaches(&self, block: &ConnectedBlock, batch: &mut BlockBatch<'_>) -> Result<Vec<Breach>, ChainError> {
+        let locators = block.locators();
+        let matches = self.store.appointments_at_any(&locators)?;
+        if matches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let by_locator: HashMap<Locator, usize> = locators.iter().enumerate().map(|(i, l)| (*l, i)).collect();
+        let mut breaches = Vec::new();
+        for (locator, user, stored) in matches {
+            let Some(&index) = by_locator.get(&locator) else { continue };
+            if self.store.has_tracker(&locator, &user)? {
+                continue;
+            }
+            let (dispute, txid) = (&block.block.txdata[index], block.txids[index]);
+            if let Some(penalty) = self.checked_penalty(&user, &locator, &stored, &txid, batch)? {
+                breaches.push((index, Breach { locator, user, dispute: dispute.clone(), penalty }));
+            }
+        }
+        breaches.sort_by_key(|(index, _)| *index);
+        Ok(breaches.into_iter().map(|(_, breach)| breach).collect())
+    }
+
+    /// The penalty of `stored` for the dispute `txid`; if it has none, the appointment is dropped
+    /// in `batch` (without a refund) and the reason logged.
+    fn checked_penalty(
+        &self,
+        user: &UserId,
+        locator: &Locator,
+        stored: &StoredAppointment,
+        txid: &Txid,
+        batch: &mut BlockBatch<'_>,
+    ) -> Result<Option<Transaction>, ChainError> {
+        match penalty_for(&stored.appointment.encrypted_blob, txid) {
+            Ok(penalty) => Ok(Some(penalty)),
+            Err(reason) => {
+                tracing::warn!(user_id = %user, %locator, dispute_txid = %txid, reason, "breach seen but the appointment is invalid: dropped");
+                if let Some(record) = self.store.user(user)? {
+                    batch.writes().delete_appointment(user, &record, locator);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The late checks waiting for the block `hit`.
+    fn late_checks_at(&self, hit: &RecentHit) -> Result<Vec<(Locator, UserId)>, StoreError> {
+        let checks = self.store.late_checks(LATE_CHECKS_PER_ROUND)?;
+        Ok(checks.into_iter().filter(|(_, _, h)| h == hit).map(|(locator, user, _)| (locator, user)).collect())
+    }
+
+    /// The breach of `user`'s appointment at `locator` in `block`, if it is still watched (the
+    /// user's lock is held until the batch commits, so an update cannot slip in between).
+    fn late_breach(
+        &self,
+        locator: Locator,
+        user: UserId,
+        block: &ConnectedBlock,
+        batch: &mut BlockBatch<'_>,
+    ) -> Result<Option<Breach>, ChainError> {
+        // The recent index compares 8 bytes of the locator; here all 16 are.
+        let Some((dispute, txid)) = block.transaction_with(&locator) else { return Ok(None) };
+        batch.lock_user(&user);
+        let Some(record) = self.store.user(&user)? else { return Ok(None) };
+        if self.store.has_tracker(&locator, &user)? {
+            return Ok(None);
+        }
+        let Some(stored) = self.store.appointment(&locator, &record)? else { return Ok(None) };
+        let penalty = self.checked_penalty(&user, &locator, &stored, &txid, batch)?;
+        Ok(penalty.map(|penalty| Breach { locator, user, dispute: dispute.clone(), penalty }))
+    }
+}
+
+impl ChainListener for Watcher {
+    fn block_connected(&self, block: &ConnectedBlock, batch: &mut BlockBatch<'_>) -> Result<(), ChainError> {
+        let breaches = self.find_breaches(block, batch)?;
+        self.responder.respond(breaches, block, block.height, batch)
+    }
+
+    /// Nothing: appointments stay until their tracker completes, so a dispute that leaves the
+    /// chain leaves its appointment watched (the Responder removes the tracker).
+    fn block_disconnected(&self, _height: u32, _batch: &mut BlockBatch<'_>) -> Result<(), ChainError> {
+        Ok(())
+    }
+
+    fn blocks_to_revisit(&self, limit: usize) -> Result<Vec<Revisit>, ChainError> {
+        let checks = self.store.late_checks(LATE_CHECKS_PER_ROUND)?;
+        let blocks: BTreeSet<Revisit> =
+            checks.iter().map(|(_, _, hit)| Revisit { height: hit.height, hash: hit.block_hash }).collect();
+        Ok(blocks.into_iter().take(limit).collect())
+    }
+
+    /// Answers the late checks waiting for this block, and clears them. A block that left the
+    /// chain (`None`) leaves its appointments watched like any other.
+    fn revisit(
+        &self,
+        revisit: Revisit,
+        block: Option<&ConnectedBlock>,
+        tip: u32,
+        batch: &mut BlockBatch<'_>,
+    ) -> Result<(), ChainError> {
+        let hit = RecentHit { height: revisit.height, block_hash: revisit.hash };
+        let mut breaches = Vec::new();
+        for (locator, user) in self.late_checks_at(&hit)? {
+            batch.writes().delete_late_check(&locator, &user);
+            if let Some(breach) = block.map(|b| self.late_breach(locator, user, b, batch)).transpose()?.flatten() {
+                breaches.push(breach);
+            }
+        }
+        match block {
+            Some(block) => self.responder.respond(breaches, block, tip, batch),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "watcher_tests.rs"]
+mod tests;

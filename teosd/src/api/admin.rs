@@ -122,7 +122,7 @@ impl AdminService {
         work: impl FnOnce(&Store) -> Result<T, AdminError> + Send + 'static,
     ) -> Result<T, AdminError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || work(&store)).await.map_err(|e| AdminError::Task(e.to_string()))?
+        crate::task::blocking(move || work(&store)).await.map_err(|e| AdminError::Task(e.to_string()))?
     }
 
     fn tower_info(&self, counts: Counts) -> pb::GetTowerInfoResponse {
@@ -277,7 +277,7 @@ impl<M: Send + 'static> Lister<M> {
         let mut after = None;
         loop {
             let (store, fetch) = (self.store.clone(), fetch.clone());
-            let page = tokio::task::spawn_blocking(move || fetch(&store, after))
+            let page = crate::task::blocking(move || fetch(&store, after))
                 .await
                 .unwrap_or_else(|e| Err(AdminError::Task(e.to_string())));
             let (items, next) = match page {

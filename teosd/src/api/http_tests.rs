@@ -12,9 +12,11 @@ use warp::http::StatusCode;
 use super::*;
 use crate::config::Policy;
 use crate::gatekeeper::Gatekeeper;
+use crate::locks::UserLocks;
 use crate::protocol::{recover_signer, registration_receipt_bytes, sign_message, TowerSigner};
+use crate::responder::Responder;
 use crate::store::{PenaltyStatus, Store, TrackerRecord};
-use crate::tower::UserLocks;
+use crate::test_utils::FakeBroadcaster;
 use crate::watcher::Watcher;
 
 const USER_ID: &str = "034f355bdcb7cc0af728ef3cceb9615d90684bb5b2ca5f859ab0f0b704075871aa";
@@ -44,9 +46,10 @@ fn policy() -> Policy {
 fn harness() -> Harness {
     let store = Store::in_memory();
     let signer = TowerSigner::new(SecretKey::from_slice(&[0x33; 32]).unwrap());
-    let watcher = Watcher::new(store.clone(), Gatekeeper::new(store.clone(), policy()), signer);
+    let responder = Arc::new(Responder::new(store.clone(), Arc::new(FakeBroadcaster::default()), 6));
+    let watcher = Watcher::new(store.clone(), Gatekeeper::new(store.clone(), policy()), signer, responder);
     let (height, rx) = watch::channel(100);
-    let tower = Tower::new(watcher, Arc::new(UserLocks::default()), rx, None);
+    let tower = Tower::new(Arc::new(watcher), Arc::new(UserLocks::default()), rx, None);
     Harness { store, tower, height, limits: BodyLimits::for_blob_size(2048) }
 }
 

@@ -19,7 +19,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::SecretKey;
 use bitcoin::BlockHash;
 
-pub use kv::{Cf, Kv, KvError, Op};
+pub use kv::{Cf, Entries, Kv, KvError, Op};
 pub use memory::MemoryKv;
 pub use recent::{RecentGuard, RecentHit};
 pub use records::{DecodeError, PenaltyStatus, StoredAppointment, TrackerRecord, UserRecord};

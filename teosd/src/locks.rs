@@ -1,0 +1,92 @@
+//! Per-user serialisation shared by the request side and the chain side: a user's subscription
+//! record is read, changed and written under its lock, so that a slot charge, a refund, a renewal
+//! and an expiry never overwrite one another.
+//!
+//! Requests take one user's lock at a time. The chain follower may hold several at once (a block
+//! that refunds or expires many users), through [`HeldLocks`], which takes each stripe once. Only
+//! the follower ever holds more than one, so no lock order can deadlock.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::protocol::UserId;
+
+/// Stripes: users hash to one of these; different stripes run in parallel.
+const STRIPES: usize = 256;
+
+/// Striped locks: requests of one user run one at a time; different users run in parallel.
+#[derive(Debug)]
+pub struct UserLocks {
+    stripes: Vec<Mutex<()>>,
+}
+
+impl Default for UserLocks {
+    fn default() -> Self {
+        UserLocks { stripes: (0..STRIPES).map(|_| Mutex::new(())).collect() }
+    }
+}
+
+impl UserLocks {
+    fn stripe(&self, user: &UserId) -> usize {
+        // Byte 1 is the first byte of the key's x coordinate: uniformly spread.
+        usize::from(user.to_bytes()[1]) % self.stripes.len()
+    }
+
+    fn lock_stripe(&self, stripe: usize) -> MutexGuard<'_, ()> {
+        // The lock guards no data of its own: a panic while it was held leaves nothing half-done.
+        self.stripes[stripe].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Locks `user`'s stripe.
+    pub fn lock(&self, user: &UserId) -> MutexGuard<'_, ()> {
+        self.lock_stripe(self.stripe(user))
+    }
+
+    /// An empty set of held locks, to which users are added as work finds them.
+    pub fn hold(&self) -> HeldLocks<'_> {
+        HeldLocks { locks: self, held: BTreeMap::new() }
+    }
+}
+
+/// Several users' locks held together until this is dropped (see the module documentation).
+#[derive(Debug)]
+pub struct HeldLocks<'a> {
+    locks: &'a UserLocks,
+    held: BTreeMap<usize, MutexGuard<'a, ()>>,
+}
+
+impl HeldLocks<'_> {
+    /// Holds `user`'s lock too (at once if its stripe is already held).
+    pub fn add(&mut self, user: &UserId) {
+        let stripe = self.locks.stripe(user);
+        if !self.held.contains_key(&stripe) {
+            self.held.insert(stripe, self.locks.lock_stripe(stripe));
+        }
+    }
+
+    /// Whether no lock is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(n: u8) -> UserId {
+        crate::test_utils::user(n)
+    }
+
+    #[test]
+    fn holding_a_user_twice_takes_its_stripe_once_and_blocks_others_until_dropped() {
+        let locks = UserLocks::default();
+        let mut held = locks.hold();
+        held.add(&user(1));
+        held.add(&user(1));
+        assert!(!held.is_empty());
+        assert!(locks.stripes[locks.stripe(&user(1))].try_lock().is_err());
+        drop(held);
+        assert!(locks.stripes[locks.stripe(&user(1))].try_lock().is_ok());
+    }
+}

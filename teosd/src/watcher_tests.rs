@@ -1,0 +1,133 @@
+//! The Watcher's chain side: breaches found in blocks, invalid appointments dropped, and
+//! appointments that arrive after their dispute was mined. In memory, through the real follower.
+
+use std::sync::Arc;
+
+use bitcoin::hashes::Hash;
+use bitcoin::OutPoint;
+
+use super::*;
+use crate::protocol::encrypt_penalty;
+use crate::store::PenaltyStatus;
+use crate::test_utils::{channel, policy, spending, user, FakeChain, Scene};
+
+async fn scene() -> Scene {
+    Scene::new(Arc::new(FakeChain::new())).await
+}
+
+fn appointment(locator_of: &Transaction, blob: Vec<u8>) -> Appointment {
+    Appointment { locator: Locator::from_txid(&locator_of.compute_txid()), encrypted_blob: blob, to_self_delay: 42 }
+}
+
+#[tokio::test]
+async fn appointments_whose_blob_yields_no_valid_penalty_are_dropped_without_a_refund() {
+    let s = scene().await;
+    s.register(&user(1));
+    let (dispute, penalty) = channel(1);
+    let txid = dispute.compute_txid();
+    let unrelated = spending(OutPoint { txid: bitcoin::Txid::all_zeros(), vout: 0 });
+    // Three users at the same dispute: one with a penalty spending something else, one with a blob
+    // under another key, one valid.
+    s.register(&user(2));
+    s.register(&user(3));
+    s.store_appointment(&user(1), appointment(&dispute, encrypt_penalty(&unrelated, &txid)));
+    s.store_appointment(&user(2), appointment(&dispute, encrypt_penalty(&penalty, &bitcoin::Txid::all_zeros())));
+    s.add_appointment(&user(3), &dispute, &penalty);
+
+    s.mine(vec![dispute.clone()]).await;
+    for bad in [1, 2] {
+        assert!(s.tracker(&user(bad), &dispute).is_none());
+        assert!(s.appointment(&user(bad), &dispute).is_none(), "user {bad}'s appointment is dropped");
+        assert_eq!(s.user(&user(bad)).unwrap().available_slots, policy().subscription_slots - 1);
+    }
+    assert!(s.tracker(&user(3), &dispute).is_some());
+    assert_eq!(s.broadcaster.sent(), vec![penalty.compute_txid()]);
+}
+
+#[tokio::test]
+async fn every_user_at_a_breached_locator_gets_a_tracker_in_block_order() {
+    let s = scene().await;
+    let channels: Vec<_> = (1..=3).map(channel).collect();
+    for (n, (dispute, penalty)) in channels.iter().enumerate().rev() {
+        s.register(&user(n as u8 + 1));
+        s.add_appointment(&user(n as u8 + 1), dispute, penalty);
+    }
+    s.mine(channels.iter().map(|(d, _)| d.clone()).collect()).await;
+    let penalties: Vec<_> = channels.iter().map(|(_, p)| p.compute_txid()).collect();
+    assert_eq!(s.broadcaster.sent(), penalties, "penalties go out in the order of their disputes");
+}
+
+#[tokio::test]
+async fn an_appointment_for_a_dispute_already_mined_is_answered_at_the_next_round() {
+    let s = scene().await;
+    s.register(&user(1));
+    let (dispute, penalty) = channel(1);
+    s.mine(vec![dispute.clone()]).await;
+    s.mine_empty(2).await;
+
+    assert!(s.add_appointment(&user(1), &dispute, &penalty), "a late check is queued with the appointment");
+    assert!(s.tracker(&user(1), &dispute).is_none());
+    s.sync().await;
+    let tracker = s.tracker(&user(1), &dispute).expect("answered");
+    assert_eq!((tracker.dispute_height, tracker.status), (1, PenaltyStatus::Broadcast(3)));
+    assert_eq!(s.broadcaster.sent(), vec![penalty.compute_txid()]);
+    assert!(s.store.late_checks(10).unwrap().is_empty(), "the check is cleared with the answer");
+}
+
+#[tokio::test]
+async fn a_late_check_survives_a_restart_and_an_outage_until_it_is_answered() {
+    let s = scene().await;
+    s.register(&user(1));
+    let (dispute, penalty) = channel(1);
+    s.mine(vec![dispute.clone()]).await;
+    s.chain.set_down(true);
+    assert!(s.add_appointment(&user(1), &dispute, &penalty));
+    assert!(s.follower.sync_round().await.unwrap_err().is_transient());
+
+    let s = s.restart();
+    s.chain.set_down(false);
+    s.sync().await;
+    assert_eq!(s.tracker(&user(1), &dispute).expect("answered").dispute_height, 1);
+}
+
+#[tokio::test]
+async fn a_late_appointment_whose_dispute_block_left_the_chain_stays_watched() {
+    let s = scene().await;
+    s.register(&user(1));
+    let (dispute, penalty) = channel(1);
+    s.mine(vec![dispute.clone()]).await;
+    assert!(s.add_appointment(&user(1), &dispute, &penalty));
+    // The dispute's block goes before the follower answers the check.
+    s.chain.disconnect_tip();
+    s.chain.mine_empty(2);
+    s.sync().await;
+    assert!(s.tracker(&user(1), &dispute).is_none());
+    assert!(s.appointment(&user(1), &dispute).is_some(), "watched like any other");
+    assert!(s.store.late_checks(10).unwrap().is_empty());
+    // And answered when the dispute comes back.
+    s.mine(vec![dispute.clone()]).await;
+    assert_eq!(s.tracker(&user(1), &dispute).unwrap().dispute_height, 3);
+}
+
+#[tokio::test]
+async fn a_late_appointment_with_an_invalid_blob_is_dropped() {
+    let s = scene().await;
+    s.register(&user(1));
+    let (dispute, _) = channel(1);
+    s.mine(vec![dispute.clone()]).await;
+    assert!(s.store_appointment(&user(1), appointment(&dispute, vec![7; 100])));
+    s.sync().await;
+    assert!(s.appointment(&user(1), &dispute).is_none());
+    assert!(s.tracker(&user(1), &dispute).is_none());
+    assert!(s.broadcaster.sent().is_empty());
+}
+
+#[tokio::test]
+async fn an_appointment_for_a_dispute_older_than_the_recent_window_gets_no_late_check() {
+    let s = scene().await;
+    s.register(&user(1));
+    let (dispute, penalty) = channel(1);
+    s.mine(vec![dispute.clone()]).await;
+    s.mine_empty(policy().recent_block_lookback).await;
+    assert!(!s.add_appointment(&user(1), &dispute, &penalty));
+}
