@@ -1,10 +1,13 @@
 //! Runs the real `teosd` binary against a [`Bitcoind`] and talks to it as a Lightning client
-//! would: over HTTP, with signed requests. Readiness and progress are read from its log lines,
-//! never guessed with sleeps.
+//! would (over HTTP, with signed requests) and as its operator would (`teos-cli`). Progress is
+//! asked of the tower itself wherever it answers (`get_appointment`, `teos-cli`), polled until it
+//! holds or a deadline passes; the log is read only for what no API shows (start-up, shutdown,
+//! timings). Never guessed with sleeps.
 
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +36,55 @@ pub fn binaries_dir() -> PathBuf {
         assert!(status.success(), "building teosd failed");
     }
     dir
+}
+
+/// `teos-cli`, built first if a test runs before it exists.
+pub fn teos_cli_path() -> PathBuf {
+    let path = binaries_dir().join("teos-cli");
+    if !path.exists() {
+        let status =
+            Command::new(env!("CARGO")).args(["build", "-p", "teos-cli"]).status().expect("running cargo build");
+        assert!(status.success(), "building teos-cli failed");
+    }
+    path
+}
+
+/// Runs `teos-cli --datadir <datadir> --rpcport <port> <args>`.
+pub async fn teos_cli(datadir: &Path, rpc_port: u16, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(teos_cli_path());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TEOS_")) {
+        cmd.env_remove(key);
+    }
+    cmd.arg("--datadir").arg(datadir).args(["--rpcport", &rpc_port.to_string()]).args(args);
+    cmd.stdin(Stdio::null()).output().await.expect("running teos-cli")
+}
+
+/// Stdout parsed as JSON, after checking the command succeeded quietly.
+pub fn cli_json(output: &Output) -> Value {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}: {stderr}", output.status.code());
+    assert!(stderr.is_empty(), "{stderr}");
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+/// How often [`eventually`] asks again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Asks `check` until it answers `Some`, and returns that; panics naming `what` if it has not
+/// after [`LOG_TIMEOUT`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + LOG_TIMEOUT;
+    loop {
+        if let Some(answer) = check().await {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "the tower never got to: {what}");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
 }
 
 /// A running `teosd`.
@@ -174,6 +226,49 @@ impl TowerProcess {
         &self.seen
     }
 
+    /// `teos-cli <args>` against this tower, which must succeed; its JSON output.
+    pub async fn cli(&self, args: &[&str]) -> Value {
+        cli_json(&teos_cli(&self.datadir, self.rpc_port, args).await)
+    }
+
+    /// `teos-cli gettowerinfo`.
+    pub async fn info(&self) -> Value {
+        self.cli(&["gettowerinfo"]).await
+    }
+
+    /// Waits until the tower has processed the block at `height`.
+    pub async fn wait_for_height(&self, height: u32) {
+        eventually(&format!("height {height}"), || async {
+            (self.info().await["tip_height"].as_u64() >= Some(u64::from(height))).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until `teos-cli gettowerinfo` reports bitcoind as `reachable`.
+    pub async fn wait_for_bitcoind_reachable(&self, reachable: bool) {
+        eventually(&format!("bitcoind_reachable = {reachable}"), || async {
+            (self.info().await["bitcoind_reachable"] == reachable).then_some(())
+        })
+        .await
+    }
+
+    /// The tracker of `user_id` at the locator of `dispute_txid`, as `teos-cli getappointments`
+    /// shows it (`status`, `status_height`, ...), if the appointment was triggered.
+    pub async fn tracker(&self, dispute_txid: &Txid, user_id: &str) -> Option<Value> {
+        let locator = Locator::from_txid(dispute_txid).to_string();
+        let listed = self.cli(&["getappointments", &locator]).await;
+        let entries = listed["appointments"].as_array().cloned().unwrap_or_default();
+        entries.into_iter().find(|e| e["user_id"] == user_id && e.get("penalty_txid").is_some())
+    }
+
+    /// Waits until that tracker's status is `status` (`broadcast` or `confirmed`); returns it.
+    pub async fn wait_for_tracker(&self, dispute_txid: &Txid, user_id: &str, status: &str) -> Value {
+        eventually(&format!("tracker of {dispute_txid} {status}"), || async {
+            self.tracker(dispute_txid, user_id).await.filter(|t| t["status"] == status)
+        })
+        .await
+    }
+
     /// Whether the log so far contains `needle`.
     pub fn logged(&mut self, needle: &str) -> bool {
         self.seen.extend(self.lines.try_iter());
@@ -252,6 +347,24 @@ impl TowerUser {
         let locator = Locator::from_txid(dispute_txid).to_string();
         let signature = sign_message(format!("get appointment {locator}").as_bytes(), &self.secret);
         self.post("/get_appointment", json!({"locator": locator, "signature": signature})).await
+    }
+
+    /// Waits until `get_appointment` for `dispute_txid` answers `status` (HTTP 200); returns the
+    /// body.
+    pub async fn wait_for_status(&self, dispute_txid: &Txid, status: &str) -> Value {
+        eventually(&format!("appointment of {dispute_txid} {status}"), || async {
+            let (code, body) = self.get_appointment(dispute_txid).await;
+            (code == 200 && body["status"] == status).then_some(body)
+        })
+        .await
+    }
+
+    /// Waits until `get_appointment` for `dispute_txid` answers 404 (the tracker completed).
+    pub async fn wait_until_gone(&self, dispute_txid: &Txid) {
+        eventually(&format!("appointment of {dispute_txid} gone"), || async {
+            (self.get_appointment(dispute_txid).await.0 == 404).then_some(())
+        })
+        .await
     }
 
     /// `POST /get_subscription_info`.

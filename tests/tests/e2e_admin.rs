@@ -3,8 +3,8 @@
 //! API (mutual TLS): output and exit codes, clients without the tower's client certificate
 //! refused, and `teos-cli stop` ending teosd with exit code 0. Readiness is read from teosd's log.
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use bitcoin::hashes::Hash;
@@ -13,41 +13,19 @@ use serde_json::Value;
 use teos_proto::admin::private_tower_services_client::PrivateTowerServicesClient;
 use teos_proto::admin::GetTowerInfoRequest;
 use teos_tests::backend::Bitcoind;
-use teos_tests::tower::{binaries_dir, TowerProcess, TowerUser};
+use teos_tests::tower::{TowerProcess, TowerUser};
 use teosd::protocol::Locator;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(170);
 
-/// `teos-cli`, built first if a test runs before it exists.
-fn teos_cli_path() -> PathBuf {
-    let path = binaries_dir().join("teos-cli");
-    if !path.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "teos-cli"])
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building teos-cli failed");
-    }
-    path
-}
-
 /// Runs `teos-cli --datadir <datadir> --rpcport <port> <args>`.
 async fn cli(datadir: &Path, rpc_port: u16, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(teos_cli_path());
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TEOS_")) {
-        cmd.env_remove(key);
-    }
-    cmd.arg("--datadir").arg(datadir).args(["--rpcport", &rpc_port.to_string()]).args(args);
-    cmd.stdin(Stdio::null()).output().await.expect("running teos-cli")
+    teos_tests::tower::teos_cli(datadir, rpc_port, args).await
 }
 
-/// Stdout parsed as JSON, after checking the command succeeded quietly.
 fn json(output: &Output) -> Value {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "exit {:?}: {stderr}", output.status.code());
-    assert!(stderr.is_empty(), "{stderr}");
-    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+    teos_tests::tower::cli_json(output)
 }
 
 /// The one line on stderr of a command that must fail with exit code 1.

@@ -42,9 +42,9 @@ impl Scene {
         self.bitcoind.tip().await.expect("tip").0
     }
 
-    /// Waits until the tower logs that it processed the block at `height`.
-    fn wait_for_height(&mut self, height: u32) {
-        self.tower.wait_for(&format!("height={height} "));
+    /// Waits until the tower has processed the block at `height`.
+    async fn wait_for_height(&self, height: u32) {
+        self.tower.wait_for_height(height).await;
     }
 }
 
@@ -69,11 +69,8 @@ async fn breach_is_answered_and_followed_until_irrevocable() {
         // The dispute is mined: the tower broadcasts the penalty.
         let dispute_block = s.bitcoind.mine_block_with(std::slice::from_ref(&dispute)).await.expect("mine dispute");
         let dispute_height = s.bitcoind.tip().await.unwrap().0;
-        s.tower.wait_for("New tracker added");
+        let got = user.wait_for_status(&dispute.compute_txid(), "dispute_responded").await;
         assert!(s.bitcoind.mempool_contains(&penalty.compute_txid()).await.unwrap(), "{}", s.tower.tail());
-        let (status, got) = user.get_appointment(&dispute.compute_txid()).await;
-        assert_eq!(status, 200);
-        assert_eq!(got["status"], "dispute_responded");
         assert_eq!(got["appointment"]["dispute_txid"], dispute.compute_txid().to_string());
         assert_eq!(got["appointment"]["penalty_txid"], penalty.compute_txid().to_string());
         assert_eq!(got["appointment"]["penalty_rawtx"], bitcoin::consensus::encode::serialize_hex(&penalty));
@@ -81,14 +78,14 @@ async fn breach_is_answered_and_followed_until_irrevocable() {
 
         // Mined, then buried: the tracker completes and the slot comes back.
         let h = s.mine(1).await;
-        s.tower.wait_for("penalty confirmed");
+        let tracker = s.tower.wait_for_tracker(&dispute.compute_txid(), &user.user_id, "confirmed").await;
+        assert_eq!(tracker["status_height"], h, "{tracker}");
         assert_eq!(s.bitcoind.tx_confirmations(&penalty.compute_txid()).await.unwrap(), Some(1));
         let h = s.mine(99).await.max(h);
-        s.wait_for_height(h);
+        s.wait_for_height(h).await;
         assert_eq!(user.get_appointment(&dispute.compute_txid()).await.1["status"], "dispute_responded");
         s.mine(1).await;
-        s.tower.wait_for("tracker completed");
-        assert_eq!(user.get_appointment(&dispute.compute_txid()).await.0, 404);
+        user.wait_until_gone(&dispute.compute_txid()).await;
         let (_, info) = user.subscription_info().await;
         assert_eq!(info["available_slots"].as_u64(), Some(slots), "{info}");
         assert!(dispute_height > 101);
@@ -106,12 +103,11 @@ async fn appointment_for_a_dispute_already_mined_is_answered_at_once() {
         let (dispute, penalty) = s.channel(2).await;
         s.bitcoind.mine_block_with(std::slice::from_ref(&dispute)).await.unwrap();
         let h = s.mine(3).await;
-        s.wait_for_height(h);
+        s.wait_for_height(h).await;
         let (status, receipt) = user.add_appointment(&dispute.compute_txid(), &penalty).await;
         assert_eq!(status, 200, "{receipt}");
-        s.tower.wait_for("New tracker added");
+        user.wait_for_status(&dispute.compute_txid(), "dispute_responded").await;
         assert!(s.bitcoind.mempool_contains(&penalty.compute_txid()).await.unwrap());
-        assert_eq!(user.get_appointment(&dispute.compute_txid()).await.1["status"], "dispute_responded");
     })
     .await;
 }
@@ -124,26 +120,25 @@ async fn reorgs_resend_the_penalty_and_return_the_appointment_to_watching() {
         assert_eq!(user.register().await.0, 200);
         let (dispute, penalty) = s.channel(3).await;
         assert_eq!(user.add_appointment(&dispute.compute_txid(), &penalty).await.0, 200);
+        let txid = dispute.compute_txid();
         let dispute_block = s.bitcoind.mine_block_with(std::slice::from_ref(&dispute)).await.unwrap();
-        s.tower.wait_for("New tracker added");
+        user.wait_for_status(&txid, "dispute_responded").await;
         let penalty_block = s.bitcoind.mine_block_with(std::slice::from_ref(&penalty)).await.unwrap();
-        s.tower.wait_for("penalty confirmed");
+        s.tower.wait_for_tracker(&txid, &user.user_id, "confirmed").await;
 
-        // The penalty's block goes: the tower sends it again once the new branch grows.
+        // The penalty's block goes: back to waiting, and sent again once the new branch grows.
         s.bitcoind.invalidate(&penalty_block).await.unwrap();
-        s.tower.wait_for("penalty's block reorged out");
-        s.mine(1).await;
-        s.tower.wait_for("penalty confirmed");
+        s.tower.wait_for_tracker(&txid, &user.user_id, "broadcast").await;
+        let h = s.mine(1).await;
+        let tracker = s.tower.wait_for_tracker(&txid, &user.user_id, "confirmed").await;
+        assert_eq!(tracker["status_height"], h, "{tracker}");
         assert_eq!(s.bitcoind.tx_confirmations(&penalty.compute_txid()).await.unwrap(), Some(1));
 
         // The dispute's block goes too: the appointment is watched again, then answered again.
         s.bitcoind.invalidate(&dispute_block).await.unwrap();
-        s.tower.wait_for("dispute reorged out");
-        let (_, got) = user.get_appointment(&dispute.compute_txid()).await;
-        assert_eq!(got["status"], "being_watched", "{got}");
+        user.wait_for_status(&txid, "being_watched").await;
         s.bitcoind.mine_block_with(std::slice::from_ref(&dispute)).await.unwrap();
-        s.tower.wait_for("New tracker added");
-        assert_eq!(user.get_appointment(&dispute.compute_txid()).await.1["status"], "dispute_responded");
+        user.wait_for_status(&txid, "dispute_responded").await;
     })
     .await;
 }
@@ -161,13 +156,14 @@ async fn killed_mid_response_resumes_after_restart() {
         s.bitcoind.mine_block_with(std::slice::from_ref(&dispute)).await.unwrap();
         s.mine(5).await;
         s.tower.restart();
-        assert!(s.tower.logged("New tracker added"), "{}", s.tower.tail());
+        // Ready means caught up: the breach was answered before the API opened.
+        assert_eq!(user.get_appointment(&dispute.compute_txid()).await.1["status"], "dispute_responded");
         assert!(s.bitcoind.mempool_contains(&penalty.compute_txid()).await.unwrap());
         s.tower.kill9();
         s.mine(1).await;
         s.tower.restart();
-        assert!(s.tower.logged("penalty confirmed"), "{}", s.tower.tail());
-        assert_eq!(user.get_appointment(&dispute.compute_txid()).await.1["status"], "dispute_responded");
+        let tracker = s.tower.tracker(&dispute.compute_txid(), &user.user_id).await.expect("a tracker");
+        assert_eq!(tracker["status"], "confirmed", "{tracker}");
     })
     .await;
 }
@@ -180,14 +176,14 @@ async fn bitcoind_outage_delays_but_does_not_lose_the_penalty() {
         assert_eq!(user.register().await.0, 200);
         let (dispute, penalty) = s.channel(5).await;
         s.bitcoind.go_down().await.unwrap();
-        s.tower.wait_for("bitcoind unreachable");
+        s.tower.wait_for_bitcoind_reachable(false).await;
         // Appointments are still accepted while bitcoind is away.
         let (status, receipt) = user.add_appointment(&dispute.compute_txid(), &penalty).await;
         assert_eq!(status, 200, "{receipt}");
         s.bitcoind.come_back().await.unwrap();
-        s.tower.wait_for("bitcoind is reachable again");
+        s.tower.wait_for_bitcoind_reachable(true).await;
         s.bitcoind.mine_block_with(std::slice::from_ref(&dispute)).await.unwrap();
-        s.tower.wait_for("New tracker added");
+        user.wait_for_status(&dispute.compute_txid(), "dispute_responded").await;
         assert!(s.bitcoind.mempool_contains(&penalty.compute_txid()).await.unwrap());
     })
     .await;
@@ -215,8 +211,8 @@ async fn a_hundred_breaches_in_one_block() {
         let commitments: Vec<_> = disputes.iter().map(|(c, _)| c.clone()).collect();
         s.bitcoind.mine_block_with(&commitments).await.unwrap();
         let h = s.bitcoind.tip().await.unwrap().0;
-        let line = s.tower.wait_for(&format!("height={h} "));
-        assert!(line.contains("breaches=100"), "{line}");
+        s.wait_for_height(h).await;
+        assert_eq!(s.tower.info().await["n_responder_trackers"], 100);
         for (_, penalty) in &disputes {
             assert!(s.bitcoind.mempool_contains(&penalty.compute_txid()).await.unwrap());
         }
@@ -237,21 +233,26 @@ async fn lapsed_users_are_removed_but_their_penalties_are_followed_to_the_end() 
         assert_eq!(user.add_appointment(&idle.compute_txid(), &idle_penalty).await.0, 200);
         // The funding coins above were mined: the subscription may already be near its end.
         s.bitcoind.mine_block_with(std::slice::from_ref(&dispute)).await.unwrap();
-        s.tower.wait_for("New tracker added");
+        user.wait_for_status(&dispute.compute_txid(), "dispute_responded").await;
         let h = s.mine(expiry.saturating_sub(s.bitcoind.tip().await.unwrap().0) + 3).await;
-        s.tower.wait_for("subscription outdated: user removed");
-        s.wait_for_height(h);
+        s.wait_for_height(h).await;
+        let removed =
+            teos_tests::tower::teos_cli(&s.tower.datadir, s.tower.rpc_port, &["getuser", &user.user_id]).await;
+        assert_eq!(removed.status.code(), Some(1), "the user is gone: {removed:?}");
         let (status, body) = user.subscription_info().await;
         assert_eq!((status, body["error_code"].as_u64()), (401, Some(7)), "{body}");
         // The penalty is still followed: it confirms and the tracker completes 100 blocks later.
         assert!(s.bitcoind.tx_confirmations(&penalty.compute_txid()).await.unwrap().is_some_and(|c| c >= 1));
-        s.mine(100).await;
-        s.tower.wait_for("tracker completed");
+        assert!(s.tower.tracker(&dispute.compute_txid(), &user.user_id).await.is_some());
+        let h = s.mine(100).await;
+        s.wait_for_height(h).await;
+        assert!(s.tower.tracker(&dispute.compute_txid(), &user.user_id).await.is_none(), "completed");
         // The idle appointment went with the user: its dispute now triggers nothing.
         s.bitcoind.mine_block_with(std::slice::from_ref(&idle)).await.unwrap();
         let h = s.bitcoind.tip().await.unwrap().0;
-        let line = s.tower.wait_for(&format!("height={h} "));
-        assert!(line.contains("breaches=0"), "{line}");
+        s.wait_for_height(h).await;
+        assert!(s.tower.tracker(&idle.compute_txid(), &user.user_id).await.is_none());
+        assert!(!s.bitcoind.mempool_contains(&idle_penalty.compute_txid()).await.unwrap());
     })
     .await;
 }
@@ -265,20 +266,19 @@ async fn a_late_appointment_survives_a_bitcoind_outage_and_a_crash() {
         let (dispute, penalty) = s.channel(8).await;
         s.bitcoind.mine_block_with(std::slice::from_ref(&dispute)).await.unwrap();
         let h = s.mine(2).await;
-        s.wait_for_height(h);
+        s.wait_for_height(h).await;
 
         // bitcoind is away when the appointment arrives: it is accepted and queued.
         s.bitcoind.go_down().await.unwrap();
-        s.tower.wait_for("bitcoind unreachable");
+        s.tower.wait_for_bitcoind_reachable(false).await;
         let (status, receipt) = user.add_appointment(&dispute.compute_txid(), &penalty).await;
         assert_eq!(status, 200, "{receipt}");
         // The tower crashes before bitcoind comes back: the queued check is on disk.
         s.tower.kill9();
         s.bitcoind.come_back().await.unwrap();
         s.tower.restart();
-        s.tower.wait_for("New tracker added");
+        user.wait_for_status(&dispute.compute_txid(), "dispute_responded").await;
         assert!(s.bitcoind.mempool_contains(&penalty.compute_txid()).await.unwrap(), "{}", s.tower.tail());
-        assert_eq!(user.get_appointment(&dispute.compute_txid()).await.1["status"], "dispute_responded");
     })
     .await;
 }

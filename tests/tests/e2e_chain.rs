@@ -75,16 +75,16 @@ async fn bitcoind_restart_with_a_new_cookie_is_followed() {
         bitcoind.mine(101).await.unwrap();
         let old_cookie = std::fs::read_to_string(bitcoind.cookie_path()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut tower = TowerProcess::start(&bitcoind, &dir.path().join("teos"), &[]);
+        let tower = TowerProcess::start(&bitcoind, &dir.path().join("teos"), &[]);
         for _ in 0..2 {
             bitcoind.go_down().await.unwrap();
-            tower.wait_for("bitcoind unreachable");
+            tower.wait_for_bitcoind_reachable(false).await;
             bitcoind.come_back().await.unwrap();
             assert_ne!(std::fs::read_to_string(bitcoind.cookie_path()).unwrap(), old_cookie);
-            tower.wait_for("bitcoind is reachable again");
+            tower.wait_for_bitcoind_reachable(true).await;
             bitcoind.mine(1).await.unwrap();
-            let (height, hash) = tip(&bitcoind).await;
-            tower.wait_for(&format!("height={height} hash={hash}"));
+            let (height, _) = tip(&bitcoind).await;
+            tower.wait_for_height(height).await;
         }
     })
     .await;

@@ -15,55 +15,15 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::check::check_block;
-use super::{BlockBatch, BlockSource, ChainListener, ConnectedBlock, HeaderInfo, Revisit, SourceError};
+use super::{BlockBatch, BlockSource, ChainError, ChainListener, ConnectedBlock, HeaderInfo, Revisit, SourceError};
 use crate::locks::UserLocks;
 use crate::store::{Batch, Store, StoreError};
-use crate::task::{blocking, TaskFailed};
+use crate::task::blocking;
 
 /// How many processed blocks are remembered to find fork points.
-const BLOCKS_KEPT: u32 = 1000;
+pub(super) const BLOCKS_KEPT: u32 = 1000;
 /// Recent blocks shown again per round, at most.
 const REVISITS_PER_ROUND: usize = 16;
-
-/// Why following the chain stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ChainError {
-    /// The block source or the broadcaster failed.
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// bitcoind serves another network.
-    #[error("bitcoind is running on {found} but teosd is set to run on {expected}")]
-    WrongNetwork {
-        /// bitcoind's chain.
-        found: String,
-        /// Ours.
-        expected: String,
-    },
-    /// A block failed validation.
-    #[error("block {hash} is invalid: {reason}")]
-    InvalidBlock {
-        /// The block.
-        hash: BlockHash,
-        /// What was wrong.
-        reason: String,
-    },
-    /// The fork point is older than the blocks the tower remembers.
-    #[error("reorg deeper than {BLOCKS_KEPT} blocks: cannot find the fork point")]
-    ReorgTooDeep,
-    /// A blocking task failed.
-    #[error(transparent)]
-    Task(#[from] TaskFailed),
-}
-
-impl ChainError {
-    /// Whether the chain source was unreachable (retry later; nothing was decided).
-    pub fn is_transient(&self) -> bool {
-        matches!(self, ChainError::Source(e) if e.is_transient())
-    }
-}
 
 /// Settings of the follower.
 #[derive(Debug, Clone, Copy)]

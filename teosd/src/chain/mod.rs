@@ -19,7 +19,51 @@ use async_trait::async_trait;
 use bitcoin::{Block, BlockHash, Transaction};
 
 pub use block::{BlockBatch, ConnectedBlock};
-pub use follower::{ChainError, ChainFollower};
+pub use follower::ChainFollower;
+
+use crate::store::StoreError;
+use crate::task::TaskFailed;
+use follower::BLOCKS_KEPT;
+
+/// Why following the chain stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The block source or the broadcaster failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// bitcoind serves another network.
+    #[error("bitcoind is running on {found} but teosd is set to run on {expected}")]
+    WrongNetwork {
+        /// bitcoind's chain.
+        found: String,
+        /// Ours.
+        expected: String,
+    },
+    /// A block failed validation.
+    #[error("block {hash} is invalid: {reason}")]
+    InvalidBlock {
+        /// The block.
+        hash: BlockHash,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The fork point is older than the blocks the tower remembers.
+    #[error("reorg deeper than {BLOCKS_KEPT} blocks: cannot find the fork point")]
+    ReorgTooDeep,
+    /// A blocking task failed.
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
+}
+
+impl ChainError {
+    /// Whether the chain source was unreachable (retry later; nothing was decided).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ChainError::Source(e) if e.is_transient())
+    }
+}
 
 /// A failure of the chain backend.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,8 +4,8 @@
 //! On disk, `recent_blocks` holds one record per block (height → block hash ‖ txids), written in
 //! the block's own batch. In memory, each recent block keeps the sorted first 8 bytes of its
 //! transactions' locators: 8 bytes per transaction, so an appointment's probe is one binary search
-//! per recent block and no store read. A probe that hits reads the block's record to get the
-//! full txid (when the chain follower answers the late check).
+//! per recent block and no store read. A probe that hits queues a late check; the Watcher answers
+//! it when the follower shows it that block again, comparing all 16 bytes there.
 //!
 //! The chain follower indexes a block in memory *before* it scans the block for breaches, and
 //! an appointment holds a [`RecentGuard`] from its probe until its batch is committed. So an
@@ -176,19 +176,6 @@ impl Store {
     /// the index only after its record's deletion is committed): no store read per block.
     pub fn recent_blocks_below(&self, height: u32) -> Vec<u32> {
         self.recent.read().range(..height).map(|(&h, _)| h).collect()
-    }
-
-    /// The txid with `locator` in the recent block `hit`, if that block is still the one
-    /// recorded at its height.
-    pub fn recent_txid(&self, hit: &RecentHit, locator: &Locator) -> Result<Option<Txid>, StoreError> {
-        let Some(bytes) = self.kv.get(Cf::RecentBlocks, &hit.height.to_be_bytes())? else {
-            return Ok(None);
-        };
-        let (hash, mut txids) = decode_record(hit.height, &bytes)?;
-        if hash != hit.block_hash {
-            return Ok(None);
-        }
-        Ok(txids.find(|txid| Locator::from_txid(txid) == *locator))
     }
 
     /// Up to `limit` appointments waiting for a late check, with the block each matched.
