@@ -8,12 +8,10 @@ use serde::{Deserialize, Serialize};
 /// "Invalid character 'z' at position 0", "expected a hex encoded string").
 pub mod hex_bytes {
     use serde::de::{Error, Visitor};
-    use serde::{Deserializer, Serializer};
+    use serde::Deserializer;
 
-    /// Lowercase hex.
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(bytes))
-    }
+    /// Lowercase hex: the admin JSON's serializer, [`crate::json::hex()`].
+    pub use crate::json::hex as serialize;
 
     /// Hex of either case.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
@@ -33,17 +31,8 @@ pub mod hex_bytes {
 
 /// Hex lists.
 pub mod hex_list {
-    use serde::ser::SerializeSeq;
-    use serde::Serializer;
-
-    /// Lowercase hex strings.
-    pub fn serialize<S: Serializer, T: AsRef<[u8]>>(items: &[T], s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(items.len()))?;
-        for item in items {
-            seq.serialize_element(&hex::encode(item))?;
-        }
-        seq.end()
-    }
+    /// Lowercase hex strings: the admin JSON's serializer, [`crate::json::hex_list()`].
+    pub use crate::json::hex_list as serialize;
 }
 
 /// `POST /register`.
@@ -174,4 +163,21 @@ pub struct ApiError {
     pub error: String,
     /// A code from [`crate::errors`].
     pub error_code: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn bytes_serialize_as_lowercase_hex_and_parse_either_case() {
+        let request: RegisterRequest = serde_json::from_value(json!({"user_id": "AB02"})).unwrap();
+        assert_eq!(request.user_id, vec![0xab, 0x02]);
+        assert_eq!(serde_json::to_value(&request).unwrap(), json!({"user_id": "ab02"}));
+        let info =
+            GetSubscriptionInfoResponse { available_slots: 1, subscription_expiry: 2, locators: vec![[0xcd; 16]] };
+        assert_eq!(serde_json::to_value(&info).unwrap()["locators"], json!(["cd".repeat(16)]));
+    }
 }

@@ -1,6 +1,7 @@
 //! serde helpers for the JSON form of the admin messages (teos-cli's output), attached to the
 //! generated fields by `build.rs`: bytes as lowercase hex, txids in display order (reversed),
-//! enums as lowercase names.
+//! enums as lowercase names. [`hex()`] and [`hex_list()`] are also the serializers of the public
+//! HTTP bodies ([`crate::http::hex_bytes`], [`crate::http::hex_list`]).
 
 use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
