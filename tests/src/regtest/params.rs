@@ -1,5 +1,5 @@
-//! Parameters of the JSON-RPC methods: the method table (names, arity, named parameters) and
-//! bitcoind's type and value checks.
+//! Parameters of the JSON-RPC methods: a method's entry in the method table (name, arity, named
+//! parameters, handler; the table is `rpc::METHODS`) and bitcoind's type and value checks.
 
 use std::str::FromStr;
 
@@ -9,51 +9,23 @@ use bitcoin::{Address, Network, ScriptBuf, Transaction};
 use serde_json::Value;
 
 use super::codes::*;
+use super::rpc::RpcContext;
 use super::RpcError;
 
-/// A method's parameter names (for named parameters and arity checks) and how many are required.
+/// Runs one method on its positional parameters (as many as the method's [`Spec`] names).
+pub(crate) type Handler = fn(&RpcContext, &[Value]) -> Result<Value, RpcError>;
+
+/// A method's parameter names (for named parameters and arity checks), how many are required, and
+/// the function that runs it.
 pub(crate) struct Spec {
     pub name: &'static str,
     args: &'static [&'static str],
     required: usize,
+    pub run: Handler,
 }
 
-pub(crate) const METHODS: &[Spec] = &[
-    spec("getblockchaininfo", &[], 0),
-    spec("getblockcount", &[], 0),
-    spec("getbestblockhash", &[], 0),
-    spec("getblockhash", &["height"], 1),
-    spec("getblockheader", &["blockhash", "verbose"], 1),
-    spec("getblock", &["blockhash", "verbosity"], 1),
-    spec("getchaintips", &[], 0),
-    spec("getdifficulty", &[], 0),
-    spec("gettxout", &["txid", "n", "include_mempool"], 2),
-    spec("getindexinfo", &["index_name"], 0),
-    spec("sendrawtransaction", &["hexstring", "maxfeerate", "maxburnamount"], 1),
-    spec("testmempoolaccept", &["rawtxs", "maxfeerate"], 1),
-    spec("getrawtransaction", &["txid", "verbose", "blockhash"], 1),
-    spec("decoderawtransaction", &["hexstring", "iswitness"], 1),
-    spec("getrawmempool", &["verbose", "mempool_sequence"], 0),
-    spec("getmempoolentry", &["txid"], 1),
-    spec("getmempoolinfo", &[], 0),
-    spec("estimatesmartfee", &["conf_target", "estimate_mode"], 1),
-    spec("getnetworkinfo", &[], 0),
-    spec("getconnectioncount", &[], 0),
-    spec("getzmqnotifications", &[], 0),
-    spec("getpeerinfo", &[], 0),
-    spec("uptime", &[], 0),
-    spec("ping", &[], 0),
-    spec("stop", &["wait"], 0),
-    spec("help", &["command"], 0),
-    spec("generatetoaddress", &["nblocks", "address", "maxtries"], 2),
-    spec("generateblock", &["output", "transactions", "submit"], 2),
-    spec("submitblock", &["hexdata", "dummy"], 1),
-    spec("invalidateblock", &["blockhash"], 1),
-    spec("reconsiderblock", &["blockhash"], 1),
-];
-
-const fn spec(name: &'static str, args: &'static [&'static str], required: usize) -> Spec {
-    Spec { name, args, required }
+pub(crate) const fn spec(name: &'static str, args: &'static [&'static str], required: usize, run: Handler) -> Spec {
+    Spec { name, args, required, run }
 }
 
 fn usage(spec: &Spec) -> RpcError {
