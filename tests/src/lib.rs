@@ -4,7 +4,8 @@
 //!   reorgs), in process or as the `teos-regtest-node` binary.
 //! * [`backend`]: [`backend::Bitcoind`], the node the tests run against: ours, or a real bitcoind
 //!   when `BITCOIND_EXE` names one.
-//! * [`rpc_client`]: a small JSON-RPC client with cookie auth.
+//! * [`rpc_client`]: the tests' JSON-RPC client: any credentials, raw HTTP replies, the node's
+//!   error objects (why it is not teosd's client: see its docs).
 //! * [`bench`]: the benchmark harness behind the `teos-bench` binary (`scripts/bench`).
 //! * [`wallet`]: anyone-can-spend outputs, coinbase funding, commitment and penalty transactions.
 

@@ -1,7 +1,40 @@
-//! A small bitcoind JSON-RPC client (reqwest, basic auth from a cookie file or a user/password).
+//! The tests' bitcoind JSON-RPC client (reqwest, basic auth from a cookie file, a user/password or
+//! nothing), for driving a node (ours or a real bitcoind) and checking what it answers.
 //!
 //! The cookie is read at every call, so a client keeps working across node restarts (each start
 //! writes a new cookie).
+//!
+//! # Why not teosd's client
+//!
+//! teosd has its own client, [`teosd::bitcoind::rpc::BitcoindRpc`]. The tests use this one to
+//! drive a node and to check that it answers as bitcoind does, so it must do what teosd's
+//! deliberately does not:
+//!
+//! * **Send wrong or no credentials on purpose** ([`Auth::None`], any [`Auth::UserPass`]) and
+//!   report the refusal as the node sent it: [`ClientError::Http`] with status 401 and the body.
+//!   teosd's always authenticates as its `BitcoindConfig` says, retries a 401 once with a re-read
+//!   cookie, and folds what remains into `RpcError::Unauthorized` (and a 503 into
+//!   `RpcError::Transport`).
+//! * **Expose the HTTP exchange**: [`RpcClient::post_raw`] posts any body (malformed JSON,
+//!   batches, string ids) and returns the status and the body unparsed; [`RpcClient::batch`] sends
+//!   a JSON-RPC batch. teosd's only sends single well-formed requests and never shows the status.
+//!
+//! It also differs in ways the tests use:
+//!
+//! * A JSON-RPC error comes back as the node's own [`crate::regtest::RpcError`] (`i32` code and
+//!   message, `PartialEq`), so a test compares it with what bitcoind answers; teosd's turns it
+//!   into its `RpcError::Rpc` (`i64` code, classified transient or not).
+//! * The cookie is read at every call, so no cache hides a stale or missing one; a missing cookie
+//!   is [`ClientError::Cookie`]. teosd's caches it, re-reads it only after a 401, and reports a
+//!   missing one as a transport failure.
+//! * It is made from a URL and an [`Auth`] (teosd's needs a whole `BitcoindConfig`), and carries
+//!   typed helpers for the test controls (`generatetoaddress`, `generateblock`,
+//!   `invalidateblock`, `stop`, ...).
+//!
+//! What the two have in common is the JSON-RPC 1.0 envelope and basic auth, a few lines each;
+//! sharing them would mean test hooks (no credentials, raw status codes) in teosd's production
+//! client. teosd's client is exercised by the end-to-end tests, which run teosd against these
+//! nodes.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -122,15 +155,17 @@ impl RpcClient {
         Ok(RawReply { status, body })
     }
 
+    /// POSTs `request` and parses the reply as `T`; a body that does not parse (a 401's empty
+    /// body, ...) is a [`ClientError::Http`] error.
+    async fn post_json<T: DeserializeOwned>(&self, request: Value) -> Result<T, ClientError> {
+        let reply = self.post_raw(request.to_string()).await?;
+        serde_json::from_str(&reply.body).map_err(|_| ClientError::Http { status: reply.status, body: reply.body })
+    }
+
     /// Calls `method` and returns its raw `result`.
     pub async fn call_value(&self, method: &str, params: Vec<Value>) -> Result<Value, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let request = json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params});
-        let reply = self.post_raw(request.to_string()).await?;
-        let Ok(value) = serde_json::from_str::<Value>(&reply.body) else {
-            return Err(ClientError::Http { status: reply.status, body: reply.body });
-        };
-        parse_reply(value)
+        parse_reply(self.post_json::<Value>(request(id, method, &params)).await?)
     }
 
     /// Calls `method` and deserializes its `result`.
@@ -141,14 +176,9 @@ impl RpcClient {
 
     /// Sends a batch; each call gets its own result.
     pub async fn batch(&self, calls: &[(&str, Vec<Value>)]) -> Result<Vec<Result<Value, RpcError>>, ClientError> {
-        let requests: Vec<Value> = calls
-            .iter()
-            .enumerate()
-            .map(|(i, (method, params))| json!({"jsonrpc": "1.0", "id": i, "method": method, "params": params}))
-            .collect();
-        let reply = self.post_raw(Value::Array(requests).to_string()).await?;
-        let replies: Vec<Value> = serde_json::from_str(&reply.body)
-            .map_err(|_| ClientError::Http { status: reply.status, body: reply.body.clone() })?;
+        let requests: Vec<Value> =
+            calls.iter().enumerate().map(|(i, (method, params))| request(i as u64, method, params)).collect();
+        let replies: Vec<Value> = self.post_json(Value::Array(requests)).await?;
         let mut results: Vec<(u64, Result<Value, RpcError>)> = replies
             .into_iter()
             .map(|reply| {
@@ -232,6 +262,11 @@ impl RpcClient {
     pub async fn stop(&self) -> Result<(), ClientError> {
         self.call_value("stop", vec![]).await.map(|_| ())
     }
+}
+
+/// A JSON-RPC 1.0 request.
+fn request(id: u64, method: &str, params: &[Value]) -> Value {
+    json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params})
 }
 
 /// `{"result":..,"error":..}` to a result.
