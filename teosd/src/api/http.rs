@@ -139,62 +139,62 @@ fn locator_from(bytes: &[u8]) -> Result<Locator, WireError> {
     Locator::from_slice(bytes).map_err(|e| bad_request(codes::WRONG_FIELD_SIZE, e.to_string()))
 }
 
-async fn register(tower: Tower, body: bytes::Bytes) -> Response {
-    let result = async {
-        let request: RegisterRequest = parse_body(&body)?;
-        check_field("user_id", &request.user_id, USER_ID_LEN)?;
-        let user = UserId::from_slice(&request.user_id).map_err(|_| {
-            bad_request(
-                codes::WRONG_FIELD_FORMAT,
-                "Provided public key does not match expected format (33-byte compressed key)",
-            )
-        })?;
-        let receipt = tower.register(user).await.map_err(request_error_reply)?;
-        Ok::<_, WireError>(ok_json(&RegisterResponse {
-            user_id: receipt.user.to_bytes().to_vec(),
-            available_slots: receipt.available_slots,
-            subscription_start: receipt.subscription_start,
-            subscription_expiry: receipt.subscription_expiry,
-            subscription_signature: receipt.signature,
-        }))
+/// What the four POST routes share: the body parsed as `R`, `handler` run on it, and its answer
+/// or its error as JSON.
+async fn json_route<R, T, Fut>(body: bytes::Bytes, handler: impl FnOnce(R) -> Fut) -> Response
+where
+    R: serde::de::DeserializeOwned,
+    T: Serialize,
+    Fut: std::future::Future<Output = Result<T, WireError>>,
+{
+    let answer = match parse_body::<R>(&body) {
+        Ok(request) => handler(request).await,
+        Err(e) => Err(e),
     };
-    result.await.unwrap_or_else(WireError::into_response)
+    answer.map_or_else(WireError::into_response, |reply| ok_json(&reply))
 }
 
-async fn add_appointment(tower: Tower, body: bytes::Bytes) -> Response {
-    let result = async {
-        let request: AddAppointmentRequest = parse_body(&body)?;
-        let Some(appointment) = request.appointment else {
-            return Err(bad_request(codes::MISSING_FIELD, "missing field `appointment`"));
-        };
-        let locator = locator_from(&appointment.locator)?;
-        check_signature(&request.signature)?;
-        let appointment = Appointment {
-            locator,
-            encrypted_blob: appointment.encrypted_blob,
-            to_self_delay: appointment.to_self_delay,
-        };
-        let receipt = tower.add_appointment(appointment, request.signature).await.map_err(request_error_reply)?;
-        Ok(ok_json(&AddAppointmentResponse {
-            locator: receipt.locator.as_bytes().to_vec(),
-            start_block: receipt.start_block,
-            signature: receipt.signature,
-            available_slots: receipt.available_slots,
-            subscription_expiry: receipt.subscription_expiry,
-        }))
-    };
-    result.await.unwrap_or_else(WireError::into_response)
+async fn register(tower: Tower, request: RegisterRequest) -> Result<RegisterResponse, WireError> {
+    check_field("user_id", &request.user_id, USER_ID_LEN)?;
+    let user = UserId::from_slice(&request.user_id).map_err(|_| {
+        bad_request(
+            codes::WRONG_FIELD_FORMAT,
+            "Provided public key does not match expected format (33-byte compressed key)",
+        )
+    })?;
+    let receipt = tower.register(user).await.map_err(request_error_reply)?;
+    Ok(RegisterResponse {
+        user_id: receipt.user.to_bytes().to_vec(),
+        available_slots: receipt.available_slots,
+        subscription_start: receipt.subscription_start,
+        subscription_expiry: receipt.subscription_expiry,
+        subscription_signature: receipt.signature,
+    })
 }
 
-async fn get_appointment(tower: Tower, body: bytes::Bytes) -> Response {
-    let result = async {
-        let request: GetAppointmentRequest = parse_body(&body)?;
-        let locator = locator_from(&request.locator)?;
-        check_signature(&request.signature)?;
-        let state = tower.get_appointment(locator, request.signature).await.map_err(request_error_reply)?;
-        Ok::<_, WireError>(ok_json(&appointment_state_json(state)))
+async fn add_appointment(tower: Tower, request: AddAppointmentRequest) -> Result<AddAppointmentResponse, WireError> {
+    let Some(appointment) = request.appointment else {
+        return Err(bad_request(codes::MISSING_FIELD, "missing field `appointment`"));
     };
-    result.await.unwrap_or_else(WireError::into_response)
+    let locator = locator_from(&appointment.locator)?;
+    check_signature(&request.signature)?;
+    let appointment =
+        Appointment { locator, encrypted_blob: appointment.encrypted_blob, to_self_delay: appointment.to_self_delay };
+    let receipt = tower.add_appointment(appointment, request.signature).await.map_err(request_error_reply)?;
+    Ok(AddAppointmentResponse {
+        locator: receipt.locator.as_bytes().to_vec(),
+        start_block: receipt.start_block,
+        signature: receipt.signature,
+        available_slots: receipt.available_slots,
+        subscription_expiry: receipt.subscription_expiry,
+    })
+}
+
+async fn get_appointment(tower: Tower, request: GetAppointmentRequest) -> Result<GetAppointmentResponse, WireError> {
+    let locator = locator_from(&request.locator)?;
+    check_signature(&request.signature)?;
+    let state = tower.get_appointment(locator, request.signature).await.map_err(request_error_reply)?;
+    Ok(appointment_state_json(state))
 }
 
 fn appointment_state_json(state: AppointmentState) -> GetAppointmentResponse {
@@ -218,18 +218,17 @@ fn appointment_state_json(state: AppointmentState) -> GetAppointmentResponse {
     }
 }
 
-async fn get_subscription_info(tower: Tower, body: bytes::Bytes) -> Response {
-    let result = async {
-        let request: GetSubscriptionInfoRequest = parse_body(&body)?;
-        check_signature(&request.signature)?;
-        let info = tower.subscription_info(request.signature).await.map_err(request_error_reply)?;
-        Ok::<_, WireError>(ok_json(&GetSubscriptionInfoResponse {
-            available_slots: info.available_slots,
-            subscription_expiry: info.subscription_expiry,
-            locators: info.locators.iter().map(|l| *l.as_bytes()).collect(),
-        }))
-    };
-    result.await.unwrap_or_else(WireError::into_response)
+async fn get_subscription_info(
+    tower: Tower,
+    request: GetSubscriptionInfoRequest,
+) -> Result<GetSubscriptionInfoResponse, WireError> {
+    check_signature(&request.signature)?;
+    let info = tower.subscription_info(request.signature).await.map_err(request_error_reply)?;
+    Ok(GetSubscriptionInfoResponse {
+        available_slots: info.available_slots,
+        subscription_expiry: info.subscription_expiry,
+        locators: info.locators.iter().map(|l| *l.as_bytes()).collect(),
+    })
 }
 
 /// Accepts a missing Content-Type (the reference does); refuses any that is not JSON.
@@ -279,15 +278,17 @@ pub fn routes(
     behind_proxy: bool,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let with_tower = warp::any().map(move || tower.clone());
-    let register = post_route("register", limits.small).and(with_tower.clone()).then(|b, t| register(t, b));
+    let register =
+        post_route("register", limits.small).and(with_tower.clone()).then(|b, t| json_route(b, |r| register(t, r)));
     let add = post_route("add_appointment", limits.add_appointment)
         .and(with_tower.clone())
-        .then(|b, t| add_appointment(t, b));
+        .then(|b, t| json_route(b, |r| add_appointment(t, r)));
     let get = post_route("get_appointment", limits.get_appointment)
         .and(with_tower.clone())
-        .then(|b, t| get_appointment(t, b));
-    let info =
-        post_route("get_subscription_info", limits.small).and(with_tower).then(|b, t| get_subscription_info(t, b));
+        .then(|b, t| json_route(b, |r| get_appointment(t, r)));
+    let info = post_route("get_subscription_info", limits.small)
+        .and(with_tower)
+        .then(|b, t| json_route(b, |r| get_subscription_info(t, r)));
     let ping = warp::path("ping").and(warp::path::end()).and(warp::get()).map(|| StatusCode::OK.into_response());
     let log = client_addr(behind_proxy);
     log.and(warp::method())

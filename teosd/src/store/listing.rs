@@ -55,13 +55,6 @@ fn range_after(
     Ok((rows, full))
 }
 
-fn split_appointment_key(cf: Cf, key: &[u8]) -> Result<(Locator, UserId), StoreError> {
-    let (locator, user) = key.split_at(LOCATOR_LEN.min(key.len()));
-    let locator = Locator::from_slice(locator).map_err(|e| corrupt(cf, "key", e.to_string()))?;
-    let user = UserId::from_slice(user).map_err(|e| corrupt(cf, "key", e.to_string()))?;
-    Ok((locator, user))
-}
-
 fn cursor_key(cursor: Option<&AppointmentCursor>) -> Option<Vec<u8>> {
     cursor.map(|(locator, user)| appointment_key(locator, user))
 }
@@ -108,7 +101,7 @@ impl Store {
         loop {
             let (rows, full) = range_after(self, Cf::TrackersByPenalty, PENALTY_INDEX_KEY_LEN, after, COUNT_PAGE)?;
             for (key, _) in &rows {
-                let (locator, user) = split_appointment_key(Cf::TrackersByPenalty, &key[32..])?;
+                let (locator, user) = super::trackers::split_key(Cf::TrackersByPenalty, &key[32..])?;
                 // A removed user's appointments went with it.
                 if let Some(record) = self.user(&user)? {
                     if self.appointment(&locator, &record)?.is_some() {
@@ -191,7 +184,7 @@ impl Store {
         let items = rows
             .iter()
             .map(|(k, v)| {
-                let (locator, user) = split_appointment_key(Cf::Trackers, k)?;
+                let (locator, user) = super::trackers::split_key(Cf::Trackers, k)?;
                 Ok((locator, user, decode_tracker(v)?))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -204,7 +197,7 @@ impl Store {
         let rows = self.kv.scan(Cf::Trackers, locator.as_bytes(), locator.as_bytes(), usize::MAX)?;
         rows.iter()
             .map(|(k, v)| {
-                let (_, user) = split_appointment_key(Cf::Trackers, k)?;
+                let (_, user) = super::trackers::split_key(Cf::Trackers, k)?;
                 Ok((user, decode_tracker(v)?))
             })
             .collect()

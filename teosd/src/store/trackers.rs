@@ -75,10 +75,11 @@ impl Batch {
     }
 }
 
+/// Splits a `locator ‖ user_id` key (of trackers, late checks and the indexes that end with one).
 pub(super) fn split_key(cf: Cf, key: &[u8]) -> Result<(Locator, UserId), StoreError> {
-    let locator =
-        Locator::from_slice(&key[..LOCATOR_LEN.min(key.len())]).map_err(|e| corrupt(cf, "key", e.to_string()))?;
-    let user = UserId::from_slice(&key[LOCATOR_LEN.min(key.len())..]).map_err(|e| corrupt(cf, "key", e.to_string()))?;
+    let (locator, user) = key.split_at(LOCATOR_LEN.min(key.len()));
+    let locator = Locator::from_slice(locator).map_err(|e| corrupt(cf, "key", e.to_string()))?;
+    let user = UserId::from_slice(user).map_err(|e| corrupt(cf, "key", e.to_string()))?;
     Ok((locator, user))
 }
 
