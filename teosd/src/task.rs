@@ -1,5 +1,5 @@
 //! The one way async code runs blocking work: store reads and synced writes, signature checks,
-//! and a block's domain pass (which may wait on bitcoind through [`crate::chain::Broadcaster`]).
+//! and a block's domain pass (which may wait on bitcoind through the chain seam's `Broadcaster`).
 
 /// A blocking task panicked or was cancelled at shutdown.
 #[derive(Debug, thiserror::Error)]

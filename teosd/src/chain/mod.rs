@@ -1,5 +1,5 @@
 //! The chain seam. The tower reads the chain through a [`BlockSource`] and sends transactions
-//! through a [`Broadcaster`]; bitcoind implements both in [`crate::bitcoind`], tests implement
+//! through a [`Broadcaster`]; bitcoind implements both (in the `bitcoind` module), tests implement
 //! them in memory. The [`follower::ChainFollower`] walks the best chain and shows every block to
 //! the domain's [`ChainListener`]s (Watcher, Responder, Gatekeeper, in that order), which add
 //! their writes to the block's [`BlockBatch`]; the follower commits it with the new tip.
