@@ -3,6 +3,9 @@
 //! [`crate::locks::UserLocks`]). On the chain side, at each block, it gives back the slots of
 //! completed trackers and removes the users whose grace period ended.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use crate::chain::{BlockBatch, ChainError, ChainListener, ConnectedBlock};
 use crate::config::Policy;
 use crate::protocol::{recover_signer, UserId};
@@ -11,9 +14,12 @@ use crate::store::{Batch, Store, StoreError, UserRecord};
 /// Why a subscription request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscriptionError {
-    /// Renewal would overflow the slot count.
+    /// Renewal would take the user past the tower's slot cap (or overflow the count).
     #[error("Subscription maximum slots count reached")]
     SlotsOverflow,
+    /// The tower takes no new users (its user cap is reached).
+    #[error("The tower accepts no new users: it is full")]
+    TowerFull,
     /// The signature does not recover a registered user.
     #[error("unknown user or bad signature")]
     Unauthenticated,
@@ -30,43 +36,74 @@ pub enum SubscriptionError {
 pub struct Gatekeeper {
     store: Store,
     policy: Policy,
+    /// Registered users: counted at start, then kept up to date (for the user cap).
+    users: Arc<AtomicU64>,
 }
 
 impl Gatekeeper {
-    /// A gatekeeper over `store` applying `policy`.
-    pub fn new(store: Store, policy: Policy) -> Self {
-        Gatekeeper { store, policy }
+    /// A gatekeeper over `store` applying `policy` (counts the registered users: a key scan).
+    pub fn new(store: Store, policy: Policy) -> Result<Self, StoreError> {
+        let users = Arc::new(AtomicU64::new(store.count_users()?));
+        Ok(Gatekeeper { store, policy, users })
+    }
+
+    /// How many users are registered.
+    pub fn user_count(&self) -> u64 {
+        self.users.load(Ordering::Relaxed)
     }
 
     /// Registers `user` at `height`, or renews it: a renewal adds the configured slots and
     /// extends the expiry from the later of the old expiry and `height`, so both strictly grow.
+    /// A renewal past `max_slots_per_user` is refused, and so is a new user past `max_users`.
     pub fn register(&self, user: &UserId, height: u32) -> Result<UserRecord, SubscriptionError> {
         let old = self.store.user(user)?;
         let new = match old {
-            Some(old) => UserRecord {
-                available_slots: old
-                    .available_slots
-                    .checked_add(self.policy.subscription_slots)
-                    .ok_or(SubscriptionError::SlotsOverflow)?,
-                subscription_start: old.subscription_start,
-                subscription_expiry: old
-                    .subscription_expiry
-                    .max(height)
-                    .checked_add(self.policy.subscription_duration)
-                    .ok_or(SubscriptionError::SlotsOverflow)?,
-                number: old.number,
-            },
-            None => UserRecord {
-                available_slots: self.policy.subscription_slots,
-                subscription_start: height,
-                subscription_expiry: height.saturating_add(self.policy.subscription_duration),
-                number: self.store.new_user_number(),
-            },
+            Some(old) => self.renewed(old, height)?,
+            None => {
+                self.reserve_user()?;
+                let Some(number) = self.store.new_user_number() else {
+                    self.users.fetch_sub(1, Ordering::Relaxed);
+                    return Err(SubscriptionError::TowerFull);
+                };
+                UserRecord {
+                    available_slots: self.policy.subscription_slots,
+                    subscription_start: height,
+                    subscription_expiry: height.saturating_add(self.policy.subscription_duration),
+                    number,
+                }
+            }
         };
         let mut batch = self.store.batch();
         batch.put_user(user, old.as_ref(), &new);
-        self.store.commit(batch)?;
+        if let Err(e) = self.store.commit(batch) {
+            if old.is_none() {
+                self.users.fetch_sub(1, Ordering::Relaxed);
+            }
+            return Err(e.into());
+        }
         Ok(new)
+    }
+
+    fn renewed(&self, old: UserRecord, height: u32) -> Result<UserRecord, SubscriptionError> {
+        let available_slots = old
+            .available_slots
+            .checked_add(self.policy.subscription_slots)
+            .filter(|slots| *slots <= self.policy.max_slots_per_user)
+            .ok_or(SubscriptionError::SlotsOverflow)?;
+        let subscription_expiry = old
+            .subscription_expiry
+            .max(height)
+            .checked_add(self.policy.subscription_duration)
+            .ok_or(SubscriptionError::SlotsOverflow)?;
+        Ok(UserRecord { available_slots, subscription_expiry, ..old })
+    }
+
+    /// Counts a new user in, unless the tower is full.
+    fn reserve_user(&self) -> Result<(), SubscriptionError> {
+        self.users
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.policy.max_users).then_some(n + 1))
+            .map(|_| ())
+            .map_err(|_| SubscriptionError::TowerFull)
     }
 
     /// Recovers the signer of `msg` and returns it with its subscription, if it is registered and
@@ -142,8 +179,11 @@ impl ChainListener for Gatekeeper {
                 batch.writes().delete_appointment(&user, &record, &locator);
             }
             batch.writes().delete_user(&user, &record);
-            let expiry = record.subscription_expiry;
-            batch.after_commit(move || tracing::info!(user_id = %user, expiry, "subscription outdated: user removed"));
+            let (expiry, users) = (record.subscription_expiry, self.users.clone());
+            batch.after_commit(move || {
+                users.fetch_sub(1, Ordering::Relaxed);
+                tracing::info!(user_id = %user, expiry, "subscription outdated: user removed")
+            });
         }
         Ok(())
     }

@@ -11,7 +11,9 @@ pub mod api;
 pub mod bitcoind;
 pub mod chain;
 pub mod config;
+pub mod disk;
 pub mod gatekeeper;
+pub mod health;
 pub mod keys;
 pub mod locks;
 pub mod protocol;
@@ -35,14 +37,18 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::http::BodyLimits;
+use crate::api::admission::RateLimits;
+use crate::api::http::{BodyLimits, HttpSettings};
+use crate::api::server::ConnectionLimits;
 use crate::bitcoind::rpc::BitcoindRpc;
 use crate::bitcoind::zmq::OfferedBlocks;
 use crate::bitcoind::{BitcoindBroadcaster, BitcoindSource};
 use crate::chain::follower::FollowerSettings;
-use crate::chain::{Broadcaster, ChainFollower, ChainListener};
+use crate::chain::{Broadcaster, ChainFollower, ChainListener, ChainStatus};
 use crate::config::{Config, Policy};
+use crate::disk::DiskReserve;
 use crate::gatekeeper::Gatekeeper;
+use crate::health::HealthCheck;
 use crate::locks::UserLocks;
 use crate::protocol::TowerSigner;
 use crate::responder::Responder;
@@ -53,50 +59,44 @@ use crate::watcher::Watcher;
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Runs the tower until `shutdown` is cancelled (SIGINT, SIGTERM or the admin `stop`).
+/// Runs the tower until `shutdown` is cancelled (SIGINT, SIGTERM or the admin `stop`). Returns an
+/// error if start-up fails, or if the chain follower gives up (its store failing for longer than
+/// `commit_failure_exit_secs`), for the binary to exit non-zero.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.summary(), "starting teosd");
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
     let network_dir = prepare_data_dir(&config)?;
+    let disk = Arc::new(DiskReserve::new(&network_dir, config.limits.disk_reserve_bytes));
+    // Said before the store opens: a full disk may stop it from opening at all.
+    let _ = disk.check();
     let store = open_store(&network_dir, config.db_cache_mib).await?;
     let signer = load_tower_key(&store, config.overwrite_key).await?;
     tracing::info!(tower_id = %signer.tower_id(), "tower key loaded");
-
-    let locks = Arc::new(UserLocks::default());
-    let start_height = store.tip().context("reading the stored chain tip")?.map_or(0, |(h, _)| h);
-    let (height_tx, height_rx) = watch::channel(start_height);
-    let height_rx_ready = height_rx.clone();
     let bitcoind = connect_bitcoind(&config)?;
-    let (watcher, listeners) = build_domain(&config.policy, &store, signer, bitcoind.broadcaster.clone());
-    let settings =
-        FollowerSettings { network: config.network, recent_block_lookback: config.policy.recent_block_lookback };
-    let follower =
-        ChainFollower::new(bitcoind.source.clone(), store.clone(), locks.clone(), listeners, settings, height_tx);
+    let (watcher, listeners) = build_domain(&config.policy, &store, signer, bitcoind.broadcaster.clone())
+        .context("counting the registered users")?;
+    let locks = Arc::new(UserLocks::default());
+    let follower = build_follower(&config, &store, &locks, &bitcoind, listeners)?;
+    let tasks = TaskTracker::new();
+    // From here on: catching up counts as progress for systemd's watchdog too.
+    tasks.spawn(sd_notify::watchdog(follower.status(), shutdown.clone()));
     if !catch_up(&follower, &config, &shutdown).await? {
         tracing::info!("shutdown requested before bitcoind was reached");
         return Ok(());
     }
 
-    let tower = Tower::new(watcher, locks, height_rx, Some(follower.waker()));
-    let tasks = TaskTracker::new();
+    let health = HealthCheck::new(follower.status(), disk.clone(), config.limits.max_blocks_behind);
+    let tower = Tower::new(watcher, locks, follower.status(), Some(follower.waker()), disk);
+    let tower_id = tower.tower_id();
     let http_stop = CancellationToken::new();
-    start_public_api(&config, tower.clone(), &tasks, http_stop.clone()).await?;
-    start_admin_api(&config, &store, tower.tower_id(), &follower, height_rx_ready.clone(), &tasks, shutdown.clone())
-        .await?;
+    start_public_api(&config, tower, health.clone(), &tasks, http_stop.clone()).await?;
+    start_admin_api(&config, &store, tower_id, health, &tasks, shutdown.clone()).await?;
     let chain_stop = CancellationToken::new();
-    if let Some(endpoint) = &config.bitcoind.zmq_hashblock {
-        let feed = bitcoind::zmq::Feed::Hashblock { wake: follower.waker() };
-        tasks.spawn(bitcoind::zmq::subscribe(endpoint.clone(), feed, chain_stop.clone()));
-    }
-    if let Some(endpoint) = &config.bitcoind.zmq_rawblock {
-        let feed = bitcoind::zmq::Feed::Rawblock { wake: follower.waker(), blocks: bitcoind.offered.clone() };
-        tasks.spawn(bitcoind::zmq::subscribe(endpoint.clone(), feed, chain_stop.clone()));
-    }
-    tasks.spawn(follower.follow(config.bitcoind.polling_interval, chain_stop.clone()));
+    let gave_up = start_chain(&config, follower.clone(), &bitcoind, &tasks, chain_stop.clone(), shutdown.clone());
     tasks.close();
-    tracing::info!(height = *height_rx_ready.borrow(), "Tower ready");
+    tracing::info!(height = follower.status().borrow().tip_height, "Tower ready");
     sd_notify::ready();
 
     shutdown.cancelled().await;
@@ -104,7 +104,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     stop_in_order(&tasks, &http_stop, &chain_stop).await;
     drop(store);
     tracing::info!("Shutdown complete");
-    Ok(())
+    let failure = gave_up.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match failure {
+        Some(failure) => Err(anyhow::anyhow!("the chain follower gave up: {failure}")),
+        None => Ok(()),
+    }
 }
 
 /// Creates `<datadir>` and `<datadir>/<network>` (owner-only), returning the latter.
@@ -145,6 +149,9 @@ fn connect_bitcoind(config: &Config) -> anyhow::Result<Bitcoind> {
     Ok(Bitcoind { source, broadcaster, offered })
 }
 
+/// The chain listeners, in the order blocks are shown to them.
+type Listeners = Vec<Arc<dyn ChainListener>>;
+
 /// The Gatekeeper, Watcher and Responder, and the order in which blocks are shown to them: the
 /// Watcher finds breaches (and hands them to the Responder), the Responder follows its trackers,
 /// the Gatekeeper settles refunds and expiries last (see `chain`).
@@ -153,12 +160,12 @@ pub(crate) fn build_domain(
     store: &Store,
     signer: TowerSigner,
     broadcaster: Arc<dyn Broadcaster>,
-) -> (Arc<Watcher>, Vec<Arc<dyn ChainListener>>) {
-    let gatekeeper = Gatekeeper::new(store.clone(), policy.clone());
+) -> Result<(Arc<Watcher>, Listeners), store::StoreError> {
+    let gatekeeper = Gatekeeper::new(store.clone(), policy.clone())?;
     let responder = Arc::new(Responder::new(store.clone(), broadcaster, policy.rebroadcast_after));
     let watcher = Arc::new(Watcher::new(store.clone(), gatekeeper.clone(), signer, responder.clone()));
     let listeners: Vec<Arc<dyn ChainListener>> = vec![watcher.clone(), responder, Arc::new(gatekeeper)];
-    (watcher, listeners)
+    Ok((watcher, listeners))
 }
 
 async fn open_store(network_dir: &Path, cache_mib: usize) -> anyhow::Result<Store> {
@@ -202,9 +209,57 @@ async fn catch_up(follower: &ChainFollower, config: &Config, shutdown: &Cancella
     }
 }
 
+/// The follower over bitcoind, with the listeners in their order, starting at the stored tip.
+fn build_follower(
+    config: &Config,
+    store: &Store,
+    locks: &Arc<UserLocks>,
+    bitcoind: &Bitcoind,
+    listeners: Vec<Arc<dyn ChainListener>>,
+) -> anyhow::Result<ChainFollower> {
+    let start_height = store.tip().context("reading the stored chain tip")?.map_or(0, |(h, _)| h);
+    let (status, _) = watch::channel(ChainStatus::starting(start_height));
+    let settings =
+        FollowerSettings { network: config.network, recent_block_lookback: config.policy.recent_block_lookback };
+    Ok(ChainFollower::new(bitcoind.source.clone(), store.clone(), locks.clone(), listeners, settings, status))
+}
+
+/// Starts the ZMQ subscribers and the follower. If the follower gives up, the failure is kept in
+/// the returned slot and the tower shuts down.
+fn start_chain(
+    config: &Config,
+    follower: ChainFollower,
+    bitcoind: &Bitcoind,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) -> Arc<std::sync::Mutex<Option<String>>> {
+    if let Some(endpoint) = &config.bitcoind.zmq_hashblock {
+        let feed = bitcoind::zmq::Feed::Hashblock { wake: follower.waker() };
+        tasks.spawn(bitcoind::zmq::subscribe(endpoint.clone(), feed, stop.clone()));
+    }
+    if let Some(endpoint) = &config.bitcoind.zmq_rawblock {
+        let feed = bitcoind::zmq::Feed::Rawblock { wake: follower.waker(), blocks: bitcoind.offered.clone() };
+        tasks.spawn(bitcoind::zmq::subscribe(endpoint.clone(), feed, stop.clone()));
+    }
+    let gave_up = Arc::new(std::sync::Mutex::new(None));
+    let (interval, exit_after) = (config.bitcoind.polling_interval, config.limits.commit_failure_exit);
+    tasks.spawn({
+        let gave_up = gave_up.clone();
+        async move {
+            if let Err(e) = follower.follow(interval, exit_after, stop).await {
+                *gave_up.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                shutdown.cancel();
+            }
+        }
+    });
+    gave_up
+}
+
 async fn start_public_api(
     config: &Config,
     tower: Tower,
+    health: HealthCheck,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -212,8 +267,22 @@ async fn start_public_api(
         .await
         .with_context(|| format!("binding the public HTTP API to {}", config.public_http_addr))?;
     let addr = listener.local_addr().context("reading the HTTP API address")?;
-    let limits = BodyLimits::for_blob_size(config.policy.max_blob_size);
-    tasks.spawn(api::http::serve(listener, tower, limits, config.behind_proxy, stop));
+    let limits = &config.limits;
+    let settings = HttpSettings {
+        bodies: BodyLimits::for_blob_size(config.policy.max_blob_size),
+        connections: ConnectionLimits {
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            header_timeout: limits.header_timeout,
+            request_timeout: limits.request_timeout,
+        },
+        rates: RateLimits {
+            registrations_per_minute: limits.registrations_per_minute,
+            appointments_per_second: limits.appointments_per_second,
+        },
+        behind_proxy: config.behind_proxy,
+    };
+    tasks.spawn(api::http::serve(listener, tower, health, settings, stop));
     tracing::info!(%addr, "public HTTP API listening");
     Ok(())
 }
@@ -224,8 +293,7 @@ async fn start_admin_api(
     config: &Config,
     store: &Store,
     tower_id: protocol::TowerId,
-    follower: &ChainFollower,
-    height: watch::Receiver<u32>,
+    health: HealthCheck,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -240,16 +308,8 @@ async fn start_admin_api(
         .with_context(|| format!("binding the admin gRPC API to {}", config.admin_grpc_addr))?;
     let addr = listener.local_addr().context("reading the admin API address")?;
     let addresses = api::admin::ServedAddresses { public_http: config.public_http_addr, admin_grpc: addr };
-    let reachable = follower.reachable();
-    let service = api::admin::AdminService::new(
-        store.clone(),
-        tower_id,
-        config.network,
-        addresses,
-        reachable,
-        height,
-        shutdown.clone(),
-    );
+    let service =
+        api::admin::AdminService::new(store.clone(), tower_id, config.network, addresses, health, shutdown.clone());
     tasks.spawn(async move {
         if let Err(e) = api::admin::serve(listener, &tls, service, shutdown).await {
             tracing::error!(error = %e, "the admin gRPC API failed");

@@ -19,6 +19,40 @@ pub fn stopping() {
     send_logged("STOPPING=1");
 }
 
+/// The watchdog interval systemd asks for (`WatchdogSec=`, passed as `$WATCHDOG_USEC` and meant
+/// for this process when `$WATCHDOG_PID` is unset or ours).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    if pid.is_some_and(|pid| pid.trim() != std::process::id().to_string()) {
+        return None;
+    }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
+/// Feeds systemd's watchdog (`WATCHDOG=1`) whenever the chain follower shows a sign of life (a
+/// block, a round, a retry while waiting for bitcoind), at most four times per interval, until
+/// `shutdown`. Never from a timer alone: a follower that stops making rounds stops the pings, and
+/// systemd restarts the tower. Does nothing without `WatchdogSec=`.
+pub async fn watchdog(
+    mut status: tokio::sync::watch::Receiver<crate::chain::ChainStatus>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let Some(interval) = watchdog_interval() else { return };
+    tracing::info!(?interval, "systemd watchdog on: fed by the chain follower's progress");
+    let mut last = None::<std::time::Instant>;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = status.changed() => if changed.is_err() { return },
+        }
+        if last.is_none_or(|at| at.elapsed() >= interval / 4) {
+            send_logged("WATCHDOG=1");
+            last = Some(std::time::Instant::now());
+        }
+    }
+}
+
 fn send_logged(state: &str) {
     match notify(state) {
         Ok(true) => tracing::debug!(state, "notified systemd"),

@@ -18,7 +18,8 @@ use tokio::sync::watch;
 
 use crate::chain::follower::FollowerSettings;
 use crate::chain::{
-    BlockSource, BroadcastOutcome, Broadcaster, ChainFollower, ChainInfo, FetchedBlock, HeaderInfo, SourceError,
+    BlockSource, BroadcastOutcome, Broadcaster, ChainFollower, ChainInfo, ChainStatus, FetchedBlock, HeaderInfo,
+    SourceError,
 };
 use crate::config::Policy;
 use crate::locks::UserLocks;
@@ -289,6 +290,8 @@ pub fn policy() -> Policy {
         max_blob_size: 2048,
         recent_block_lookback: 6,
         rebroadcast_after: 3,
+        max_slots_per_user: 100,
+        max_users: 1000,
     }
 }
 
@@ -311,7 +314,7 @@ pub struct Scene {
     pub follower: ChainFollower,
     /// The locks the follower shares with requests.
     pub locks: Arc<UserLocks>,
-    height: watch::Receiver<u32>,
+    height: watch::Receiver<ChainStatus>,
 }
 
 impl Scene {
@@ -325,13 +328,14 @@ impl Scene {
     fn over(chain: Arc<FakeChain>, broadcaster: Arc<FakeBroadcaster>, kv: Arc<FailingKv>) -> Scene {
         let store = Store::with_kv(kv.clone()).expect("store");
         let signer = TowerSigner::new(SecretKey::from_slice(&[0x33; 32]).expect("key"));
-        let (watcher, listeners) = crate::build_domain(&policy(), &store, signer, broadcaster.clone());
+        let (watcher, listeners) = crate::build_domain(&policy(), &store, signer, broadcaster.clone()).expect("domain");
         let start = store.tip().expect("tip").map_or(0, |(h, _)| h);
-        let (height_tx, height) = watch::channel(start);
+        let (status, _) = watch::channel(ChainStatus::starting(start));
         let settings =
             FollowerSettings { network: Network::Regtest, recent_block_lookback: policy().recent_block_lookback };
         let locks = Arc::new(UserLocks::default());
-        let follower = ChainFollower::new(chain.clone(), store.clone(), locks.clone(), listeners, settings, height_tx);
+        let follower = ChainFollower::new(chain.clone(), store.clone(), locks.clone(), listeners, settings, status);
+        let height = follower.status();
         Scene { chain, broadcaster, kv, store, watcher, follower, locks, height }
     }
 
@@ -342,7 +346,7 @@ impl Scene {
 
     /// The height the follower published last.
     pub fn height(&self) -> u32 {
-        *self.height.borrow()
+        self.height.borrow().tip_height
     }
 
     /// Mines `txs` in a block and lets the tower process it.

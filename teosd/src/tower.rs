@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
 
+use crate::chain::ChainStatus;
+use crate::disk::DiskReserve;
 use crate::gatekeeper::SubscriptionError;
 use crate::locks::UserLocks;
 use crate::protocol::{registration_receipt_bytes, Appointment, Locator, UserId};
@@ -34,6 +36,12 @@ pub enum RequestError {
     /// triggered, or not found.
     #[error(transparent)]
     Appointment(AppointmentError),
+    /// The data directory is below its disk reserve: no new public data for now.
+    #[error(transparent)]
+    BelowDiskReserve(#[from] crate::disk::BelowReserve),
+    /// The tower takes no new users.
+    #[error("The tower accepts no new users: it is full")]
+    TowerFull,
     /// The tower failed (store, task); nothing was stored.
     #[error("internal error: {0}")]
     Internal(String),
@@ -50,6 +58,7 @@ impl RequestError {
     fn from_subscription(e: SubscriptionError, unauthenticated: RequestError) -> Self {
         match e {
             SubscriptionError::SlotsOverflow => RequestError::SlotsOverflow,
+            SubscriptionError::TowerFull => RequestError::TowerFull,
             SubscriptionError::Unauthenticated => unauthenticated,
             SubscriptionError::Expired(at) => RequestError::Expired(at),
             SubscriptionError::Store(e) => e.into(),
@@ -96,26 +105,29 @@ pub struct SubscriptionInfo {
 pub struct Tower {
     watcher: Arc<Watcher>,
     locks: Arc<UserLocks>,
-    height: watch::Receiver<u32>,
+    chain: watch::Receiver<ChainStatus>,
     chain_waker: Option<Arc<Notify>>,
+    disk: Arc<DiskReserve>,
 }
 
 impl Tower {
-    /// A tower serving `watcher`, at the height `height` publishes. An appointment whose dispute
-    /// is already in a recent block is queued in the store for the chain follower, which
-    /// `chain_waker` wakes at once.
+    /// A tower serving `watcher`, at the height the chain follower publishes in `chain`. An
+    /// appointment whose dispute is already in a recent block is queued in the store for the
+    /// follower, which `chain_waker` wakes at once. New public data is refused while `disk` is
+    /// below its reserve.
     pub fn new(
         watcher: Arc<Watcher>,
         locks: Arc<UserLocks>,
-        height: watch::Receiver<u32>,
+        chain: watch::Receiver<ChainStatus>,
         chain_waker: Option<Arc<Notify>>,
+        disk: Arc<DiskReserve>,
     ) -> Self {
-        Tower { watcher, locks, height, chain_waker }
+        Tower { watcher, locks, chain, chain_waker, disk }
     }
 
     /// The height requests are served at: the last block the tower processed.
     pub fn height(&self) -> u32 {
-        *self.height.borrow()
+        self.chain.borrow().tip_height
     }
 
     /// The tower's public id.
@@ -135,6 +147,7 @@ impl Tower {
 
     /// Registers or renews `user`.
     pub async fn register(&self, user: UserId) -> Result<RegistrationReceipt, RequestError> {
+        self.disk.check()?;
         self.blocking(move |watcher, locks, height| {
             let _guard = locks.lock(&user);
             let record = watcher
@@ -165,6 +178,7 @@ impl Tower {
         appointment: Appointment,
         signature: String,
     ) -> Result<AppointmentReceipt, RequestError> {
+        self.disk.check()?;
         self.blocking(move |watcher, locks, height| {
             let unauthorized = || RequestError::AppointmentUnauthorized;
             let refuse = |e| RequestError::from_appointment(e, unauthorized());

@@ -207,6 +207,23 @@ impl TowerProcess {
         status
     }
 
+    /// Waits for it to exit by itself (within [`LOG_TIMEOUT`]) and returns its status.
+    pub fn wait_for_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("teosd is running");
+        let deadline = Instant::now() + LOG_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for teosd") {
+                self.seen.extend(self.lines.try_iter());
+                return status;
+            }
+            assert!(Instant::now() < deadline, "teosd did not exit; last lines:\n{}", self.tail());
+            // Draining the log meanwhile; a line arriving ends the wait early.
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.seen.push(line);
+            }
+        }
+    }
+
     /// Kills it with SIGKILL, as a crash or power cut would.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("teosd is running");
@@ -234,6 +251,13 @@ impl TowerProcess {
     /// `teos-cli gettowerinfo`.
     pub async fn info(&self) -> Value {
         self.cli(&["gettowerinfo"]).await
+    }
+
+    /// `GET /health`: the status code and the report.
+    pub async fn health(&self) -> (u16, Value) {
+        let response = reqwest::get(format!("{}/health", self.api_url)).await.expect("tower answers /health");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Waits until the tower has processed the block at `height`.
@@ -334,6 +358,18 @@ impl TowerUser {
             encrypted_blob: encrypt_penalty(penalty, dispute_txid),
             to_self_delay: 42,
         };
+        let signature = sign_message(&appointment.signed_bytes(), &self.secret);
+        let body = json!({"appointment": {
+            "locator": appointment.locator.to_string(),
+            "encrypted_blob": hex::encode(&appointment.encrypted_blob),
+            "to_self_delay": appointment.to_self_delay}, "signature": signature});
+        self.try_post("/add_appointment", body).await
+    }
+
+    /// `POST /add_appointment` of `blob` at `locator` (any bytes: the tower cannot tell until a
+    /// dispute with that locator is mined).
+    pub async fn try_add_blob(&self, locator: Locator, blob: Vec<u8>) -> Result<(u16, Value), reqwest::Error> {
+        let appointment = Appointment { locator, encrypted_blob: blob, to_self_delay: 42 };
         let signature = sign_message(&appointment.signed_bytes(), &self.secret);
         let body = json!({"appointment": {
             "locator": appointment.locator.to_string(),

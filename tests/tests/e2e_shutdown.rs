@@ -38,7 +38,9 @@ async fn sigterm_during_a_stream_of_appointments_loses_no_acknowledged_one() {
         let bitcoind = Bitcoind::start().await.unwrap();
         bitcoind.mine(101).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut tower = TowerProcess::start(&bitcoind, &dir.path().join("teos"), &[]);
+        // As fast as it takes them: no per-source rate limit for this one client.
+        let unlimited = ["--appointmentspersecond", "0"];
+        let mut tower = TowerProcess::start(&bitcoind, &dir.path().join("teos"), &unlimited);
         let acked = Arc::new(Mutex::new(Vec::new()));
         let enough = Arc::new(tokio::sync::Notify::new());
         let stopped = Arc::new(AtomicBool::new(false));

@@ -24,6 +24,7 @@ fn the_unit_waits_for_readiness_and_is_hardened() {
         "StateDirectory=teos",
         "After=bitcoind.service network-online.target",
         "Restart=on-failure",
+        "WatchdogSec=300",
         "ProtectSystem=strict",
         "ProtectHome=true",
         "PrivateTmp=true",

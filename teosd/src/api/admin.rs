@@ -6,7 +6,6 @@
 //! messages live at the bottom of this file, so the core never sees prost types.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,13 +16,14 @@ use prost::Message;
 use teos_proto::admin as pb;
 use teos_proto::admin::private_tower_services_server::{PrivateTowerServices, PrivateTowerServicesServer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::config::network_dir_name;
+use crate::health::HealthCheck;
 use crate::protocol::{IdError, Locator, TowerId, UserId};
 use crate::store::{PenaltyStatus, Store, StoreError, StoredAppointment, TrackerRecord, UserRecord};
 use crate::tls::TlsMaterial;
@@ -97,24 +97,22 @@ pub struct AdminService {
     tower_id: TowerId,
     network: Network,
     addresses: ServedAddresses,
-    bitcoind_reachable: Arc<AtomicBool>,
-    height: watch::Receiver<u32>,
+    health: HealthCheck,
     shutdown: CancellationToken,
 }
 
 impl AdminService {
-    /// A service over `store` for the tower `tower_id`. `height` publishes the last processed
-    /// block; `stop` cancels `shutdown` (the token SIGTERM trips).
+    /// A service over `store` for the tower `tower_id`, reporting `health`; `stop` cancels
+    /// `shutdown` (the token SIGTERM trips).
     pub fn new(
         store: Store,
         tower_id: TowerId,
         network: Network,
         addresses: ServedAddresses,
-        bitcoind_reachable: Arc<AtomicBool>,
-        height: watch::Receiver<u32>,
+        health: HealthCheck,
         shutdown: CancellationToken,
     ) -> Self {
-        AdminService { store, tower_id, network, addresses, bitcoind_reachable, height, shutdown }
+        AdminService { store, tower_id, network, addresses, health, shutdown }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -126,19 +124,27 @@ impl AdminService {
     }
 
     fn tower_info(&self, counts: Counts) -> pb::GetTowerInfoResponse {
+        let health = self.health.report();
         pb::GetTowerInfoResponse {
             tower_id: self.tower_id.to_bytes().to_vec(),
             n_registered_users: counts.users,
             n_watcher_appointments: counts.watched,
             n_responder_trackers: counts.trackers,
-            bitcoind_reachable: self.bitcoind_reachable.load(Ordering::Relaxed),
+            bitcoind_reachable: health.bitcoind_reachable,
             addresses: vec![
                 network_address(self.addresses.public_http, pb::network_address::Service::PublicHttp),
                 network_address(self.addresses.admin_grpc, pb::network_address::Service::AdminGrpc),
             ],
-            tip_height: *self.height.borrow(),
+            tip_height: health.tip_height,
             network: network_dir_name(self.network).to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            ready: health.ready,
+            problems: health.problems,
+            bitcoind_height: health.bitcoind_height.unwrap_or(0),
+            store_ok: health.store_ok,
+            last_error: health.last_error.unwrap_or_default(),
+            disk_free_bytes: health.disk_free_bytes.unwrap_or(0),
+            disk_above_reserve: health.disk_above_reserve,
         }
     }
 }

@@ -7,33 +7,29 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 
 use super::*;
+use crate::chain::ChainStatus;
+use crate::disk::DiskReserve;
 use crate::protocol::Appointment;
 
 struct Harness {
     store: Store,
     service: AdminService,
-    height: watch::Sender<u32>,
-    reachable: Arc<AtomicBool>,
+    chain: tokio::sync::watch::Sender<ChainStatus>,
     shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
 }
 
 fn harness() -> Harness {
     let store = Store::in_memory();
-    let (height, rx) = watch::channel(101);
-    let reachable = Arc::new(AtomicBool::new(true));
+    let following = ChainStatus { source_height: Some(101), source_reachable: true, ..ChainStatus::starting(101) };
+    let (chain, rx) = tokio::sync::watch::channel(following);
+    let dir = tempfile::tempdir().unwrap();
+    let health = HealthCheck::new(rx, Arc::new(DiskReserve::new(dir.path(), 0)), 3);
     let shutdown = CancellationToken::new();
     let addresses =
         ServedAddresses { public_http: "127.0.0.1:9814".parse().unwrap(), admin_grpc: "[::1]:8814".parse().unwrap() };
-    let service = AdminService::new(
-        store.clone(),
-        user(200),
-        Network::Regtest,
-        addresses,
-        reachable.clone(),
-        rx,
-        shutdown.clone(),
-    );
-    Harness { store, service, height, reachable, shutdown }
+    let service = AdminService::new(store.clone(), user(200), Network::Regtest, addresses, health, shutdown.clone());
+    Harness { store, service, chain, shutdown, _dir: dir }
 }
 
 fn user(n: u8) -> UserId {
@@ -75,7 +71,7 @@ impl Harness {
         let record = match self.store.user(user).unwrap() {
             Some(record) => record,
             None => {
-                let record = UserRecord { number: self.store.new_user_number(), ..record(10) };
+                let record = UserRecord { number: self.store.new_user_number().unwrap(), ..record(10) };
                 batch.put_user(user, None, &record);
                 record
             }
@@ -132,11 +128,18 @@ async fn tower_info_reports_counts_tip_reachability_and_addresses() {
         ]
     );
 
-    h.height.send(102).unwrap();
-    h.reachable.store(false, Ordering::Relaxed);
+    assert!(info.ready && info.store_ok && info.disk_above_reserve && info.problems.is_empty(), "{info:?}");
+    assert_eq!(info.bitcoind_height, 101);
+
+    h.chain.send_modify(|s| {
+        s.tip_height = 102;
+        s.source_height = Some(110);
+        s.source_reachable = false;
+    });
     let info = h.service.get_tower_info(Request::new(pb::GetTowerInfoRequest {})).await.unwrap().into_inner();
-    assert_eq!(info.tip_height, 102);
-    assert!(!info.bitcoind_reachable);
+    assert_eq!((info.tip_height, info.bitcoind_height), (102, 110));
+    assert!(!info.bitcoind_reachable && !info.ready);
+    assert_eq!(info.problems, vec!["bitcoind is unreachable".to_string(), "8 blocks behind bitcoind".to_string()]);
 }
 
 #[tokio::test]
@@ -260,7 +263,7 @@ async fn users_stream_in_id_order_across_pages() {
     let mut users: Vec<_> = (0..(LIST_PAGE as u32 * 4 + 5)).map(numbered_user).collect();
     let mut batch = h.store.batch();
     for u in &users {
-        batch.put_user(u, None, &UserRecord { number: h.store.new_user_number(), ..record(1) });
+        batch.put_user(u, None, &UserRecord { number: h.store.new_user_number().unwrap(), ..record(1) });
     }
     h.store.commit(batch).unwrap();
     users.sort_by_key(|u| u.to_bytes());

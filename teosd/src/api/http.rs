@@ -1,9 +1,11 @@
 //! The public HTTP API (warp), wire-compatible with the reference tower and Core Lightning's
 //! `watchtower-client`. Handlers call the [`Tower`] in-process. Every failure is a JSON body
-//! `{"error", "error_code"}`; codes and statuses are listed in `docs/api.md`.
+//! `{"error", "error_code"}`; codes and statuses are listed in `docs/api.md`. Connections are
+//! bounded by [`super::server`]; registrations and appointment writes by [`super::admission`].
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use bitcoin::consensus::encode::serialize_hex;
 use serde::Serialize;
@@ -20,6 +22,9 @@ use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge, Reject};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use super::admission::{Action, Admission, RateLimits, RetryAfter};
+use super::server::{ConnectionLimits, PeerAddr};
+use crate::health::HealthCheck;
 use crate::protocol::{Appointment, Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 use crate::tower::{RequestError, Tower};
 use crate::watcher::{AppointmentError, AppointmentState};
@@ -45,6 +50,23 @@ impl BodyLimits {
 #[derive(Debug)]
 struct UnsupportedContentType;
 impl Reject for UnsupportedContentType {}
+
+#[derive(Debug)]
+struct RateLimited(RetryAfter);
+impl Reject for RateLimited {}
+
+/// Everything the public API is set up with.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    /// Body limits per route.
+    pub bodies: BodyLimits,
+    /// Connection caps and timeouts.
+    pub connections: ConnectionLimits,
+    /// Per-source rate limits.
+    pub rates: RateLimits,
+    /// Take the source from `X-Real-IP` (behind a reverse proxy).
+    pub behind_proxy: bool,
+}
 
 /// A refused request: status, `error_code` and text, turned into a JSON reply at the edge.
 #[derive(Debug)]
@@ -94,9 +116,27 @@ fn request_error_reply(e: RequestError) -> WireError {
                 (StatusCode::INTERNAL_SERVER_ERROR, codes::UNEXPECTED_ERROR)
             }
         },
+        // Code 7: the CLN plugin keeps the appointment and retries (reference-tower.md §9).
+        RequestError::BelowDiskReserve(_) => {
+            (StatusCode::INSUFFICIENT_STORAGE, codes::INVALID_SIGNATURE_OR_SUBSCRIPTION_ERROR)
+        }
+        RequestError::TowerFull => (StatusCode::SERVICE_UNAVAILABLE, codes::REGISTRATION_RESOURCE_EXHAUSTED),
         RequestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::UNEXPECTED_ERROR),
     };
     error_reply(status, code, e.to_string())
+}
+
+/// The answer to a request that took longer than `http_request_timeout_secs`; code 7 so that a
+/// client retries, and the connection is closed.
+pub(super) fn request_timeout_reply() -> Response {
+    let mut reply = error_reply(
+        StatusCode::REQUEST_TIMEOUT,
+        codes::INVALID_SIGNATURE_OR_SUBSCRIPTION_ERROR,
+        "The request took too long; try again",
+    )
+    .into_response();
+    reply.headers_mut().insert(warp::http::header::CONNECTION, warp::http::HeaderValue::from_static("close"));
+    reply
 }
 
 /// Parses a JSON body, mapping serde's complaints to the reference tower's codes.
@@ -250,53 +290,102 @@ fn json_content_type() -> impl Filter<Extract = (), Error = Rejection> + Clone {
         .untuple_one()
 }
 
-fn post_route(name: &'static str, limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = Rejection> + Clone {
-    warp::path(name)
-        .and(warp::path::end())
+/// The rest of a POST route after its name: no more path, the method, the body's length and
+/// type, then the body.
+fn post_route(limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = Rejection> + Clone {
+    warp::path::end()
         .and(warp::post())
         .and(warp::body::content_length_limit(limit))
         .and(json_content_type())
         .and(warp::body::bytes())
 }
 
-fn client_addr(behind_proxy: bool) -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
-    warp::addr::remote().and(warp::header::headers_cloned()).map(
-        move |remote: Option<SocketAddr>, headers: HeaderMap| {
-            let real_ip = headers.get("x-real-ip").and_then(|v| v.to_str().ok()).filter(|_| behind_proxy);
-            match real_ip {
-                Some(ip) => ip.to_string(),
-                None => remote.map_or_else(|| "unknown".to_string(), |a| a.ip().to_string()),
-            }
+/// The request's source: the connection's peer, or `X-Real-IP` behind a proxy.
+fn source(behind_proxy: bool) -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
+    warp::ext::optional::<PeerAddr>().and(warp::addr::remote()).and(warp::header::headers_cloned()).map(
+        move |peer: Option<PeerAddr>, remote: Option<SocketAddr>, headers: HeaderMap| {
+            let real_ip = headers.get("x-real-ip").filter(|_| behind_proxy);
+            let real_ip = real_ip.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<IpAddr>().ok());
+            real_ip.or(peer.map(|p| p.0.ip())).or(remote.map(|a| a.ip()))
         },
     )
+}
+
+/// Refuses `action` from a source over its rate limit (before the body is read).
+fn admitted(
+    action: Action,
+    admission: Arc<Admission>,
+    behind_proxy: bool,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    source(behind_proxy)
+        .and_then(move |source: Option<IpAddr>| {
+            let admission = admission.clone();
+            async move {
+                match source.map(|ip| admission.admit(action, ip)) {
+                    Some(Err(retry)) => Err(warp::reject::custom(RateLimited(retry))),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .untuple_one()
+}
+
+/// `GET /health`: 200 when the tower follows the chain, 503 otherwise, with the report.
+fn health_reply(health: &HealthCheck) -> Response {
+    let report = health.report();
+    let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    warp::reply::with_status(warp::reply::json(&report), status).into_response()
 }
 
 /// The router: every route, and JSON bodies for every rejection.
 pub fn routes(
     tower: Tower,
-    limits: BodyLimits,
-    behind_proxy: bool,
+    health: HealthCheck,
+    admission: Arc<Admission>,
+    settings: HttpSettings,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let (limits, proxy) = (settings.bodies, settings.behind_proxy);
     let with_tower = warp::any().map(move || tower.clone());
-    let register =
-        post_route("register", limits.small).and(with_tower.clone()).then(|b, t| json_route(b, |r| register(t, r)));
-    let add = post_route("add_appointment", limits.add_appointment)
+    let register = warp::path("register")
+        .and(admitted(Action::Register, admission.clone(), proxy))
+        .and(post_route(limits.small))
+        .and(with_tower.clone())
+        .then(|b, t| json_route(b, |r| register(t, r)));
+    let add = warp::path("add_appointment")
+        .and(admitted(Action::AddAppointment, admission, proxy))
+        .and(post_route(limits.add_appointment))
         .and(with_tower.clone())
         .then(|b, t| json_route(b, |r| add_appointment(t, r)));
-    let get = post_route("get_appointment", limits.get_appointment)
+    let get = warp::path("get_appointment")
+        .and(post_route(limits.get_appointment))
         .and(with_tower.clone())
         .then(|b, t| json_route(b, |r| get_appointment(t, r)));
-    let info = post_route("get_subscription_info", limits.small)
+    let info = warp::path("get_subscription_info")
+        .and(post_route(limits.small))
         .and(with_tower)
         .then(|b, t| json_route(b, |r| get_subscription_info(t, r)));
     let ping = warp::path("ping").and(warp::path::end()).and(warp::get()).map(|| StatusCode::OK.into_response());
-    let log = client_addr(behind_proxy);
-    log.and(warp::method())
+    let health = warp::path("health").and(warp::path::end()).and(warp::get()).map(move || health_reply(&health));
+    source(proxy)
+        .and(warp::method())
         .and(warp::path::full())
         .and(
-            register.or(add).unify().or(get).unify().or(info).unify().or(ping).unify().recover(rejection_reply).unify(),
+            register
+                .or(add)
+                .unify()
+                .or(get)
+                .unify()
+                .or(info)
+                .unify()
+                .or(ping)
+                .unify()
+                .or(health)
+                .unify()
+                .recover(rejection_reply)
+                .unify(),
         )
-        .map(|client: String, method: warp::http::Method, path: warp::path::FullPath, reply: Response| {
+        .map(|client: Option<IpAddr>, method: warp::http::Method, path: warp::path::FullPath, reply: Response| {
+            let client = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
             tracing::debug!(%client, %method, path = path.as_str(), status = reply.status().as_u16(), "http request");
             reply
         })
@@ -311,6 +400,15 @@ async fn rejection_reply(rejection: Rejection) -> Result<Response, Infallible> {
         error_reply(StatusCode::LENGTH_REQUIRED, codes::CONTENT_LENGTH_REQUIRED, "A content-length header is required")
     } else if rejection.find::<PayloadTooLarge>().is_some() {
         error_reply(StatusCode::PAYLOAD_TOO_LARGE, codes::PAYLOAD_TOO_LARGE, "The request payload is too large")
+    } else if let Some(RateLimited(RetryAfter(wait))) = rejection.find::<RateLimited>() {
+        let seconds = wait.as_secs().max(1);
+        let message = format!("Too many requests from your address; try again in {seconds} s");
+        // Code 7: the CLN plugin keeps the appointment and retries (reference-tower.md §9).
+        let mut reply =
+            error_reply(StatusCode::TOO_MANY_REQUESTS, codes::INVALID_SIGNATURE_OR_SUBSCRIPTION_ERROR, message)
+                .into_response();
+        reply.headers_mut().insert(warp::http::header::RETRY_AFTER, warp::http::HeaderValue::from(seconds));
+        return Ok(reply);
     } else if rejection.find::<UnsupportedContentType>().is_some() {
         error_reply(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -318,7 +416,9 @@ async fn rejection_reply(rejection: Rejection) -> Result<Response, Infallible> {
             "The request's content-type is not supported",
         )
     } else {
-        bad_request(codes::INVALID_REQUEST_FORMAT, format!("Invalid request: {rejection:?}"))
+        // Nothing of warp's internal description reaches the client.
+        tracing::debug!(?rejection, "request refused");
+        bad_request(codes::INVALID_REQUEST_FORMAT, "Invalid request")
     };
     Ok(reply.into_response())
 }
@@ -327,15 +427,26 @@ async fn rejection_reply(rejection: Rejection) -> Result<Response, Infallible> {
 pub async fn serve(
     listener: TcpListener,
     tower: Tower,
-    limits: BodyLimits,
-    behind_proxy: bool,
+    health: HealthCheck,
+    settings: HttpSettings,
     shutdown: CancellationToken,
 ) {
-    warp::serve(routes(tower, limits, behind_proxy))
-        .incoming(listener)
-        .graceful(async move { shutdown.cancelled().await })
-        .run()
-        .await;
+    let admission = Arc::new(Admission::new(settings.rates));
+    let forgetting = tokio::spawn({
+        let (admission, shutdown) = (admission.clone(), shutdown.clone());
+        async move {
+            let mut every = tokio::time::interval(super::admission::FORGET_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = every.tick() => admission.forget_idle(),
+                }
+            }
+        }
+    });
+    let routes = routes(tower, health, admission, settings);
+    super::server::serve(listener, routes, settings.connections, settings.behind_proxy, shutdown).await;
+    forgetting.abort();
 }
 
 #[cfg(test)]

@@ -10,8 +10,13 @@ use tokio::sync::watch;
 use warp::http::StatusCode;
 
 use super::*;
+use crate::api::admission::{Admission, RateLimits};
+use crate::api::server::ConnectionLimits;
+use crate::chain::ChainStatus;
 use crate::config::Policy;
+use crate::disk::DiskReserve;
 use crate::gatekeeper::Gatekeeper;
+use crate::health::HealthCheck;
 use crate::locks::UserLocks;
 use crate::protocol::{recover_signer, registration_receipt_bytes, sign_message, TowerSigner};
 use crate::responder::Responder;
@@ -27,8 +32,11 @@ const USER_SIG: &str =
 struct Harness {
     store: Store,
     tower: Tower,
-    height: watch::Sender<u32>,
-    limits: BodyLimits,
+    chain: watch::Sender<ChainStatus>,
+    health: HealthCheck,
+    settings: HttpSettings,
+    admission: Arc<Admission>,
+    _dir: tempfile::TempDir,
 }
 
 fn policy() -> Policy {
@@ -40,6 +48,8 @@ fn policy() -> Policy {
         max_blob_size: 2048,
         recent_block_lookback: 100,
         rebroadcast_after: 6,
+        max_slots_per_user: 100_000,
+        max_users: 1000,
     }
 }
 
@@ -47,10 +57,30 @@ fn harness() -> Harness {
     let store = Store::in_memory();
     let signer = TowerSigner::new(SecretKey::from_slice(&[0x33; 32]).unwrap());
     let responder = Arc::new(Responder::new(store.clone(), Arc::new(FakeBroadcaster::default()), 6));
-    let watcher = Watcher::new(store.clone(), Gatekeeper::new(store.clone(), policy()), signer, responder);
-    let (height, rx) = watch::channel(100);
-    let tower = Tower::new(Arc::new(watcher), Arc::new(UserLocks::default()), rx, None);
-    Harness { store, tower, height, limits: BodyLimits::for_blob_size(2048) }
+    let watcher = Watcher::new(store.clone(), Gatekeeper::new(store.clone(), policy()).unwrap(), signer, responder);
+    harness_with(Arc::new(watcher), store, RateLimits { registrations_per_minute: 0, appointments_per_second: 0 }, 0)
+}
+
+fn harness_with(watcher: Arc<Watcher>, store: Store, rates: RateLimits, disk_reserve: u64) -> Harness {
+    let following = ChainStatus { source_height: Some(100), source_reachable: true, ..ChainStatus::starting(100) };
+    let (chain, rx) = watch::channel(following);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(DiskReserve::new(dir.path(), disk_reserve));
+    let health = HealthCheck::new(rx.clone(), disk.clone(), 3);
+    let tower = Tower::new(watcher, Arc::new(UserLocks::default()), rx, None, disk);
+    let settings = HttpSettings {
+        bodies: BodyLimits::for_blob_size(2048),
+        connections: ConnectionLimits {
+            max_connections: 16,
+            max_connections_per_ip: 4,
+            header_timeout: std::time::Duration::from_secs(10),
+            request_timeout: std::time::Duration::from_secs(30),
+        },
+        rates,
+        behind_proxy: false,
+    };
+    let admission = Arc::new(Admission::new(rates));
+    Harness { store, tower, chain, health, settings, admission, _dir: dir }
 }
 
 fn user_sk(n: u8) -> SecretKey {
@@ -62,6 +92,10 @@ fn user_id(n: u8) -> String {
 }
 
 impl Harness {
+    fn router(&self) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+        routes(self.tower.clone(), self.health.clone(), self.admission.clone(), self.settings)
+    }
+
     async fn raw(&self, method: &str, path: &str, body: &[u8], content_type: Option<&str>) -> (StatusCode, String) {
         let mut req = warp::test::request().method(method).path(path);
         if let Some(ct) = content_type {
@@ -70,7 +104,7 @@ impl Harness {
         if !body.is_empty() || method == "POST" {
             req = req.header("content-length", body.len().to_string()).body(body);
         }
-        let res = req.reply(&routes(self.tower.clone(), self.limits, false)).await;
+        let res = req.reply(&self.router()).await;
         (res.status(), String::from_utf8(res.body().to_vec()).unwrap())
     }
 
@@ -219,8 +253,7 @@ async fn transcript_register_errors() {
 #[tokio::test]
 async fn transcript_http_errors_are_json() {
     let h = harness();
-    let res =
-        warp::test::request().method("POST").path("/register").reply(&routes(h.tower.clone(), h.limits, false)).await;
+    let res = warp::test::request().method("POST").path("/register").reply(&h.router()).await;
     assert_eq!(res.status(), StatusCode::LENGTH_REQUIRED);
     assert_eq!(
         res.body().as_ref(),
@@ -410,7 +443,7 @@ async fn expired_users_get_code_7_and_can_renew() {
     let h = harness();
     h.register(1).await;
     assert_eq!(h.add(1, LOCATOR, "deadbeef", 42).await.0, StatusCode::OK);
-    h.height.send(600).unwrap();
+    h.chain.send_modify(|s| s.tip_height = 600);
     let expired = json!({"error": "Your subscription expired at 600", "error_code": 7});
     assert_eq!(h.add(1, LOCATOR, "deadbeef", 42).await, (StatusCode::UNAUTHORIZED, expired.clone()));
     assert_eq!(h.get(1, LOCATOR).await, (StatusCode::UNAUTHORIZED, expired.clone()));
@@ -568,7 +601,7 @@ async fn generated_requests_never_panic_and_always_answer_documented_codes() {
         if !rng.next().is_multiple_of(10) {
             req = req.header("content-length", body.len().to_string());
         }
-        let res = req.body(body).reply(&routes(h.tower.clone(), h.limits, false)).await;
+        let res = req.body(body).reply(&h.router()).await;
         if res.status() == StatusCode::OK {
             continue;
         }
@@ -578,4 +611,144 @@ async fn generated_requests_never_panic_and_always_answer_documented_codes() {
         assert!(documented.contains(&code), "undocumented code {code}: {value}");
         assert!(value["error"].is_string());
     }
+}
+
+fn limited_harness(rates: RateLimits, disk_reserve: u64, policy: Policy) -> Harness {
+    let store = Store::in_memory();
+    let signer = TowerSigner::new(SecretKey::from_slice(&[0x33; 32]).unwrap());
+    let responder = Arc::new(Responder::new(store.clone(), Arc::new(FakeBroadcaster::default()), 6));
+    let watcher = Watcher::new(store.clone(), Gatekeeper::new(store.clone(), policy).unwrap(), signer, responder);
+    harness_with(Arc::new(watcher), store, rates, disk_reserve)
+}
+
+#[tokio::test]
+async fn a_source_over_its_rate_limit_gets_429_with_code_7_and_when_to_retry() {
+    let rates = RateLimits { registrations_per_minute: 2, appointments_per_second: 1 };
+    let h = limited_harness(rates, 0, policy());
+    let from = |path: &str, body: Value, ip: &str| {
+        warp::test::request()
+            .method("POST")
+            .path(path)
+            .remote_addr(format!("{ip}:5000").parse().unwrap())
+            .header("content-type", "application/json")
+            .header("content-length", body.to_string().len().to_string())
+            .body(body.to_string())
+    };
+    for n in 1..=2 {
+        let res = from("/register", json!({ "user_id": user_id(n) }), "10.0.0.1").reply(&h.router()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let res = from("/register", json!({ "user_id": user_id(3) }), "10.0.0.1").reply(&h.router()).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body: Value = serde_json::from_slice(res.body()).unwrap();
+    assert_eq!(body["error_code"], 7, "the CLN plugin keeps and retries on code 7: {body}");
+    assert!(body["error"].as_str().unwrap().contains("try again in"), "{body}");
+    assert!(h.store.user(&UserId::from_str(&user_id(3)).unwrap()).unwrap().is_none(), "nothing done");
+    // Another source is not affected.
+    let res = from("/register", json!({ "user_id": user_id(3) }), "10.0.0.2").reply(&h.router()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // Appointment writes have their own allowance (a burst of 4 at 1 per second).
+    let statuses: Vec<StatusCode> = {
+        let mut out = Vec::new();
+        for i in 0..5u8 {
+            let locator = format!("{:02x}", i).repeat(16);
+            let appointment = Appointment {
+                locator: Locator::from_str(&locator).unwrap(),
+                encrypted_blob: vec![1; 100],
+                to_self_delay: 20,
+            };
+            let signature = sign_message(&appointment.signed_bytes(), &user_sk(1));
+            let body = json!({"appointment": {"locator": locator, "encrypted_blob": hex::encode([1u8; 100]), "to_self_delay": 20}, "signature": signature});
+            out.push(from("/add_appointment", body, "10.0.0.1").reply(&h.router()).await.status());
+        }
+        out
+    };
+    assert_eq!(statuses[..4], [StatusCode::OK; 4]);
+    assert_eq!(statuses[4], StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_renewal_past_the_slot_cap_is_refused_and_the_subscription_is_unchanged() {
+    let h = limited_harness(
+        RateLimits { registrations_per_minute: 0, appointments_per_second: 0 },
+        0,
+        Policy { max_slots_per_user: 50, ..policy() },
+    );
+    assert_eq!(h.register(1).await["available_slots"], 21);
+    assert_eq!(h.register(1).await["available_slots"], 42);
+    error(
+        h.post("/register", &json!({ "user_id": user_id(1) }).to_string()).await,
+        StatusCode::BAD_REQUEST,
+        "Subscription maximum slots count reached",
+        65,
+    );
+    assert_eq!(h.info(1).await.1["available_slots"], 42);
+}
+
+#[tokio::test]
+async fn a_full_tower_refuses_new_users_and_keeps_serving_the_registered_ones() {
+    let h = limited_harness(
+        RateLimits { registrations_per_minute: 0, appointments_per_second: 0 },
+        0,
+        Policy { max_users: 2, ..policy() },
+    );
+    h.register(1).await;
+    h.register(2).await;
+    error(
+        h.post("/register", &json!({ "user_id": user_id(3) }).to_string()).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The tower accepts no new users: it is full",
+        65,
+    );
+    assert_eq!(h.register(1).await["available_slots"], 42, "a renewal still works");
+    assert_eq!(h.add(2, LOCATOR, "00".repeat(100).as_str(), 20).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn below_the_disk_reserve_public_writes_are_refused_with_507_and_code_7_but_reads_work() {
+    let h = limited_harness(RateLimits { registrations_per_minute: 0, appointments_per_second: 0 }, u64::MAX, policy());
+    let refused = "the tower is low on disk space and takes no new data for now; try again later";
+    error(
+        h.post("/register", &json!({ "user_id": user_id(1) }).to_string()).await,
+        StatusCode::INSUFFICIENT_STORAGE,
+        refused,
+        7,
+    );
+    assert!(h.store.user(&UserId::from_str(&user_id(1)).unwrap()).unwrap().is_none());
+    let (status, body) = h.add(1, LOCATOR, "00".repeat(100).as_str(), 20).await;
+    assert_eq!((status, body["error_code"].as_u64()), (StatusCode::INSUFFICIENT_STORAGE, Some(7)));
+    // Reads still answer (this user is unknown: 401 as always).
+    assert_eq!(h.info(1).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn health_is_200_when_following_and_503_with_the_reason_when_behind() {
+    let h = harness();
+    let (status, body) = h.raw("GET", "/health", b"", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["ready"], true);
+    assert_eq!((report["tip_height"].as_u64(), report["bitcoind_height"].as_u64()), (Some(100), Some(100)));
+    h.chain.send_modify(|s| s.source_height = Some(110));
+    let (status, body) = h.raw("GET", "/health", b"", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["problems"], json!(["10 blocks behind bitcoind"]));
+    // Liveness stays liveness.
+    assert_eq!(h.raw("GET", "/ping", b"", None).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_unforeseen_rejection_says_nothing_of_the_routers_internals() {
+    #[derive(Debug)]
+    struct SecretInternals;
+    impl Reject for SecretInternals {}
+    let refusing = warp::any()
+        .and_then(|| async { Err::<Response, Rejection>(warp::reject::custom(SecretInternals)) })
+        .recover(rejection_reply);
+    let res = warp::test::request().reply(&refusing).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(res.body(), json!({"error": "Invalid request", "error_code": 6}).to_string().as_bytes());
 }

@@ -5,7 +5,6 @@
 //! before the commit replays the block, after it the block is done. After each block, and at every
 //! round, the listeners may ask to see recent blocks again (late appointments).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,9 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::check::check_block;
-use super::{BlockBatch, BlockSource, ChainError, ChainListener, ConnectedBlock, HeaderInfo, Revisit, SourceError};
+use super::{
+    BlockBatch, BlockSource, ChainError, ChainListener, ChainStatus, ConnectedBlock, HeaderInfo, Revisit, SourceError,
+};
 use crate::locks::UserLocks;
 use crate::store::{Batch, Store, StoreError};
 use crate::task::blocking;
@@ -43,25 +44,24 @@ pub struct ChainFollower {
     locks: Arc<UserLocks>,
     listeners: Arc<[Arc<dyn ChainListener>]>,
     settings: FollowerSettings,
-    height: watch::Sender<u32>,
-    reachable: Arc<AtomicBool>,
+    status: Arc<watch::Sender<ChainStatus>>,
     wake: Arc<Notify>,
 }
 
 impl ChainFollower {
     /// A follower reading `source`, showing blocks to `listeners` in this order, committing to
-    /// `store` and publishing heights on `height`.
+    /// `store` and publishing its progress on `status`.
     pub fn new(
         source: Arc<dyn BlockSource>,
         store: Store,
         locks: Arc<UserLocks>,
         listeners: Vec<Arc<dyn ChainListener>>,
         settings: FollowerSettings,
-        height: watch::Sender<u32>,
+        status: watch::Sender<ChainStatus>,
     ) -> Self {
-        let reachable = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Notify::new());
-        ChainFollower { source, store, locks, listeners: listeners.into(), settings, height, reachable, wake }
+        let status = Arc::new(status);
+        ChainFollower { source, store, locks, listeners: listeners.into(), settings, status, wake }
     }
 
     /// Wakes [`follow`](Self::follow) between polls (ZMQ notifications, late appointments).
@@ -69,9 +69,13 @@ impl ChainFollower {
         self.wake.clone()
     }
 
-    /// Whether the last exchange with the source succeeded (shared with the admin API).
-    pub fn reachable(&self) -> Arc<AtomicBool> {
-        self.reachable.clone()
+    /// The follower's progress, as it publishes it.
+    pub fn status(&self) -> watch::Receiver<ChainStatus> {
+        self.status.subscribe()
+    }
+
+    fn set_height(&self, height: u32) {
+        self.status.send_modify(|s| s.tip_height = height);
     }
 
     /// Waits until the source answers (with backoff, logging what it waits for) and checks its
@@ -86,11 +90,17 @@ impl ChainFollower {
                         return Err(ChainError::WrongNetwork { found: info.chain, expected: expected.to_string() });
                     }
                     tracing::info!(chain = info.chain, height = info.height, "connected to bitcoind");
-                    self.reachable.store(true, Ordering::Relaxed);
+                    self.status.send_modify(|s| {
+                        s.source_reachable = true;
+                        s.source_height = Some(info.height);
+                    });
                     return Ok(true);
                 }
                 Err(e) if e.is_transient() => {
-                    self.reachable.store(false, Ordering::Relaxed);
+                    self.status.send_modify(|s| {
+                        s.source_reachable = false;
+                        s.rounds += 1;
+                    });
                     tracing::warn!(error = %e, retry_in = ?delay, "waiting for bitcoind");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(false),
@@ -110,9 +120,12 @@ impl ChainFollower {
             return self.adopt_tip(best).await;
         };
         if best == tip_hash {
+            self.status.send_modify(|s| s.source_height = Some(s.tip_height));
             return Ok(());
         }
         let (fork_height, new_headers) = self.path_to(best).await?;
+        let best_height = new_headers.first().map_or(fork_height, |h| h.height);
+        self.status.send_modify(|s| s.source_height = Some(best_height));
         self.disconnect_down_to(fork_height).await?;
         for header in new_headers.iter().rev() {
             self.connect(header).await?;
@@ -123,11 +136,18 @@ impl ChainFollower {
     }
 
     /// Polls for new tips until `shutdown` fires, and syncs at once when [`waker`](Self::waker)
-    /// is notified; polling stays the fallback. Outages of the source are logged and waited out.
-    pub async fn follow(self, interval: Duration, shutdown: CancellationToken) {
+    /// is notified; polling stays the fallback. Outages of the source are logged and waited out;
+    /// any other failure is logged at every round and retried. If the store keeps failing for
+    /// `store_failure_exit` (a full disk, say), it returns the failure, for the daemon to exit
+    /// non-zero and be restarted.
+    pub async fn follow(
+        self,
+        interval: Duration,
+        store_failure_exit: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<(), ChainError> {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reachable = true;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -135,23 +155,46 @@ impl ChainFollower {
                 _ = self.wake.notified() => {}
             }
             let result = self.sync_round().await;
-            self.reachable.store(!matches!(&result, Err(e) if e.is_transient()), Ordering::Relaxed);
-            match result {
-                Ok(()) if !reachable => {
-                    tracing::info!("bitcoind is reachable again");
-                    reachable = true;
+            let failing_since = self.record_round(&result);
+            if let (Err(e), Some(since)) = (result, failing_since) {
+                if since.elapsed() >= store_failure_exit {
+                    tracing::error!(error = %e, failing_for = ?since.elapsed(), "the store has failed for too long: stopping");
+                    return Err(e);
                 }
-                Ok(()) => {}
-                Err(e) if e.is_transient() => {
-                    if reachable {
-                        tracing::warn!(error = %e, "bitcoind unreachable; appointments are still accepted");
-                    }
-                    reachable = false;
-                }
-                Err(e) => tracing::error!(error = %e, "chain sync failed; retrying at the next poll"),
             }
         }
         tracing::info!("chain follower stopped");
+        Ok(())
+    }
+
+    /// Publishes and logs how a round went; returns since when the store has been failing.
+    fn record_round(&self, result: &Result<(), ChainError>) -> Option<tokio::time::Instant> {
+        let was_reachable = self.status.borrow().source_reachable;
+        match result {
+            Ok(()) if !was_reachable => tracing::info!("bitcoind is reachable again"),
+            Ok(()) => {}
+            Err(e) if e.is_transient() => {
+                if was_reachable {
+                    tracing::warn!(error = %e, "bitcoind unreachable; appointments are still accepted");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "chain sync failed; retrying at the next poll"),
+        }
+        let mut failing_since = None;
+        self.status.send_modify(|s| {
+            s.rounds += 1;
+            s.source_reachable = !matches!(result, Err(e) if e.is_transient());
+            s.store_failing_since = match result {
+                Err(ChainError::Store(_)) => Some(s.store_failing_since.unwrap_or_else(tokio::time::Instant::now)),
+                _ => None,
+            };
+            s.last_error = match result {
+                Err(e) if !e.is_transient() => Some(e.to_string()),
+                _ => None,
+            };
+            failing_since = s.store_failing_since;
+        });
+        failing_since
     }
 
     /// One round: sync to the best block, then show the listeners the recent blocks they asked
@@ -180,7 +223,7 @@ impl ChainFollower {
         })
         .await?;
         tracing::info!(height = header.height, hash = %best, "fresh start: following the chain from bitcoind's tip");
-        self.height.send_replace(header.height);
+        self.set_height(header.height);
         Ok(())
     }
 
@@ -214,7 +257,7 @@ impl ChainFollower {
             }
             self.blocking(move |me| me.disconnect_tip(height)).await?;
             tracing::warn!(height, %hash, "block disconnected (reorg)");
-            self.height.send_replace(height - 1);
+            self.set_height(height - 1);
         }
     }
 
@@ -262,7 +305,7 @@ impl ChainFollower {
             commit_ms = ms(times.commit),
             "block connected"
         );
-        self.height.send_replace(height);
+        self.set_height(height);
         Ok(())
     }
 
@@ -325,7 +368,7 @@ impl ChainFollower {
             let wanted = self.blocking(move |_| listener.blocks_to_revisit(REVISITS_PER_ROUND)).await?;
             for revisit in wanted {
                 let block = self.revisited_block(revisit).await?;
-                let tip = *self.height.borrow();
+                let tip = self.status.borrow().tip_height;
                 self.blocking(move |me| {
                     let mut batch = BlockBatch::new(&me.locks);
                     me.listeners[index].revisit(revisit, block.as_ref(), tip, &mut batch)?;

@@ -74,3 +74,55 @@ async fn the_recent_window_keeps_only_the_last_lookback_blocks() {
     assert!(s.store.recent_blocks_below(10 - lookback + 1).is_empty());
     assert_eq!(s.store.recent_blocks_below(11).len() as u32, lookback);
 }
+
+#[tokio::test]
+async fn a_store_that_fails_is_reported_and_a_round_that_succeeds_clears_it() {
+    let chain = Arc::new(FakeChain::new());
+    let s = Scene::new(chain.clone()).await;
+    chain.mine_empty(1);
+    s.kv.set_failing(true);
+    let result = s.follower.sync_round().await;
+    s.follower.record_round(&result);
+    let status = s.follower.status().borrow().clone();
+    assert!(status.store_failing_since.is_some() && status.source_reachable, "{status:?}");
+    assert!(status.last_error.as_deref().is_some_and(|e| e.contains("injected write failure")), "{status:?}");
+    assert_eq!((status.tip_height, status.source_height), (0, Some(1)), "behind, and known to be");
+
+    s.kv.set_failing(false);
+    let result = s.follower.sync_round().await;
+    s.follower.record_round(&result);
+    let status = s.follower.status().borrow().clone();
+    assert_eq!((status.store_failing_since, status.last_error, status.tip_height), (None, None, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_follower_gives_up_once_the_store_has_failed_for_the_set_time() {
+    let chain = Arc::new(FakeChain::new());
+    let s = Scene::new(chain.clone()).await;
+    chain.mine_empty(1);
+    s.kv.set_failing(true);
+    let started = tokio::time::Instant::now();
+    let stop = CancellationToken::new();
+    let ended = s.follower.clone().follow(Duration::from_secs(1), Duration::from_secs(30), stop).await;
+    assert!(matches!(ended, Err(ChainError::Store(_))), "{ended:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(30) && waited < Duration::from_secs(33), "{waited:?}");
+    assert!(s.follower.status().borrow().rounds >= 30);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_that_stays_away_never_makes_the_follower_give_up() {
+    let chain = Arc::new(FakeChain::new());
+    let s = Scene::new(chain.clone()).await;
+    chain.set_down(true);
+    let stop = CancellationToken::new();
+    let follow = tokio::spawn(s.follower.clone().follow(Duration::from_secs(1), Duration::from_secs(5), stop.clone()));
+    let mut status = s.follower.status();
+    while status.borrow().rounds < 20 {
+        status.changed().await.unwrap();
+    }
+    assert!(!follow.is_finished());
+    assert!(!status.borrow().source_reachable);
+    stop.cancel();
+    assert!(follow.await.unwrap().is_ok());
+}

@@ -14,12 +14,14 @@
 mod block;
 mod check;
 pub mod follower;
+mod status;
 
 use async_trait::async_trait;
 use bitcoin::{Block, BlockHash, Transaction};
 
 pub use block::{BlockBatch, ConnectedBlock};
 pub use follower::ChainFollower;
+pub use status::ChainStatus;
 
 use crate::store::StoreError;
 use crate::task::TaskFailed;

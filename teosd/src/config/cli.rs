@@ -104,6 +104,54 @@ pub struct Cli {
     #[arg(long = "rebroadcastafter", env = "TEOS_REBROADCAST_AFTER", value_name = "BLOCKS")]
     pub rebroadcast_after: Option<u32>,
 
+    /// Connections open at once on the public API; more are closed on arrival [default: 512].
+    #[arg(long = "httpmaxconnections", env = "TEOS_HTTP_MAX_CONNECTIONS", value_name = "N")]
+    pub http_max_connections: Option<usize>,
+
+    /// Of those, from one source address (0: no cap) [default: 32].
+    #[arg(long = "httpmaxconnectionsperip", env = "TEOS_HTTP_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub http_max_connections_per_ip: Option<usize>,
+
+    /// Seconds a connection has to send a request head, once open or after its last answer
+    /// (the header-read and idle keep-alive timeout) [default: 10].
+    #[arg(long = "httpheadertimeout", env = "TEOS_HTTP_HEADER_TIMEOUT", value_name = "SECS")]
+    pub http_header_timeout_secs: Option<u64>,
+
+    /// Seconds a whole request (head, body, answer) may take [default: 30].
+    #[arg(long = "httprequesttimeout", env = "TEOS_HTTP_REQUEST_TIMEOUT", value_name = "SECS")]
+    pub http_request_timeout_secs: Option<u64>,
+
+    /// Registrations per source address per minute (0: no limit) [default: 10].
+    #[arg(long = "registrationsperminute", env = "TEOS_REGISTRATIONS_PER_MINUTE", value_name = "N")]
+    pub registrations_per_minute: Option<u32>,
+
+    /// Appointment writes per source address per second, with bursts of 4x (0: no limit)
+    /// [default: 50].
+    #[arg(long = "appointmentspersecond", env = "TEOS_APPOINTMENTS_PER_SECOND", value_name = "N")]
+    pub appointments_per_second: Option<u32>,
+
+    /// Slots one user may hold; a renewal that would pass it is refused [default: 100000].
+    #[arg(long = "maxslotsperuser", env = "TEOS_MAX_SLOTS_PER_USER", value_name = "N")]
+    pub max_slots_per_user: Option<u32>,
+
+    /// Registered users at most; new users are refused beyond it [default: 1000000].
+    #[arg(long = "maxusers", env = "TEOS_MAX_USERS", value_name = "N")]
+    pub max_users: Option<u64>,
+
+    /// Free space (MiB) the data directory keeps for the chain: public writes are refused below
+    /// it [default: 512].
+    #[arg(long = "diskreservemib", env = "TEOS_DISK_RESERVE_MIB", value_name = "MIB")]
+    pub disk_reserve_mib: Option<u64>,
+
+    /// Seconds block commits may keep failing before teosd exits non-zero, for systemd to
+    /// restart it [default: 600].
+    #[arg(long = "commitfailureexit", env = "TEOS_COMMIT_FAILURE_EXIT", value_name = "SECS")]
+    pub commit_failure_exit_secs: Option<u64>,
+
+    /// Blocks behind bitcoind beyond which /health reports the tower not ready [default: 3].
+    #[arg(long = "maxblocksbehind", env = "TEOS_MAX_BLOCKS_BEHIND", value_name = "BLOCKS")]
+    pub max_blocks_behind: Option<u32>,
+
     /// RocksDB block cache in MiB [default: 32].
     #[arg(long = "dbcachemib", env = "TEOS_DB_CACHE_MIB", value_name = "MIB")]
     pub db_cache_mib: Option<usize>,

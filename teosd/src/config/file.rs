@@ -33,6 +33,17 @@ pub(super) struct FileConfig {
     pub recent_block_lookback: Option<u32>,
     pub rebroadcast_after: Option<u32>,
     pub db_cache_mib: Option<usize>,
+    pub http_max_connections: Option<usize>,
+    pub http_max_connections_per_ip: Option<usize>,
+    pub http_header_timeout_secs: Option<u64>,
+    pub http_request_timeout_secs: Option<u64>,
+    pub registrations_per_minute: Option<u32>,
+    pub appointments_per_second: Option<u32>,
+    pub max_slots_per_user: Option<u32>,
+    pub max_users: Option<u64>,
+    pub disk_reserve_mib: Option<u64>,
+    pub commit_failure_exit_secs: Option<u64>,
+    pub max_blocks_behind: Option<u32>,
     pub debug: Option<bool>,
     pub deps_debug: Option<bool>,
     pub log_format: Option<String>,
@@ -58,8 +69,27 @@ impl FileConfig {
         }
     }
 
+    /// Parses the file's text. An error names the line, the column and what was wrong, but never
+    /// quotes the file: its line may hold `btc_rpc_password`, and so may the parser's message
+    /// (which can repeat a value), which is then left out too.
     pub fn parse(text: &str) -> Result<FileConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        toml::from_str(text).map_err(|e| {
+            let Some(span) = e.span() else { return e.message().to_string() };
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            let line_text = text.lines().nth(line - 1).unwrap_or("");
+            let key = line_text.split('=').next().unwrap_or("").trim();
+            let at = match key.len() {
+                1..=64 if !key.contains(char::is_whitespace) => format!("line {line}, column {column} (`{key}`)"),
+                _ => format!("line {line}, column {column}"),
+            };
+            if line_text.contains("password") {
+                format!("{at}: invalid entry (the line holds a password: not shown)")
+            } else {
+                format!("{at}: {}", e.message())
+            }
+        })
     }
 
     /// One warning per reference-tower key that is ignored here.

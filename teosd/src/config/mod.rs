@@ -129,6 +129,34 @@ pub struct Policy {
     pub recent_block_lookback: u32,
     /// Blocks without a confirmation after which a penalty is sent again.
     pub rebroadcast_after: u32,
+    /// Slots one user may hold: a renewal that would pass it is refused.
+    pub max_slots_per_user: u32,
+    /// Registered users at most: new users are refused beyond it.
+    pub max_users: u64,
+}
+
+/// What strangers on the public API may make the tower spend, and when it calls itself unready
+/// (docs/operations.md, "Running a public tower").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once on the public API.
+    pub max_connections: usize,
+    /// Of those, from one source address (0: no cap).
+    pub max_connections_per_ip: usize,
+    /// Time a connection has to send a request head, once open or after its last answer.
+    pub header_timeout: Duration,
+    /// Time a whole request (head, body, answer) may take.
+    pub request_timeout: Duration,
+    /// Registrations per source per minute (0: no limit).
+    pub registrations_per_minute: u32,
+    /// Appointment writes per source per second, bursts of 4x (0: no limit).
+    pub appointments_per_second: u32,
+    /// Free bytes the data directory keeps for the chain.
+    pub disk_reserve_bytes: u64,
+    /// How long block commits may keep failing before teosd exits non-zero.
+    pub commit_failure_exit: Duration,
+    /// Blocks behind bitcoind beyond which the tower is not ready.
+    pub max_blocks_behind: u32,
 }
 
 /// Log output settings.
@@ -159,6 +187,8 @@ pub struct Config {
     pub behind_proxy: bool,
     /// Subscription and appointment policy.
     pub policy: Policy,
+    /// Resource limits of the public API and health thresholds.
+    pub limits: Limits,
     /// Rotate the tower key at start (old keys are kept).
     pub overwrite_key: bool,
     /// RocksDB block cache, in MiB.
@@ -182,9 +212,18 @@ impl Config {
             Some(dir) => dir.clone(),
             None => default_data_dir()?,
         };
-        let file = FileConfig::read(&data_dir.join(CONFIG_FILE_NAME))?;
+        let path = data_dir.join(CONFIG_FILE_NAME);
+        let file = FileConfig::read(&path)?;
+        let exposed = file.btc_rpc_password.is_some() && readable_by_others(&path);
         let password_env = std::env::var("TEOS_BTC_RPC_PASSWORD").ok();
-        Config::build(data_dir, cli, file, password_env)
+        let mut config = Config::build(data_dir, cli, file, password_env)?;
+        if exposed {
+            config.warnings.push(format!(
+                "{} holds btc_rpc_password and other users can read it: chmod 600 it (or use the cookie)",
+                path.display()
+            ));
+        }
+        Ok(config)
     }
 
     fn build(
@@ -209,6 +248,7 @@ impl Config {
         let rpc_bind = pick(&cli.rpc_bind, &file.rpc_bind, "127.0.0.1".to_string());
         let rpc_port = pick(&cli.rpc_port, &file.rpc_port, 8814);
         let policy = policy(cli, &file)?;
+        let limits = limits(cli, &file)?;
         Config {
             data_dir,
             network,
@@ -217,6 +257,7 @@ impl Config {
             admin_grpc_addr: socket_addr("rpc_bind", &rpc_bind, rpc_port)?,
             behind_proxy: cli.behind_proxy || file.behind_proxy.unwrap_or(false),
             policy,
+            limits,
             overwrite_key: cli.overwrite_key,
             db_cache_mib: pick(&cli.db_cache_mib, &file.db_cache_mib, 32),
             log: LogConfig {
@@ -266,6 +307,18 @@ impl Config {
             self.bitcoind.zmq_rawblock.as_deref().unwrap_or("off"),
         )
     }
+}
+
+/// Whether users other than the file's owner may read `path`.
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_: &Path) -> bool {
+    false
 }
 
 /// Flags (with their environment variables) beat the file, which beats the default.
@@ -388,7 +441,21 @@ fn policy(cli: &Cli, file: &FileConfig) -> Result<Policy, ConfigError> {
         max_blob_size: pick(&cli.max_blob_size, &file.max_blob_size, 2048),
         recent_block_lookback: pick(&cli.recent_block_lookback, &file.recent_block_lookback, 100),
         rebroadcast_after: pick(&cli.rebroadcast_after, &file.rebroadcast_after, 6),
+        max_slots_per_user: pick(&cli.max_slots_per_user, &file.max_slots_per_user, 100_000),
+        max_users: pick(&cli.max_users, &file.max_users, 1_000_000),
     };
+    if policy.max_slots_per_user < policy.subscription_slots {
+        return Err(invalid(
+            "max_slots_per_user",
+            format!(
+                "{} is below subscription_slots ({}): no registration could succeed",
+                policy.max_slots_per_user, policy.subscription_slots
+            ),
+        ));
+    }
+    if policy.max_users == 0 {
+        return Err(invalid("max_users", "must be at least 1"));
+    }
     if policy.subscription_slots == 0 {
         return Err(invalid("subscription_slots", "must be at least 1"));
     }
@@ -402,6 +469,44 @@ fn policy(cli: &Cli, file: &FileConfig) -> Result<Policy, ConfigError> {
         return Err(invalid("rebroadcast_after", "must be at least 1 block"));
     }
     Ok(policy)
+}
+
+fn limits(cli: &Cli, file: &FileConfig) -> Result<Limits, ConfigError> {
+    let secs = |key: &'static str, flag: &Option<u64>, file: &Option<u64>, default: u64| match pick(flag, file, default)
+    {
+        0 => Err(invalid(key, "must be at least 1 second")),
+        secs => Ok(Duration::from_secs(secs)),
+    };
+    let limits = Limits {
+        max_connections: pick(&cli.http_max_connections, &file.http_max_connections, 512),
+        max_connections_per_ip: pick(&cli.http_max_connections_per_ip, &file.http_max_connections_per_ip, 32),
+        header_timeout: secs(
+            "http_header_timeout_secs",
+            &cli.http_header_timeout_secs,
+            &file.http_header_timeout_secs,
+            10,
+        )?,
+        request_timeout: secs(
+            "http_request_timeout_secs",
+            &cli.http_request_timeout_secs,
+            &file.http_request_timeout_secs,
+            30,
+        )?,
+        registrations_per_minute: pick(&cli.registrations_per_minute, &file.registrations_per_minute, 10),
+        appointments_per_second: pick(&cli.appointments_per_second, &file.appointments_per_second, 50),
+        disk_reserve_bytes: pick(&cli.disk_reserve_mib, &file.disk_reserve_mib, 512).saturating_mul(1 << 20),
+        commit_failure_exit: secs(
+            "commit_failure_exit_secs",
+            &cli.commit_failure_exit_secs,
+            &file.commit_failure_exit_secs,
+            600,
+        )?,
+        max_blocks_behind: pick(&cli.max_blocks_behind, &file.max_blocks_behind, 3),
+    };
+    if limits.max_connections == 0 {
+        return Err(invalid("http_max_connections", "must be at least 1"));
+    }
+    Ok(limits)
 }
 
 fn socket_addr(key: &'static str, host: &str, port: u16) -> Result<SocketAddr, ConfigError> {

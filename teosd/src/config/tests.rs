@@ -81,6 +81,30 @@ fn malformed_file_is_an_error() {
 }
 
 #[test]
+fn a_parse_error_names_the_line_but_never_shows_a_password() {
+    let err = build(&[], "btc_network = \"regtest\"\nbtc_rpc_password = \"hunter2\n", None).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("line 2") && !text.contains("hunter2"), "{text}");
+    let err = build(&[], "btc_rpc_password = 31337\n", None).unwrap_err();
+    assert!(!err.to_string().contains("31337"), "{err}");
+    let err = build(&[], "api_port = \"ninety\"\n", None).unwrap_err();
+    assert!(err.to_string().contains("line 1"), "{err}");
+}
+
+#[test]
+fn a_password_file_readable_by_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(CONFIG_FILE_NAME);
+    std::fs::write(&path, "btc_rpc_user = \"alice\"\nbtc_rpc_password = \"hunter2\"\n").unwrap();
+    let load = || Config::load(&cli(&["--datadir", dir.path().to_str().unwrap()])).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(load().warnings.iter().any(|w| w.contains("chmod 600")), "{:?}", load().warnings);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(load().warnings.is_empty());
+}
+
+#[test]
 fn reference_only_keys_warn() {
     let config = build(&[], "internal_api_bind = \"127.0.0.1\"\ninternal_api_port = 50051\n", None).unwrap();
     assert_eq!(config.warnings.len(), 2);

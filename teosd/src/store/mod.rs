@@ -12,7 +12,7 @@ mod rocks;
 mod trackers;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bitcoin::hashes::Hash;
@@ -176,7 +176,7 @@ impl Batch {
 pub struct Store {
     kv: Arc<dyn Kv>,
     recent: Arc<recent::RecentIndex>,
-    next_user_number: Arc<AtomicU32>,
+    next_user_number: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -205,14 +205,19 @@ impl Store {
             None => return Err(StoreError::MissingSchemaVersion),
         }
         let recent = Arc::new(recent::RecentIndex::load(kv.as_ref())?);
-        let next_user_number = Arc::new(AtomicU32::new(highest_user_number(kv.as_ref())?.map_or(1, |n| n + 1)));
+        let next_user_number =
+            Arc::new(AtomicU64::new(highest_user_number(kv.as_ref())?.map_or(1, |n| u64::from(n) + 1)));
         Ok(Store { kv, recent, next_user_number })
     }
 
-    /// A number for a new user, never given to a user that is stored. (A removed user's number
-    /// may be given again after a restart: nothing refers to it by then.)
-    pub fn new_user_number(&self) -> u32 {
-        self.next_user_number.fetch_add(1, Ordering::Relaxed)
+    /// A number for a new user, never given to a user that is stored (a removed user's number
+    /// may be given again after a restart: nothing refers to it by then). `None` once the 32-bit
+    /// numbers are used up: they never wrap.
+    pub fn new_user_number(&self) -> Option<u32> {
+        let next = self
+            .next_user_number
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n <= u64::from(u32::MAX)).then_some(n + 1));
+        next.ok().and_then(|n| u32::try_from(n).ok())
     }
 
     /// The user with `number`.

@@ -403,7 +403,7 @@ fn user_numbers_resume_above_the_highest_stored() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let store = Store::open(&path, 8).unwrap();
-    assert_eq!(store.new_user_number(), 1);
+    assert_eq!(store.new_user_number(), Some(1));
     let mut batch = store.batch();
     for (n, number) in [(1u8, 7u32), (2, 70_000), (3, 12)] {
         batch.put_user(&user(n), None, &UserRecord { number, ..record(1, 600) });
@@ -412,8 +412,8 @@ fn user_numbers_resume_above_the_highest_stored() {
     assert_eq!(store.user_by_number(70_000).unwrap(), Some(user(2)));
     drop(store);
     let store = Store::open(&path, 8).unwrap();
-    assert_eq!(store.new_user_number(), 70_001);
-    assert_eq!(store.new_user_number(), 70_002);
+    assert_eq!(store.new_user_number(), Some(70_001));
+    assert_eq!(store.new_user_number(), Some(70_002));
     // A removed user's number goes with it.
     let mut batch = store.batch();
     batch.delete_user(&user(3), &UserRecord { number: 12, ..record(1, 600) });
@@ -424,4 +424,9 @@ fn user_numbers_resume_above_the_highest_stored() {
     batch.put_user(&user(1), None, &UserRecord { number: u32::MAX - 1, ..record(1, 600) });
     memory.commit(batch).unwrap();
     assert_eq!(super::highest_user_number(memory.kv.as_ref()).unwrap(), Some(u32::MAX - 1));
+    // Reopened at the top of the range: one number is left, then none; they never wrap to 0.
+    let memory = Store::with_kv(memory.kv.clone()).unwrap();
+    assert_eq!(memory.new_user_number(), Some(u32::MAX));
+    assert_eq!(memory.new_user_number(), None);
+    assert_eq!(memory.new_user_number(), None);
 }

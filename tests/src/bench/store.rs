@@ -70,7 +70,7 @@ pub fn fill(datadir: &Path, n: usize, seed: u64) -> Result<Duration> {
             available_slots: 10_000 - count as u32,
             subscription_start: tip,
             subscription_expiry: tip + 4320,
-            number: store.new_user_number(),
+            number: store.new_user_number().ok_or_else(|| anyhow!("user numbers exhausted"))?,
         };
         batch.put_user(&user, None, &record);
         for _ in 0..count {
