@@ -100,6 +100,28 @@ async fn half_open_connections_beyond_the_caps_are_closed_and_honest_clients_sti
         }
         assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
 
+        // From many addresses at once, past the total cap: the newest evict the longest idle, and
+        // an honest client still gets its receipt.
+        let mut swarm = Vec::new();
+        for source in 10..20 {
+            for _ in 0..16 {
+                let mut stream = connect_from(&format!("127.0.0.{source}"), &tower.api_url).await;
+                let _ = stream.write_all(b"POST /add_appointment HTTP/1.1\r\nHost: x\r\n").await;
+                swarm.push(stream);
+            }
+        }
+        let (dispute, penalty) = channel(&bitcoind, &mut funding, 2).await;
+        let (status, receipt) = user.add_appointment(&dispute.compute_txid(), &penalty).await;
+        assert_eq!(status, 200, "{receipt}");
+        let mut evicted = 0;
+        for stream in swarm.iter_mut() {
+            if closed_within(stream, Duration::from_millis(100)).await {
+                evicted += 1;
+            }
+        }
+        assert!(evicted >= 160 - 64, "{evicted} of 160 closed to stay within 64");
+        drop(swarm);
+
         // A keep-alive connection that goes quiet after its answer is closed too.
         let mut idle = connect_from("127.0.0.3", &tower.api_url).await;
         idle.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();

@@ -1,9 +1,14 @@
 //! The public API's connections. Our own accept loop over hyper (the one warp 0.4 uses), so that
 //! what a stranger can hold is bounded:
 //!
-//! - at most `max_connections` open at once, and `max_connections_per_ip` from one address (not
-//!   applied behind a proxy, where every connection comes from the proxy); a connection over a cap
-//!   is closed as soon as it is accepted, without a byte read;
+//! - at most `max_connections_per_ip` from one address (not applied behind a proxy, where every
+//!   connection comes from the proxy): one more is closed as soon as it is accepted, without a
+//!   byte read;
+//! - at most `max_connections` open at once. At the cap, a new connection takes the place of the
+//!   one that has waited longest without a request in progress (an idle keep-alive, or a client
+//!   still dribbling its request head), which is closed; only when every connection is busy is the
+//!   new one closed instead. So attackers holding connections open from many addresses evict one
+//!   another, not the clients that are actually sending requests;
 //! - a request head must arrive within `header_timeout` of the connection opening or of its last
 //!   answer (hyper's header-read timer also runs while a keep-alive connection idles), else the
 //!   connection is closed;
@@ -17,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -46,11 +51,42 @@ pub struct ConnectionLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// Open connections, in all and by address.
+/// One open connection, as the caps see it.
+#[derive(Debug)]
+struct Connection {
+    ip: IpAddr,
+    /// Requests being answered.
+    busy: usize,
+    /// When it opened, or last finished a request.
+    idle_since: Instant,
+    /// Closes it (when it is evicted).
+    close: CancellationToken,
+}
+
+/// Open connections, by id and by address.
 #[derive(Debug, Default)]
 struct Occupancy {
-    total: usize,
+    connections: HashMap<u64, Connection>,
     by_ip: HashMap<IpAddr, usize>,
+    next_id: u64,
+}
+
+impl Occupancy {
+    fn remove(&mut self, id: u64) -> Option<Connection> {
+        let connection = self.connections.remove(&id)?;
+        if let Some(count) = self.by_ip.get_mut(&connection.ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_ip.remove(&connection.ip);
+            }
+        }
+        Some(connection)
+    }
+
+    /// The connection idle the longest, if any is idle.
+    fn longest_idle(&self) -> Option<u64> {
+        self.connections.iter().filter(|(_, c)| c.busy == 0).min_by_key(|(_, c)| c.idle_since).map(|(id, _)| *id)
+    }
 }
 
 /// Hands out a [`Slot`] per connection while the caps allow.
@@ -65,32 +101,58 @@ struct Slots {
 #[derive(Debug)]
 struct Slot {
     slots: Arc<Slots>,
-    ip: IpAddr,
+    id: u64,
+    close: CancellationToken,
 }
 
 impl Slots {
+    fn new(max_total: usize, max_per_ip: usize) -> Arc<Slots> {
+        Arc::new(Slots { occupancy: Mutex::default(), max_total, max_per_ip })
+    }
+
+    fn occupancy(&self) -> std::sync::MutexGuard<'_, Occupancy> {
+        self.occupancy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a connection from `ip`, evicting the longest-idle connection at the total cap;
+    /// `None` if `ip` is at its own cap, or every connection is busy.
     fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        let mut occupancy = self.occupancy.lock().unwrap_or_else(|p| p.into_inner());
+        let mut occupancy = self.occupancy();
         let from_ip = occupancy.by_ip.get(&ip).copied().unwrap_or(0);
-        if occupancy.total >= self.max_total || (self.max_per_ip > 0 && from_ip >= self.max_per_ip) {
+        if self.max_per_ip > 0 && from_ip >= self.max_per_ip {
             return None;
         }
-        occupancy.total += 1;
-        occupancy.by_ip.insert(ip, from_ip + 1);
-        Some(Slot { slots: self.clone(), ip })
+        if occupancy.connections.len() >= self.max_total {
+            let victim = occupancy.longest_idle()?;
+            if let Some(evicted) = occupancy.remove(victim) {
+                evicted.close.cancel();
+            }
+        }
+        let id = occupancy.next_id;
+        occupancy.next_id += 1;
+        let close = CancellationToken::new();
+        let connection = Connection { ip, busy: 0, idle_since: Instant::now(), close: close.clone() };
+        occupancy.connections.insert(id, connection);
+        *occupancy.by_ip.entry(ip).or_default() += 1;
+        Some(Slot { slots: self.clone(), id, close })
+    }
+
+    /// Marks connection `id` busy (a request arrived) or idle again (`busy = false`).
+    fn mark(&self, id: u64, busy: bool) {
+        if let Some(connection) = self.occupancy().connections.get_mut(&id) {
+            if busy {
+                connection.busy += 1;
+            } else {
+                connection.busy = connection.busy.saturating_sub(1);
+                connection.idle_since = Instant::now();
+            }
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut occupancy = self.slots.occupancy.lock().unwrap_or_else(|p| p.into_inner());
-        occupancy.total -= 1;
-        if let Some(count) = occupancy.by_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                occupancy.by_ip.remove(&self.ip);
-            }
-        }
+        self.slots.occupancy().remove(self.id);
     }
 }
 
@@ -106,7 +168,7 @@ pub async fn serve<F>(
     F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
     let per_ip = if behind_proxy { 0 } else { limits.max_connections_per_ip };
-    let slots = Arc::new(Slots { occupancy: Mutex::default(), max_total: limits.max_connections, max_per_ip: per_ip });
+    let slots = Slots::new(limits.max_connections, per_ip);
     let graceful = GracefulShutdown::new();
     let mut refused = 0u64;
     loop {
@@ -131,14 +193,24 @@ pub async fn serve<F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TimedService { inner: warp::service(routes.clone()), peer, timeout: limits.request_timeout };
+        let service = TimedService {
+            inner: warp::service(routes.clone()),
+            peer,
+            timeout: limits.request_timeout,
+            slots: slots.clone(),
+            id: slot.id,
+        };
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
         let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "public API: connection ended with an error");
+            tokio::select! {
+                // Evicted: dropping the connection closes it.
+                _ = slot.close.cancelled() => tracing::debug!(%peer, "public API: idle connection evicted"),
+                ended = connection => if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "public API: connection ended with an error");
+                },
             }
             drop(slot);
         });
@@ -147,13 +219,15 @@ pub async fn serve<F>(
     graceful.shutdown().await;
 }
 
-/// warp's service with the peer's address added to each request and the request timeout around
-/// each answer.
+/// warp's service with the peer's address added to each request, the request timeout around each
+/// answer, and the connection marked busy while it answers.
 #[derive(Debug, Clone)]
 struct TimedService<S> {
     inner: S,
     peer: SocketAddr,
     timeout: Duration,
+    slots: Arc<Slots>,
+    id: u64,
 }
 
 impl<S> Service<hyper::Request<Incoming>> for TimedService<S>
@@ -172,15 +246,18 @@ where
     fn call(&mut self, mut request: hyper::Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(PeerAddr(self.peer));
         let answer = self.inner.call(request);
-        let (timeout, peer) = (self.timeout, self.peer);
+        let (timeout, peer, slots, id) = (self.timeout, self.peer, self.slots.clone(), self.id);
+        slots.mark(id, true);
         Box::pin(async move {
-            match tokio::time::timeout(timeout, answer).await {
+            let answer = match tokio::time::timeout(timeout, answer).await {
                 Ok(answer) => answer,
                 Err(_) => {
                     tracing::debug!(%peer, ?timeout, "public API: request timed out");
                     Ok(super::http::request_timeout_reply())
                 }
-            }
+            };
+            slots.mark(id, false);
+            answer
         })
     }
 }
@@ -189,19 +266,40 @@ where
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn slots_cap_connections_in_all_and_per_address_and_come_back_when_dropped() {
-        let slots = Arc::new(Slots { occupancy: Mutex::default(), max_total: 3, max_per_ip: 2 });
-        let (a, b, c): (IpAddr, IpAddr, IpAddr) =
-            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
-        let a1 = slots.take(a).expect("first from a");
-        let _a2 = slots.take(a).expect("second from a");
-        assert!(slots.take(a).is_none(), "a third from one address");
-        let _b1 = slots.take(b).expect("first from b");
-        assert!(slots.take(c).is_none(), "over the total");
+    fn a_connection_over_its_address_cap_is_refused_and_places_come_back_when_dropped() {
+        let slots = Slots::new(10, 2);
+        let a1 = slots.take(ip("10.0.0.1")).expect("first from a");
+        let _a2 = slots.take(ip("10.0.0.1")).expect("second from a");
+        assert!(slots.take(ip("10.0.0.1")).is_none(), "a third from one address");
         drop(a1);
-        let _c1 = slots.take(c).expect("a place came back");
-        let occupancy = slots.occupancy.lock().unwrap();
-        assert_eq!((occupancy.total, occupancy.by_ip.get(&a)), (3, Some(&1)));
+        let _a3 = slots.take(ip("10.0.0.1")).expect("a place came back");
+        assert_eq!(slots.occupancy().by_ip.get(&ip("10.0.0.1")), Some(&2));
+    }
+
+    #[test]
+    fn at_the_total_cap_the_longest_idle_connection_makes_room_and_busy_ones_are_kept() {
+        let slots = Slots::new(3, 0);
+        let oldest = slots.take(ip("10.0.0.1")).unwrap();
+        let busy = slots.take(ip("10.0.0.2")).unwrap();
+        let newer = slots.take(ip("10.0.0.3")).unwrap();
+        slots.mark(busy.id, true);
+        let _fourth = slots.take(ip("10.0.0.4")).expect("room made");
+        assert!(oldest.close.is_cancelled(), "the longest idle is closed");
+        assert!(!busy.close.is_cancelled() && !newer.close.is_cancelled());
+        assert_eq!(slots.occupancy().connections.len(), 3);
+        drop(oldest); // its task ends: nothing is counted twice
+        assert_eq!(slots.occupancy().connections.len(), 3);
+        // Everyone busy: the newcomer is refused instead.
+        let slots = Slots::new(1, 0);
+        let only = slots.take(ip("10.0.0.1")).unwrap();
+        slots.mark(only.id, true);
+        assert!(slots.take(ip("10.0.0.2")).is_none());
+        slots.mark(only.id, false);
+        assert!(slots.take(ip("10.0.0.2")).is_some(), "idle again: it can be evicted");
     }
 }
