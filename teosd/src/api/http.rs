@@ -17,7 +17,7 @@ use teos_proto::http::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use warp::http::{HeaderMap, StatusCode};
+use warp::http::StatusCode;
 use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge, Reject};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -273,18 +273,17 @@ async fn get_subscription_info(
 
 /// Accepts a missing Content-Type (the reference does); refuses any that is not JSON.
 fn json_content_type() -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::header::headers_cloned()
-        .and_then(|headers: HeaderMap| async move {
-            match headers.get(warp::http::header::CONTENT_TYPE) {
+    // One header looked at, not the whole map cloned (this runs for every POST).
+    warp::header::value(warp::http::header::CONTENT_TYPE.as_str())
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+        .and_then(|value: Option<warp::http::HeaderValue>| async move {
+            let essence = value.as_ref().map(|v| v.to_str().unwrap_or("").split(';').next().unwrap_or("").trim());
+            match essence {
                 None => Ok(()),
-                Some(value) => {
-                    let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
-                    if essence.eq_ignore_ascii_case("application/json") {
-                        Ok(())
-                    } else {
-                        Err(warp::reject::custom(UnsupportedContentType))
-                    }
-                }
+                Some(essence) if essence.eq_ignore_ascii_case("application/json") => Ok(()),
+                Some(_) => Err(warp::reject::custom(UnsupportedContentType)),
             }
         })
         .untuple_one()
@@ -302,10 +301,11 @@ fn post_route(limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = Reje
 
 /// The request's source: the connection's peer, or `X-Real-IP` behind a proxy.
 fn source(behind_proxy: bool) -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
-    warp::ext::optional::<PeerAddr>().and(warp::addr::remote()).and(warp::header::headers_cloned()).map(
-        move |peer: Option<PeerAddr>, remote: Option<SocketAddr>, headers: HeaderMap| {
-            let real_ip = headers.get("x-real-ip").filter(|_| behind_proxy);
-            let real_ip = real_ip.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<IpAddr>().ok());
+    let real_ip = warp::header::value("x-real-ip").map(Some).or(warp::any().map(|| None)).unify();
+    warp::ext::optional::<PeerAddr>().and(warp::addr::remote()).and(real_ip).map(
+        move |peer: Option<PeerAddr>, remote: Option<SocketAddr>, real_ip: Option<warp::http::HeaderValue>| {
+            let real_ip = real_ip.filter(|_| behind_proxy);
+            let real_ip = real_ip.and_then(|v| v.to_str().ok().and_then(|v| v.trim().parse::<IpAddr>().ok()));
             real_ip.or(peer.map(|p| p.0.ip())).or(remote.map(|a| a.ip()))
         },
     )

@@ -4,11 +4,13 @@
 //! - at most `max_connections_per_ip` from one address (not applied behind a proxy, where every
 //!   connection comes from the proxy): one more is closed as soon as it is accepted, without a
 //!   byte read;
-//! - at most `max_connections` open at once. At the cap, a new connection takes the place of the
-//!   one that has waited longest without a request in progress (an idle keep-alive, or a client
-//!   still dribbling its request head), which is closed; only when every connection is busy is the
-//!   new one closed instead. So attackers holding connections open from many addresses evict one
-//!   another, not the clients that are actually sending requests;
+//! - at most `max_connections` open at once. At the cap, a new connection takes the place of an
+//!   idle one, which is closed: first of those that never completed a request (a client still
+//!   dribbling its first request head), oldest first; else of the idle keep-alives, oldest first.
+//!   The new one is closed instead when every connection is busy, or when its address already
+//!   holds [`PENDING_PER_IP`] connections that never completed a request: attackers holding
+//!   connections open from many addresses cannot churn the table (each eviction costs a task and a
+//!   connection), while a client that actually uses the tower always finds a place;
 //! - a request head must arrive within `header_timeout` of the connection opening or of its last
 //!   answer (hyper's header-read timer also runs while a keep-alive connection idles), else the
 //!   connection is closed;
@@ -47,6 +49,10 @@ pub struct ConnectionLimits {
     pub request_timeout: Duration,
 }
 
+/// At the total cap, connections from an address holding this many that never completed a request
+/// are closed rather than evicting another.
+pub const PENDING_PER_IP: usize = 4;
+
 /// The peer of a connection, put in each request's extensions for the routes to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
@@ -59,6 +65,8 @@ struct Connection {
     busy: usize,
     /// When it opened, or last finished a request.
     idle_since: Instant,
+    /// Requests it has completed.
+    served: u64,
     /// Closes it (when it is evicted).
     close: CancellationToken,
 }
@@ -83,9 +91,11 @@ impl Occupancy {
         Some(connection)
     }
 
-    /// The connection idle the longest, if any is idle.
-    fn longest_idle(&self) -> Option<u64> {
-        self.connections.iter().filter(|(_, c)| c.busy == 0).min_by_key(|(_, c)| c.idle_since).map(|(id, _)| *id)
+    /// The idle connection to close first: one that never completed a request, else the one idle
+    /// the longest.
+    fn eviction_candidate(&self) -> Option<u64> {
+        let idle = self.connections.iter().filter(|(_, c)| c.busy == 0);
+        idle.min_by_key(|(_, c)| (c.served > 0, c.idle_since)).map(|(id, _)| *id)
     }
 }
 
@@ -123,7 +133,11 @@ impl Slots {
             return None;
         }
         if occupancy.connections.len() >= self.max_total {
-            let victim = occupancy.longest_idle()?;
+            let pending = occupancy.connections.values().filter(|c| c.ip == ip && c.served == 0).count();
+            if pending >= PENDING_PER_IP {
+                return None;
+            }
+            let victim = occupancy.eviction_candidate()?;
             if let Some(evicted) = occupancy.remove(victim) {
                 evicted.close.cancel();
             }
@@ -131,7 +145,7 @@ impl Slots {
         let id = occupancy.next_id;
         occupancy.next_id += 1;
         let close = CancellationToken::new();
-        let connection = Connection { ip, busy: 0, idle_since: Instant::now(), close: close.clone() };
+        let connection = Connection { ip, busy: 0, idle_since: Instant::now(), served: 0, close: close.clone() };
         occupancy.connections.insert(id, connection);
         *occupancy.by_ip.entry(ip).or_default() += 1;
         Some(Slot { slots: self.clone(), id, close })
@@ -144,6 +158,7 @@ impl Slots {
                 connection.busy += 1;
             } else {
                 connection.busy = connection.busy.saturating_sub(1);
+                connection.served += 1;
                 connection.idle_since = Instant::now();
             }
         }
@@ -282,19 +297,41 @@ mod tests {
     }
 
     #[test]
-    fn at_the_total_cap_the_longest_idle_connection_makes_room_and_busy_ones_are_kept() {
+    fn at_the_total_cap_an_idle_connection_makes_room_and_busy_ones_are_kept() {
+        let slots = Slots::new(4, 0);
+        let served = slots.take(ip("10.0.0.1")).unwrap();
+        slots.mark(served.id, true);
+        slots.mark(served.id, false);
+        let oldest = slots.take(ip("10.0.0.2")).unwrap();
+        let busy = slots.take(ip("10.0.0.3")).unwrap();
+        let newer = slots.take(ip("10.0.0.4")).unwrap();
+        slots.mark(busy.id, true);
+        // Never-served connections go first, however recently a served one was active.
+        let _fifth = slots.take(ip("10.0.0.5")).expect("room made");
+        assert!(oldest.close.is_cancelled(), "the oldest never-served connection is closed");
+        assert!(!served.close.is_cancelled() && !busy.close.is_cancelled() && !newer.close.is_cancelled());
+        let _sixth = slots.take(ip("10.0.0.6")).expect("room made");
+        assert!(newer.close.is_cancelled());
+        let _seventh = slots.take(ip("10.0.0.7")).expect("room made");
+        assert!(_fifth.close.is_cancelled(), "then the next never-served one, before the served keep-alive");
+        assert!(!served.close.is_cancelled());
         let slots = Slots::new(3, 0);
         let oldest = slots.take(ip("10.0.0.1")).unwrap();
-        let busy = slots.take(ip("10.0.0.2")).unwrap();
-        let newer = slots.take(ip("10.0.0.3")).unwrap();
-        slots.mark(busy.id, true);
+        let _b = slots.take(ip("10.0.0.2")).unwrap();
+        let _c = slots.take(ip("10.0.0.3")).unwrap();
         let _fourth = slots.take(ip("10.0.0.4")).expect("room made");
-        assert!(oldest.close.is_cancelled(), "the longest idle is closed");
-        assert!(!busy.close.is_cancelled() && !newer.close.is_cancelled());
         assert_eq!(slots.occupancy().connections.len(), 3);
         drop(oldest); // its task ends: nothing is counted twice
         assert_eq!(slots.occupancy().connections.len(), 3);
         // Everyone busy: the newcomer is refused instead.
+        // At the cap, an address already holding PENDING_PER_IP connections that never completed
+        // a request does not get to evict.
+        let slots = Slots::new(PENDING_PER_IP + 1, 0);
+        let held: Vec<Slot> = (0..PENDING_PER_IP).map(|_| slots.take(ip("10.0.9.9")).unwrap()).collect();
+        let _other = slots.take(ip("10.0.0.1")).unwrap();
+        assert!(slots.take(ip("10.0.9.9")).is_none());
+        assert!(slots.take(ip("10.0.0.2")).is_some(), "another address evicts one of them");
+        assert!(held[0].close.is_cancelled());
         let slots = Slots::new(1, 0);
         let only = slots.take(ip("10.0.0.1")).unwrap();
         slots.mark(only.id, true);

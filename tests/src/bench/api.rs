@@ -122,11 +122,22 @@ impl LoadResult {
 /// Sends `bodies` to `api_url` with `in_flight` requests outstanding at all times, each over
 /// its own keep-alive connection; every one must get a 200 receipt.
 pub async fn load(api_url: &str, pid: u32, bodies: Vec<Vec<u8>>, in_flight: usize) -> Result<LoadResult> {
-    let http = client(in_flight);
+    load_with(api_url, pid, bodies, vec![client(in_flight); in_flight]).await
+}
+
+/// [`load`] with one request in flight per client in `clients` (each may have its own source
+/// address).
+pub async fn load_with(
+    api_url: &str,
+    pid: u32,
+    bodies: Vec<Vec<u8>>,
+    clients: Vec<reqwest::Client>,
+) -> Result<LoadResult> {
+    let in_flight = clients.len();
     let url = format!("{api_url}/add_appointment");
     // Warm the connections so their set-up is not timed.
     let mut warm = Vec::new();
-    for _ in 0..in_flight {
+    for http in &clients {
         let (http, url) = (http.clone(), format!("{api_url}/ping"));
         warm.push(tokio::spawn(async move { http.get(url).send().await.map(|_| ()) }));
     }
@@ -139,8 +150,8 @@ pub async fn load(api_url: &str, pid: u32, bodies: Vec<Vec<u8>>, in_flight: usiz
     let cpu_before = process_cpu(pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..in_flight {
-        let (http, url, bodies, next) = (http.clone(), url.clone(), bodies.clone(), next.clone());
+    for http in clients {
+        let (url, bodies, next) = (url.clone(), bodies.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {

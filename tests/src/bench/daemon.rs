@@ -52,6 +52,18 @@ impl Daemon {
         if !extra.contains(&"--pollingdelta") {
             cmd.args(["--pollingdelta", "1"]);
         }
+        // The bench measures what the tower's work costs, from one client address: no per-source
+        // limits, unless the caller sets its own (the attack runs).
+        if !extra.contains(&"--httpmaxconnectionsperip") {
+            cmd.args([
+                "--httpmaxconnectionsperip",
+                "0",
+                "--appointmentspersecond",
+                "0",
+                "--registrationsperminute",
+                "0",
+            ]);
+        }
         cmd.args(extra);
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TEOS_")) {
             cmd.env_remove(key);

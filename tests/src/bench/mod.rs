@@ -6,8 +6,10 @@
 //! * [`api`]: add_appointment throughput, latency, server CPU, and the crypto floor.
 //! * [`store`]: memory, disk and start-up time with many appointments stored.
 //! * [`chain`]: block processing time and breach-to-response latency.
+//! * [`attack`]: honest throughput and latency while strangers attack the public API.
 
 pub mod api;
+pub mod attack;
 pub mod chain;
 pub mod daemon;
 pub mod store;

@@ -3,7 +3,7 @@
 //! same as JSON. Run it through `./scripts/bench` (release build); see `docs/performance.md`.
 //!
 //! ```text
-//! teos-bench [--full] [--out <path.json>]
+//! teos-bench [--full] [--only load|attacks|sizes|blocks|reaction] [--out <path.json>]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 use teos_tests::backend::Bitcoind;
 use teos_tests::bench::api::{crypto_floor_us, load, prepare, register_all, BenchUser, LoadResult};
+use teos_tests::bench::attack::{honest_under, Attack, ATTACKS};
 use teos_tests::bench::chain::{block_processing, reaction, wait_subscribed, BlockPoint, BLOCK_TXS};
 use teos_tests::bench::daemon::{teosd_path, Daemon};
 use teos_tests::bench::store::{measure, SizePoint};
@@ -34,6 +35,8 @@ struct Plan {
     /// Times each count of `breaches` is measured (after one warm-up block).
     block_rounds: usize,
     reaction_trials: usize,
+    /// Honest requests sent during each attack run.
+    attack_requests: usize,
 }
 
 impl Plan {
@@ -48,6 +51,7 @@ impl Plan {
             breaches: vec![0, 1, 100],
             block_rounds: 1,
             reaction_trials: 3,
+            attack_requests: 5000,
         }
     }
 
@@ -62,6 +66,7 @@ impl Plan {
             breaches: vec![0, 1, 100],
             block_rounds: 3,
             reaction_trials: 10,
+            attack_requests: 10_000,
         }
     }
 }
@@ -69,10 +74,18 @@ impl Plan {
 struct Args {
     full: bool,
     out: PathBuf,
+    /// Only this section (load, attacks, sizes, blocks, reaction), if given.
+    only: Option<String>,
+}
+
+impl Args {
+    fn runs(&self, section: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == section)
+    }
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args { full: false, out: PathBuf::from("target/bench/latest.json") };
+    let mut args = Args { full: false, out: PathBuf::from("target/bench/latest.json"), only: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -82,8 +95,14 @@ fn parse_args() -> Result<Args> {
                 Some(path) => args.out = PathBuf::from(path),
                 None => bail!("--out needs a path"),
             },
+            "--only" => match it.next() {
+                Some(section) if ["load", "attacks", "sizes", "blocks", "reaction"].contains(&section.as_str()) => {
+                    args.only = Some(section)
+                }
+                _ => bail!("--only needs one of: load, attacks, sizes, blocks, reaction"),
+            },
             "-h" | "--help" => {
-                println!("teos-bench [--full] [--out <path.json>]  (see docs/performance.md)");
+                println!("teos-bench [--full] [--only load|attacks|sizes|blocks|reaction] [--out <path.json>]  (see docs/performance.md)");
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}` (try --help)"),
@@ -158,6 +177,84 @@ fn load_figures(results: &[LoadResult], floor_us: Option<f64>, floor_note: &str)
         }
         _ => Figure::not_measured(ratio_name, "x", "CPU or floor not measured"),
     });
+    figures
+}
+
+/// The crypto floor (before and after), then add_appointment at each level of requests in flight.
+async fn load_section(bitcoind: &Bitcoind, root: &Path, plan: &Plan) -> Vec<Figure> {
+    eprintln!("crypto floor, add_appointment load ...");
+    let mut figures = Vec::new();
+    let iterations = plan.floor_iterations;
+    let floor_before = tokio::task::spawn_blocking(move || crypto_floor_us(iterations)).await;
+    let loads = load_levels(bitcoind, root, plan).await;
+    let floor_after = tokio::task::spawn_blocking(move || crypto_floor_us(iterations)).await;
+    let (floor_before, floor_after) = match (floor_before, floor_after) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => (Err(anyhow::anyhow!("{e}")), Err(anyhow::anyhow!("floor task"))),
+    };
+    let (floor, floor_note) = match (&floor_before, &floor_after) {
+        (Ok(a), Ok(b)) => (
+            Some((a + b) / 2.0),
+            format!("thread CPU, {iterations} iterations before and after the load: {a:.1} and {b:.1} µs"),
+        ),
+        (Err(e), _) | (_, Err(e)) => (None, format!("failed: {e:#}")),
+    };
+    match loads {
+        Ok(results) => figures.extend(load_figures(&results, floor, &floor_note)),
+        Err(e) => {
+            figures.push(Figure::not_measured("add_appointment load", "", format!("failed: {e:#}")));
+            if let Some(floor) = floor {
+                figures.push(Figure::new("crypto floor (recover + sign)", floor, "µs", floor_note));
+            }
+        }
+    }
+
+    figures
+}
+
+/// Honest throughput and p99 under each attack, against the same run without one.
+async fn attack_figures(bitcoind: &Bitcoind, root: &Path, requests: usize) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    let mut baseline: Option<LoadResult> = None;
+    for (i, attack) in ATTACKS.iter().enumerate() {
+        let name = Attack::name(*attack);
+        let run = honest_under(bitcoind, &fresh(root, &format!("attack-{i}")), *attack, requests).await;
+        let (result, attacker_cpu) = match run {
+            Ok(run) => (run.honest, run.attacker_cpu),
+            Err(e) => {
+                figures.push(Figure::not_measured(format!("honest load, {name}"), "", format!("failed: {e:#}")));
+                continue;
+            }
+        };
+        eprintln!("  {name}: {:.0}/s p99 {:.2} ms", result.throughput(), result.p(99.0));
+        let cpu = |c: Option<std::time::Duration>| c.map_or("?".to_string(), |c| format!("{:.2} s", c.as_secs_f64()));
+        let note = format!(
+            "{requests} honest requests, 16 in flight from 16 addresses; fresh tower, default caps; over {:.2} s: teosd CPU {}, attacker CPU {}",
+            result.elapsed.as_secs_f64(),
+            cpu(result.server_cpu),
+            cpu(attacker_cpu)
+        );
+        match &baseline {
+            None => {
+                figures.push(Figure::new("honest add_appointment/s, no attack", result.throughput(), "1/s", &note));
+                figures.push(Figure::new("honest p99, no attack", result.p(99.0), "ms", &note));
+                baseline = Some(result);
+            }
+            Some(base) => {
+                let ratio = result.throughput() / base.throughput();
+                let ratio_note =
+                    format!("{note}; {:.0}/s against {:.0}/s without", result.throughput(), base.throughput());
+                figures.push(
+                    Figure::new(format!("honest throughput under {name} / without"), ratio, "x", ratio_note)
+                        .at_least(0.5, ">= 0.5"),
+                );
+                figures.push(
+                    Figure::new(format!("honest p99 under {name}"), result.p(99.0), "ms", &note)
+                        .at_most(100.0, "< 100 ms"),
+                );
+            }
+        }
+    }
     figures
 }
 
@@ -242,32 +339,19 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
     funding.mine(&bitcoind, 101 + 2 * plan.reaction_trials as u32 + blocks as u32 + 5).await?;
     let mut figures = Vec::new();
 
-    eprintln!("crypto floor, add_appointment load ...");
-    let iterations = plan.floor_iterations;
-    let floor_before = tokio::task::spawn_blocking(move || crypto_floor_us(iterations)).await?;
-    let loads = load_levels(&bitcoind, root.path(), &plan).await;
-    let floor_after = tokio::task::spawn_blocking(move || crypto_floor_us(iterations)).await?;
-    let (floor, floor_note) = match (&floor_before, &floor_after) {
-        (Ok(a), Ok(b)) => (
-            Some((a + b) / 2.0),
-            format!("thread CPU, {iterations} iterations before and after the load: {a:.1} and {b:.1} µs"),
-        ),
-        (Err(e), _) | (_, Err(e)) => (None, format!("failed: {e:#}")),
-    };
-    match loads {
-        Ok(results) => figures.extend(load_figures(&results, floor, &floor_note)),
-        Err(e) => {
-            figures.push(Figure::not_measured("add_appointment load", "", format!("failed: {e:#}")));
-            if let Some(floor) = floor {
-                figures.push(Figure::new("crypto floor (recover + sign)", floor, "µs", floor_note));
-            }
-        }
+    if args.runs("load") {
+        figures.extend(load_section(&bitcoind, root.path(), &plan).await);
     }
+    if args.runs("attacks") {
+        eprintln!("attacks on the public API ...");
+        figures.extend(attack_figures(&bitcoind, root.path(), plan.attack_requests).await);
+    }
+    let sizes = if args.runs("sizes") || args.runs("blocks") { plan.sizes.clone() } else { Vec::new() };
 
-    eprintln!("store sizes {:?} ...", plan.sizes);
+    eprintln!("store sizes {sizes:?} ...");
     let mut points = Vec::new();
     let mut size_error = None;
-    for (i, &n) in plan.sizes.iter().enumerate() {
+    for (i, &n) in sizes.iter().enumerate() {
         match measure(&bitcoind, &fresh(root.path(), &format!("store-{n}")), n, plan.restarts, 200 + i as u32).await {
             Ok(p) => {
                 eprintln!(
@@ -289,9 +373,10 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
         figures.push(Figure::not_measured("store sizes", "", format!("failed at {e}")));
     }
 
-    let biggest = points.iter().max_by_key(|p| p.stored).cloned();
+    let biggest = points.iter().max_by_key(|p| p.stored).cloned().filter(|_| args.runs("blocks"));
     eprintln!("{BLOCK_TXS}-transaction blocks ...");
     match &biggest {
+        _ if !args.runs("blocks") => {}
         Some(p) => {
             // Blocks come whole over ZMQ rawblock, as a tower next to its bitcoind is set up
             // (docs/operations.md): each count of breaches.
@@ -316,7 +401,7 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
     }
 
     eprintln!("breach -> dispute_responded ...");
-    for zmq in [true, false] {
+    for zmq in [true, false].into_iter().filter(|_| args.runs("reaction")) {
         let what = if zmq { "ZMQ hashblock" } else { "polling 1 s" };
         let name = format!("mined breach -> dispute_responded, {what}");
         let dir = fresh(root.path(), if zmq { "reaction-zmq" } else { "reaction-poll" });
@@ -380,6 +465,15 @@ fn print_table(meta: &serde_json::Value, figures: &[Figure]) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
+    // The attack runs spawn this binary again as the attacker, in its own process.
+    let argv: Vec<String> = std::env::args().collect();
+    if let [_, flag, kind, url] = argv.as_slice() {
+        if flag == "--attacker" {
+            let Some(attack) = Attack::from_flag(kind) else { return ExitCode::from(2) };
+            teos_tests::bench::attack::run_attacker(attack, url).await;
+            return ExitCode::SUCCESS;
+        }
+    }
     let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {
