@@ -72,8 +72,18 @@ pub fn tower_info(out: &mut impl Write, format: Format, info: &pb::GetTowerInfoR
     let reachable = if info.bitcoind_reachable { "reachable" } else { "UNREACHABLE" };
     writeln!(out, "tower id      {}", hex::encode(&info.tower_id))?;
     writeln!(out, "network       {} (teosd {})", info.network, info.version)?;
-    writeln!(out, "chain tip     {}", info.tip_height)?;
+    writeln!(out, "chain tip     {} (bitcoind at {})", info.tip_height, info.bitcoind_height)?;
     writeln!(out, "bitcoind      {reachable}")?;
+    if info.ready {
+        writeln!(out, "health        ready")?;
+    } else {
+        writeln!(out, "health        NOT READY: {}", info.problems.join("; "))?;
+    }
+    if !info.last_error.is_empty() {
+        writeln!(out, "last error    {}", info.last_error)?;
+    }
+    let reserve = if info.disk_above_reserve { "" } else { " (BELOW THE RESERVE: new data refused)" };
+    writeln!(out, "disk free     {:.1} MiB{reserve}", info.disk_free_bytes as f64 / (1024.0 * 1024.0))?;
     writeln!(out, "users         {}", info.n_registered_users)?;
     writeln!(out, "appointments  {} watched", info.n_watcher_appointments)?;
     writeln!(out, "trackers      {}", info.n_responder_trackers)?;

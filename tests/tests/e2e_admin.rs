@@ -82,12 +82,16 @@ async fn the_operator_inspects_and_stops_the_tower_with_teos_cli() {
         assert_eq!(info["bitcoind_reachable"], true);
         assert_eq!(info["tip_height"], 101);
         assert_eq!(info["network"], "regtest");
+        assert_eq!((info["ready"].as_bool(), info["bitcoind_height"].as_u64()), (Some(true), Some(101)), "{info}");
+        assert_eq!((info["store_ok"].as_bool(), info["disk_above_reserve"].as_bool()), (Some(true), Some(true)));
         let api_port: u64 = tower.api_url.rsplit(':').next().unwrap().parse().unwrap();
         let addresses = info["addresses"].as_array().unwrap();
         assert!(addresses.iter().any(|a| a["service"] == "public_http" && a["port"] == api_port), "{info}");
         assert!(addresses.iter().any(|a| a["service"] == "admin_grpc" && a["port"] == port), "{info}");
         let human = cli(&datadir, port, &["--human", "gettowerinfo"]).await;
-        assert!(String::from_utf8_lossy(&human.stdout).contains("chain tip     101"), "{human:?}");
+        let human = String::from_utf8_lossy(&human.stdout).into_owned();
+        assert!(human.contains("chain tip     101 (bitcoind at 101)"), "{human}");
+        assert!(human.contains("health        ready"), "{human}");
 
         let users = json(&cli(&datadir, port, &["getusers"]).await);
         assert_eq!(users, serde_json::json!({ "user_ids": [user.user_id] }));
