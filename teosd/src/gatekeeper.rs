@@ -7,6 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::chain::{BlockBatch, ChainError, ChainListener, ConnectedBlock};
+
+/// Users removed per block at most: a wave of users expiring at one height is spread over the
+/// following blocks (they are already refused service; their data just lingers a little longer),
+/// so that no block's batch grows with it.
+pub const EXPIRIES_PER_BLOCK: usize = 1000;
 use crate::config::Policy;
 use crate::protocol::{recover_signer, UserId};
 use crate::store::{Batch, Store, StoreError, UserRecord};
@@ -158,7 +163,7 @@ impl ChainListener for Gatekeeper {
     fn block_connected(&self, block: &ConnectedBlock, batch: &mut BlockBatch<'_>) -> Result<(), ChainError> {
         let limit = block.height.checked_sub(self.policy.expiry_delta);
         let expiring = match limit {
-            Some(limit) => self.store.users_expiring_before(limit.saturating_add(1), usize::MAX)?,
+            Some(limit) => self.store.users_expiring_before(limit.saturating_add(1), EXPIRIES_PER_BLOCK)?,
             None => Vec::new(),
         };
         let refunds = batch.take_refunds();
@@ -198,6 +203,7 @@ impl ChainListener for Gatekeeper {
 mod tests {
     use std::sync::Arc;
 
+    use super::EXPIRIES_PER_BLOCK;
     use crate::test_utils::{channel, policy, user, FakeChain, Scene};
 
     #[tokio::test]
@@ -237,5 +243,26 @@ mod tests {
         }
         s.mine_empty(policy().subscription_duration + policy().expiry_delta).await;
         assert!((1..=20).all(|n| s.user(&user(n)).is_none()));
+    }
+
+    #[tokio::test]
+    async fn a_wave_of_expiries_is_spread_over_blocks_and_the_same_blocks_breach_is_answered() {
+        let s = Scene::new(Arc::new(FakeChain::new())).await;
+        let wave = EXPIRIES_PER_BLOCK as u32 * 2 + 10;
+        for i in 0..wave {
+            s.register(&crate::test_utils::numbered_user(3, i));
+        }
+        s.mine_empty(policy().subscription_duration + policy().expiry_delta - 2).await;
+        // A user registered later, with an appointment whose dispute comes in the wave's block.
+        s.register(&user(1));
+        let (dispute, penalty) = channel(1);
+        s.add_appointment(&user(1), &dispute, &penalty);
+        s.mine_empty(1).await;
+        let before = s.watcher.gatekeeper().user_count();
+        s.mine(vec![dispute.clone()]).await;
+        assert!(s.tracker(&user(1), &dispute).is_some(), "answered in the wave's block");
+        assert_eq!(before - s.watcher.gatekeeper().user_count(), EXPIRIES_PER_BLOCK as u64);
+        s.mine_empty(2).await;
+        assert_eq!(s.watcher.gatekeeper().user_count(), 1, "the rest in the next blocks");
     }
 }

@@ -221,7 +221,8 @@ fn build_follower(
     let (status, _) = watch::channel(ChainStatus::starting(start_height));
     let settings =
         FollowerSettings { network: config.network, recent_block_lookback: config.policy.recent_block_lookback };
-    Ok(ChainFollower::new(bitcoind.source.clone(), store.clone(), locks.clone(), listeners, settings, status))
+    ChainFollower::new(bitcoind.source.clone(), store.clone(), locks.clone(), listeners, settings, status)
+        .context("starting the chain follower's thread")
 }
 
 /// Starts the ZMQ subscribers and the follower. If the follower gives up, the failure is kept in
@@ -279,6 +280,7 @@ async fn start_public_api(
         rates: RateLimits {
             registrations_per_minute: limits.registrations_per_minute,
             appointments_per_second: limits.appointments_per_second,
+            subscription_info_per_minute: limits.subscription_info_per_minute,
         },
         behind_proxy: config.behind_proxy,
     };

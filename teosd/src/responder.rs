@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bitcoin::Transaction;
+use bitcoin::{Transaction, Txid};
 
 use crate::chain::{BlockBatch, BroadcastOutcome, Broadcaster, ChainError, ChainListener, ConnectedBlock};
 use crate::protocol::{Locator, UserId};
@@ -18,6 +18,9 @@ use crate::store::{PenaltyStatus, Store, TrackerEvent, TrackerRecord};
 /// dispute may get before an unconfirmed penalty is given up.
 pub const IRREVOCABLY_RESOLVED: u32 = 100;
 
+/// Completions, and rebroadcasts, per block at most (the oldest first; the rest wait a block).
+const PER_BLOCK: usize = 1000;
+
 /// A dispute found on chain with the penalty its appointment held.
 #[derive(Debug, Clone)]
 pub struct Breach {
@@ -25,8 +28,8 @@ pub struct Breach {
     pub locator: Locator,
     /// Its user.
     pub user: UserId,
-    /// The dispute transaction.
-    pub dispute: Transaction,
+    /// The dispute's txid (the dispute itself is not copied per breach).
+    pub dispute_txid: Txid,
     /// The decrypted penalty.
     pub penalty: Transaction,
 }
@@ -46,9 +49,10 @@ impl Responder {
         Responder { store, broadcaster, rebroadcast_after }
     }
 
-    /// Sends each breach's penalty and adds its tracker to `batch`. `dispute_block` holds the
-    /// disputes; `tip` is the chain's height now (the same block, unless the appointment came
-    /// late). A penalty already in `dispute_block` is confirmed there.
+    /// Sends each breach's penalty (together: the broadcaster may send several at once) and adds
+    /// its tracker to `batch`. `dispute_block` holds the disputes; `tip` is the chain's height now
+    /// (the same block, unless the appointment came late). A penalty already in `dispute_block`
+    /// is confirmed there.
     pub fn respond(
         &self,
         breaches: Vec<Breach>,
@@ -56,8 +60,13 @@ impl Responder {
         tip: u32,
         batch: &mut BlockBatch<'_>,
     ) -> Result<(), ChainError> {
-        for breach in breaches {
-            let outcome = batch.timed_broadcast(|| self.broadcaster.broadcast(&breach.penalty))?;
+        if breaches.is_empty() {
+            return Ok(());
+        }
+        let penalties: Vec<&Transaction> = breaches.iter().map(|b| &b.penalty).collect();
+        let outcomes = batch.timed_broadcast(|| self.broadcaster.broadcast_all(&penalties));
+        for (breach, outcome) in breaches.into_iter().zip(outcomes) {
+            let outcome = outcome?;
             let penalty_txid = breach.penalty.compute_txid();
             log_outcome("breach: penalty broadcast", &breach.user, &breach.locator, &breach.penalty, &outcome);
             let status = match outcome {
@@ -66,8 +75,7 @@ impl Responder {
                 _ => PenaltyStatus::Broadcast(tip),
             };
             let tracker = TrackerRecord {
-                dispute_txid: breach.dispute.compute_txid(),
-                dispute: breach.dispute,
+                dispute_txid: breach.dispute_txid,
                 penalty: breach.penalty,
                 dispute_height: dispute_block.height,
                 status,
@@ -98,7 +106,7 @@ impl Responder {
     /// go, and the user is owed its slot back.
     fn complete_irrevocable(&self, height: u32, batch: &mut BlockBatch<'_>) -> Result<(), ChainError> {
         let Some(until) = height.checked_sub(IRREVOCABLY_RESOLVED) else { return Ok(()) };
-        for (_, locator, user) in self.store.trackers_with_event(TrackerEvent::Confirmed, 0, until + 1, usize::MAX)? {
+        for (_, locator, user) in self.store.trackers_with_event(TrackerEvent::Confirmed, 0, until + 1, PER_BLOCK)? {
             let Some(tracker) = self.store.tracker(&locator, &user)? else { continue };
             batch.writes().delete_tracker(&locator, &user, &tracker);
             // A removed user's appointments went with it.
@@ -118,7 +126,8 @@ impl Responder {
     /// `block`) are sent again, or given up once their dispute is irrevocable.
     fn rebroadcast_due(&self, block: &ConnectedBlock, batch: &mut BlockBatch<'_>) -> Result<(), ChainError> {
         let Some(until) = block.height.checked_sub(self.rebroadcast_after) else { return Ok(()) };
-        for (_, locator, user) in self.store.trackers_with_event(TrackerEvent::Broadcast, 0, until + 1, usize::MAX)? {
+        let mut due = Vec::new();
+        for (_, locator, user) in self.store.trackers_with_event(TrackerEvent::Broadcast, 0, until + 1, PER_BLOCK)? {
             let Some(old) = self.store.tracker(&locator, &user)? else { continue };
             if block.contains(&old.penalty.compute_txid()) {
                 continue; // confirmed by this very block
@@ -127,13 +136,18 @@ impl Responder {
                 self.give_up(&locator, &user, &old, batch)?;
                 continue;
             }
-            let outcome = batch.timed_broadcast(|| self.broadcaster.broadcast(&old.penalty))?;
-            log_outcome("penalty sent again", &user, &locator, &old.penalty, &outcome);
+            due.push((locator, user, old));
+        }
+        let penalties: Vec<&Transaction> = due.iter().map(|(_, _, t)| &t.penalty).collect();
+        let outcomes = batch.timed_broadcast(|| self.broadcaster.broadcast_all(&penalties));
+        for ((locator, user, old), outcome) in due.iter().zip(outcomes) {
+            let outcome = outcome?;
+            log_outcome("penalty sent again", user, locator, &old.penalty, &outcome);
             let status = match outcome {
                 BroadcastOutcome::AlreadyConfirmed => PenaltyStatus::Confirmed(block.height),
                 _ => PenaltyStatus::Broadcast(block.height),
             };
-            batch.writes().put_tracker(&locator, &user, &TrackerRecord { status, ..old.clone() }, Some(&old));
+            batch.writes().put_tracker(locator, user, &TrackerRecord { status, ..old.clone() }, Some(old));
         }
         Ok(())
     }

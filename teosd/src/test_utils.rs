@@ -45,7 +45,7 @@ pub fn spending(prev: OutPoint) -> Transaction {
 /// A tracker whose dispute is derived from `seed` and whose penalty spends the dispute's output 0.
 pub fn tracker(seed: u8, dispute_height: u32, status: PenaltyStatus) -> TrackerRecord {
     let (dispute, penalty) = channel(seed);
-    TrackerRecord { dispute_txid: dispute.compute_txid(), dispute, penalty, dispute_height, status }
+    TrackerRecord { dispute_txid: dispute.compute_txid(), penalty, dispute_height, status }
 }
 
 /// A dispute derived from `seed` and a penalty spending its output 0.
@@ -58,6 +58,14 @@ pub fn channel(seed: u8) -> (Transaction, Transaction) {
 /// The user whose secret key is `[n; 32]`.
 pub fn user(n: u8) -> UserId {
     let key = SecretKey::from_slice(&[n; 32]).expect("a valid secret key");
+    UserId(PublicKey::from_secret_key(&Secp256k1::new(), &key))
+}
+
+/// User number `i` of a family `tag` (as many as wanted, all distinct).
+pub fn numbered_user(tag: u8, i: u32) -> UserId {
+    let mut bytes = [tag; 32];
+    bytes[28..].copy_from_slice(&(i + 1).to_be_bytes());
+    let key = SecretKey::from_slice(&bytes).expect("a valid secret key");
     UserId(PublicKey::from_secret_key(&Secp256k1::new(), &key))
 }
 
@@ -229,11 +237,17 @@ impl Broadcaster for FakeBroadcaster {
 pub struct FailingKv {
     inner: MemoryKv,
     failing: AtomicBool,
+    /// Writes left before they start failing (`usize::MAX`: never).
+    writes_left: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for FailingKv {
     fn default() -> Self {
-        FailingKv { inner: MemoryKv::new(), failing: AtomicBool::new(false) }
+        FailingKv {
+            inner: MemoryKv::new(),
+            failing: AtomicBool::new(false),
+            writes_left: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        }
     }
 }
 
@@ -241,6 +255,12 @@ impl FailingKv {
     /// Makes writes fail (or succeed again).
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
+        self.writes_left.store(usize::MAX, Ordering::SeqCst);
+    }
+
+    /// Lets `n` more writes through, then fails every one (until [`FailingKv::set_failing`]).
+    pub fn fail_after(&self, n: usize) {
+        self.writes_left.store(n, Ordering::SeqCst);
     }
 }
 
@@ -249,7 +269,10 @@ impl Kv for FailingKv {
         self.inner.get(cf, key)
     }
     fn write(&self, ops: Vec<Op>) -> Result<(), KvError> {
-        if self.failing.load(Ordering::SeqCst) {
+        let left = self
+            .writes_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n != usize::MAX).then(|| n.saturating_sub(1)));
+        if self.failing.load(Ordering::SeqCst) || left == Ok(0) {
             return Err(KvError::Backend("injected write failure".into()));
         }
         self.inner.write(ops)
@@ -272,8 +295,14 @@ impl Kv for FailingKv {
     ) -> Result<crate::store::Entries, KvError> {
         self.inner.range(cf, from, to, limit)
     }
-    fn scan_prefixes(&self, cf: crate::store::Cf, prefixes: &[&[u8]]) -> Result<crate::store::Entries, KvError> {
-        self.inner.scan_prefixes(cf, prefixes)
+    fn scan_prefixes(
+        &self,
+        cf: crate::store::Cf,
+        prefixes: &[&[u8]],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<crate::store::Entries, KvError> {
+        self.inner.scan_prefixes(cf, prefixes, after, limit)
     }
     fn compact(&self) -> Result<(), KvError> {
         self.inner.compact()
@@ -291,7 +320,7 @@ pub fn policy() -> Policy {
         recent_block_lookback: 6,
         rebroadcast_after: 3,
         max_slots_per_user: 100,
-        max_users: 1000,
+        max_users: 100_000,
     }
 }
 
@@ -334,7 +363,8 @@ impl Scene {
         let settings =
             FollowerSettings { network: Network::Regtest, recent_block_lookback: policy().recent_block_lookback };
         let locks = Arc::new(UserLocks::default());
-        let follower = ChainFollower::new(chain.clone(), store.clone(), locks.clone(), listeners, settings, status);
+        let follower = ChainFollower::new(chain.clone(), store.clone(), locks.clone(), listeners, settings, status)
+            .expect("the follower's thread");
         let height = follower.status();
         Scene { chain, broadcaster, kv, store, watcher, follower, locks, height }
     }

@@ -89,15 +89,16 @@ pub struct RegistrationReceipt {
     pub signature: String,
 }
 
-/// A user's subscription as it sees it.
+/// A user's subscription as it sees it (its locators are read a page at a time:
+/// [`Tower::locators_page`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionInfo {
+    /// The user.
+    pub user: UserId,
     /// Slots left.
     pub available_slots: u32,
     /// Expiry height.
     pub subscription_expiry: u32,
-    /// The user's locators.
-    pub locators: Vec<Locator>,
 }
 
 /// The request-side tower shared by the APIs.
@@ -217,18 +218,28 @@ impl Tower {
         .await
     }
 
-    /// The signer's subscription.
+    /// The signer's subscription (authenticated; its locators come from [`Tower::locators_page`]).
     pub async fn subscription_info(&self, signature: String) -> Result<SubscriptionInfo, RequestError> {
         self.blocking(move |watcher, _, height| {
             let refuse = |e| RequestError::from_subscription(e, RequestError::UserNotFound);
             let (user, record) =
                 watcher.gatekeeper().authenticate(b"get subscription info", &signature, height).map_err(refuse)?;
             Ok(SubscriptionInfo {
+                user,
                 available_slots: record.available_slots,
                 subscription_expiry: record.subscription_expiry,
-                locators: watcher.store().user_locators(&user)?,
             })
         })
         .await
+    }
+
+    /// Up to `limit` of `user`'s locators after `after`, in byte order.
+    pub async fn locators_page(
+        &self,
+        user: UserId,
+        after: Option<Locator>,
+        limit: usize,
+    ) -> Result<Vec<Locator>, RequestError> {
+        self.blocking(move |watcher, _, _| Ok(watcher.store().user_locators_page(&user, after.as_ref(), limit)?)).await
     }
 }

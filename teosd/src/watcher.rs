@@ -4,7 +4,7 @@
 //! was mined carry a late check: the Watcher asks the follower to show it that recent block again
 //! and answers them the same way.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bitcoin::{Transaction, Txid};
@@ -15,8 +15,11 @@ use crate::protocol::{appointment_receipt_bytes, decrypt_penalty, Appointment, L
 use crate::responder::{Breach, Responder};
 use crate::store::{RecentHit, Store, StoreError, StoredAppointment, UserRecord};
 
-/// Late checks looked at per round.
-const LATE_CHECKS_PER_ROUND: usize = 256;
+/// Late checks answered per page (each page is committed before the next is read).
+const LATE_CHECKS_PER_PAGE: usize = 256;
+/// Appointments at a block's locators handled per chunk (each chunk but the last is committed on
+/// its own, so memory stays bounded however many users wait at one locator).
+pub const BREACH_CHUNK: usize = 512;
 
 /// Why an appointment request failed.
 #[derive(Debug, thiserror::Error)]
@@ -214,26 +217,26 @@ pub fn penalty_for(blob: &[u8], dispute_txid: &Txid) -> Result<Transaction, Stri
 }
 
 impl Watcher {
-    /// The breaches in `block`: the locators of all its transactions are looked up in one pass
-    /// over the store (prefix probes with bloom filters, so the cost does not grow with the number
-    /// of appointments). Appointments whose blob does not yield a valid penalty are dropped (no
-    /// refund) in `batch`. In block order.
-    fn find_breaches(&self, block: &ConnectedBlock, batch: &mut BlockBatch<'_>) -> Result<Vec<Breach>, ChainError> {
-        let locators = block.locators();
-        let matches = self.store.appointments_at_any(&locators)?;
-        if matches.is_empty() {
-            return Ok(Vec::new());
-        }
-        let by_locator: HashMap<Locator, usize> = locators.iter().enumerate().map(|(i, l)| (*l, i)).collect();
+    /// The breaches of one page of `matches` (appointments at the locators of `block`'s
+    /// transactions, found by `by_locator`), in block order. Appointments already triggered are
+    /// skipped (so a block processed again after a crash skips the chunks it committed); those
+    /// whose blob does not yield a valid penalty are dropped (no refund) in `batch`.
+    fn breaches_in(
+        &self,
+        matches: Vec<(Locator, UserId, StoredAppointment)>,
+        block: &ConnectedBlock,
+        by_locator: &HashMap<Locator, usize>,
+        batch: &mut BlockBatch<'_>,
+    ) -> Result<Vec<Breach>, ChainError> {
         let mut breaches = Vec::new();
         for (locator, user, stored) in matches {
             let Some(&index) = by_locator.get(&locator) else { continue };
             if self.store.has_tracker(&locator, &user)? {
                 continue;
             }
-            let (dispute, txid) = (&block.block.txdata[index], block.txids[index]);
-            if let Some(penalty) = self.checked_penalty(&user, &locator, &stored, &txid, batch)? {
-                breaches.push((index, Breach { locator, user, dispute: dispute.clone(), penalty }));
+            let dispute_txid = block.txids[index];
+            if let Some(penalty) = self.checked_penalty(&user, &locator, &stored, &dispute_txid, batch)? {
+                breaches.push((index, Breach { locator, user, dispute_txid, penalty }));
             }
         }
         breaches.sort_by_key(|(index, _)| *index);
@@ -262,12 +265,6 @@ impl Watcher {
         }
     }
 
-    /// The late checks waiting for the block `hit`.
-    fn late_checks_at(&self, hit: &RecentHit) -> Result<Vec<(Locator, UserId)>, StoreError> {
-        let checks = self.store.late_checks(LATE_CHECKS_PER_ROUND)?;
-        Ok(checks.into_iter().filter(|(_, _, h)| h == hit).map(|(locator, user, _)| (locator, user)).collect())
-    }
-
     /// The breach of `user`'s appointment at `locator` in `block`, if it is still watched (the
     /// user's lock is held until the batch commits, so an update cannot slip in between).
     fn late_breach(
@@ -278,22 +275,40 @@ impl Watcher {
         batch: &mut BlockBatch<'_>,
     ) -> Result<Option<Breach>, ChainError> {
         // The recent index compares 8 bytes of the locator; here all 16 are.
-        let Some((dispute, txid)) = block.transaction_with(&locator) else { return Ok(None) };
+        let Some((_, dispute_txid)) = block.transaction_with(&locator) else { return Ok(None) };
         batch.lock_user(&user);
         let Some(record) = self.store.user(&user)? else { return Ok(None) };
         if self.store.has_tracker(&locator, &user)? {
             return Ok(None);
         }
         let Some(stored) = self.store.appointment(&locator, &record)? else { return Ok(None) };
-        let penalty = self.checked_penalty(&user, &locator, &stored, &txid, batch)?;
-        Ok(penalty.map(|penalty| Breach { locator, user, dispute: dispute.clone(), penalty }))
+        let penalty = self.checked_penalty(&user, &locator, &stored, &dispute_txid, batch)?;
+        Ok(penalty.map(|penalty| Breach { locator, user, dispute_txid, penalty }))
     }
 }
 
 impl ChainListener for Watcher {
+    /// The block's breaches: the locators of all its transactions are looked up in one pass over
+    /// the store (prefix probes with bloom filters, so the cost does not grow with the number of
+    /// appointments), a page of [`BREACH_CHUNK`] appointments at a time; each page's penalties go
+    /// to the Responder, and a page followed by another is committed on its own (a checkpoint),
+    /// so memory stays bounded however many users wait at one locator.
     fn block_connected(&self, block: &ConnectedBlock, batch: &mut BlockBatch<'_>) -> Result<(), ChainError> {
-        let breaches = self.find_breaches(block, batch)?;
-        self.responder.respond(breaches, block, block.height, batch)
+        let locators = block.locators();
+        let by_locator: HashMap<Locator, usize> = locators.iter().enumerate().map(|(i, l)| (*l, i)).collect();
+        let mut cursor = None;
+        loop {
+            let (page, next) = self.store.appointments_at_page(&locators, cursor.as_ref(), BREACH_CHUNK)?;
+            let breaches = self.breaches_in(page, block, &by_locator, batch)?;
+            self.responder.respond(breaches, block, block.height, batch)?;
+            match next {
+                Some(next) => {
+                    batch.checkpoint()?;
+                    cursor = Some(next);
+                }
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Nothing: appointments stay until their tracker completes, so a dispute that leaves the
@@ -302,15 +317,16 @@ impl ChainListener for Watcher {
         Ok(())
     }
 
+    /// The blocks late checks wait for, oldest first: a flood of checks at one block costs one
+    /// revisit of that block, and never pushes a check at an older block back.
     fn blocks_to_revisit(&self, limit: usize) -> Result<Vec<Revisit>, ChainError> {
-        let checks = self.store.late_checks(LATE_CHECKS_PER_ROUND)?;
-        let blocks: BTreeSet<Revisit> =
-            checks.iter().map(|(_, _, hit)| Revisit { height: hit.height, hash: hit.block_hash }).collect();
-        Ok(blocks.into_iter().take(limit).collect())
+        let blocks = self.store.late_check_blocks(limit)?;
+        Ok(blocks.into_iter().map(|hit| Revisit { height: hit.height, hash: hit.block_hash }).collect())
     }
 
-    /// Answers the late checks waiting for this block, and clears them. A block that left the
-    /// chain (`None`) leaves its appointments watched like any other.
+    /// Answers every late check waiting for this block, a page at a time (each page committed
+    /// with its answers), and clears them. A block that left the chain (`None`) leaves its
+    /// appointments watched like any other.
     fn revisit(
         &self,
         revisit: Revisit,
@@ -319,16 +335,24 @@ impl ChainListener for Watcher {
         batch: &mut BlockBatch<'_>,
     ) -> Result<(), ChainError> {
         let hit = RecentHit { height: revisit.height, block_hash: revisit.hash };
-        let mut breaches = Vec::new();
-        for (locator, user) in self.late_checks_at(&hit)? {
-            batch.writes().delete_late_check(&locator, &user);
-            if let Some(breach) = block.map(|b| self.late_breach(locator, user, b, batch)).transpose()?.flatten() {
-                breaches.push(breach);
+        loop {
+            let checks = self.store.late_checks_at(&hit, None, LATE_CHECKS_PER_PAGE)?;
+            let full = checks.len() == LATE_CHECKS_PER_PAGE;
+            let mut breaches = Vec::new();
+            for (locator, user) in checks {
+                batch.writes().delete_late_check(&hit, &locator, &user);
+                if let Some(breach) = block.map(|b| self.late_breach(locator, user, b, batch)).transpose()?.flatten() {
+                    breaches.push(breach);
+                }
             }
-        }
-        match block {
-            Some(block) => self.responder.respond(breaches, block, tip, batch),
-            None => Ok(()),
+            if let Some(block) = block {
+                self.responder.respond(breaches, block, tip, batch)?;
+            }
+            if !full {
+                return Ok(());
+            }
+            // The page's answers and the removal of its checks, before the next page is read.
+            batch.checkpoint()?;
         }
     }
 }

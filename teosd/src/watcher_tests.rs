@@ -131,3 +131,98 @@ async fn an_appointment_for_a_dispute_older_than_the_recent_window_gets_no_late_
     s.mine_empty(policy().recent_block_lookback).await;
     assert!(!s.add_appointment(&user(1), &dispute, &penalty));
 }
+
+/// `n` users (numbers from 10), each with an appointment for `dispute`'s penalty.
+fn crowd(s: &Scene, n: u32, dispute: &Transaction, penalty: &Transaction) -> Vec<UserId> {
+    (0..n)
+        .map(|i| {
+            let user = crate::test_utils::numbered_user(1, i);
+            s.register(&user);
+            s.add_appointment(&user, dispute, penalty);
+            user
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn more_users_at_a_locator_than_one_chunk_all_get_trackers_and_the_partial_mark_is_cleared() {
+    let s = scene().await;
+    let (dispute, penalty) = channel(1);
+    let users = crowd(&s, BREACH_CHUNK as u32 * 2 + 7, &dispute, &penalty);
+    s.mine(vec![dispute.clone()]).await;
+    assert!(users.iter().all(|u| s.tracker(u, &dispute).is_some()));
+    assert_eq!(s.broadcaster.sends_of(&penalty.compute_txid()), users.len());
+    assert_eq!(s.store.partial_block().unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_crash_after_a_chunk_replays_the_rest_without_sending_the_committed_chunk_again() {
+    let s = scene().await;
+    let (dispute, penalty) = channel(1);
+    let users = crowd(&s, BREACH_CHUNK as u32 + 5, &dispute, &penalty);
+    // The first chunk commits; then the store fails (the rest of the block, and its own batch).
+    s.kv.fail_after(1);
+    s.chain.mine(vec![dispute.clone()]);
+    assert!(s.follower.sync_round().await.is_err());
+    let done = users.iter().filter(|u| s.tracker(u, &dispute).is_some()).count();
+    assert_eq!(done, BREACH_CHUNK);
+    assert_eq!(s.store.partial_block().unwrap().map(|(h, _)| h), Some(1));
+    assert_eq!(s.store.tip().unwrap().unwrap().0, 0, "the block itself is not committed");
+
+    s.kv.set_failing(false);
+    let s = s.restart();
+    s.sync().await;
+    assert!(users.iter().all(|u| s.tracker(u, &dispute).is_some()));
+    // One send per user: the committed chunk was skipped, the one that failed sent again.
+    assert_eq!(s.broadcaster.sends_of(&penalty.compute_txid()), BREACH_CHUNK + 2 * 5);
+    assert_eq!(s.store.partial_block().unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_partly_processed_block_that_left_the_chain_meanwhile_is_undone_before_the_new_one() {
+    let s = scene().await;
+    let (dispute, penalty) = channel(1);
+    let users = crowd(&s, BREACH_CHUNK as u32 + 5, &dispute, &penalty);
+    s.kv.fail_after(1);
+    s.chain.mine(vec![dispute.clone()]);
+    assert!(s.follower.sync_round().await.is_err());
+    // While the tower is down the dispute's block is replaced by one without it.
+    s.kv.set_failing(false);
+    s.chain.disconnect_tip();
+    s.chain.mine_empty(2);
+    let s = s.restart();
+    s.sync().await;
+    assert!(users.iter().all(|u| s.tracker(u, &dispute).is_none()), "no tracker for a dispute not on chain");
+    assert!(users.iter().all(|u| s.appointment(u, &dispute).is_some()), "still watched");
+    assert_eq!(s.store.partial_block().unwrap(), None);
+}
+
+#[tokio::test]
+async fn late_checks_at_older_blocks_are_served_first_and_a_flood_loses_none() {
+    let s = scene().await;
+    s.register(&user(1));
+    // A flood: many late checks at an old block (appointments whose blobs are garbage).
+    let (old_dispute, _) = channel(50);
+    let (victim_dispute, victim_penalty) = channel(51);
+    s.mine(vec![old_dispute.clone()]).await;
+    s.mine(vec![victim_dispute.clone()]).await;
+    let flood = crowd_blobs(&s, 600, &old_dispute);
+    assert!(s.add_appointment(&user(1), &victim_dispute, &victim_penalty));
+    assert_eq!(s.store.late_check_blocks(10).unwrap().iter().map(|h| h.height).collect::<Vec<_>>(), vec![1, 2]);
+    s.sync().await;
+    assert!(s.store.late_checks(1).unwrap().is_empty(), "every check answered in one round");
+    assert!(s.tracker(&user(1), &victim_dispute).is_some());
+    assert!(flood.iter().all(|u| s.appointment(u, &old_dispute).is_none()), "the garbage is dropped");
+}
+
+/// `n` users with a garbage appointment at `dispute`'s locator, each queued as a late check.
+fn crowd_blobs(s: &Scene, n: u32, dispute: &Transaction) -> Vec<UserId> {
+    (0..n)
+        .map(|i| {
+            let user = crate::test_utils::numbered_user(2, i);
+            s.register(&user);
+            assert!(s.store_appointment(&user, appointment(dispute, vec![9; 64])), "a late check");
+            user
+        })
+        .collect()
+}

@@ -12,6 +12,8 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::protocol::UserId;
+
 /// How often [`Admission::forget_idle`] should run.
 pub const FORGET_EVERY: Duration = Duration::from_secs(60);
 
@@ -22,6 +24,8 @@ pub struct RateLimits {
     pub registrations_per_minute: u32,
     /// Appointment writes per second, with bursts of 4x (0: no limit).
     pub appointments_per_second: u32,
+    /// get_subscription_info per minute, per source and per user (0: no limit).
+    pub subscription_info_per_minute: u32,
 }
 
 /// What is being asked for.
@@ -31,17 +35,22 @@ pub enum Action {
     Register,
     /// `POST /add_appointment`.
     AddAppointment,
+    /// `POST /get_subscription_info` (its answer lists every locator of the user; its signature
+    /// is over a fixed message, so one can be replayed).
+    SubscriptionInfo,
 }
 
 /// A request over its source's limit: try again after this long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryAfter(pub Duration);
 
-/// The per-source limiters.
+/// The per-source limiters, and the per-user one of `get_subscription_info`.
 #[derive(Debug)]
 pub struct Admission {
     register: Option<DefaultKeyedRateLimiter<IpAddr>>,
     add_appointment: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    subscription_info: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    subscription_info_by_user: Option<DefaultKeyedRateLimiter<UserId>>,
 }
 
 impl Admission {
@@ -53,7 +62,16 @@ impl Admission {
             let burst = n.saturating_mul(NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN));
             RateLimiter::keyed(Quota::per_second(n).allow_burst(burst))
         });
-        Admission { register, add_appointment }
+        let per_minute = NonZeroU32::new(limits.subscription_info_per_minute).map(Quota::per_minute);
+        let subscription_info = per_minute.map(RateLimiter::keyed);
+        let subscription_info_by_user = per_minute.map(RateLimiter::keyed);
+        Admission { register, add_appointment, subscription_info, subscription_info_by_user }
+    }
+
+    /// Admits one `get_subscription_info` of `user` (once authenticated), or says when to retry.
+    pub fn admit_user(&self, user: &UserId) -> Result<(), RetryAfter> {
+        let Some(limiter) = &self.subscription_info_by_user else { return Ok(()) };
+        limiter.check_key(user).map_err(retry_after)
     }
 
     /// Admits one `action` from `source`, or says when to try again.
@@ -61,17 +79,20 @@ impl Admission {
         let limiter = match action {
             Action::Register => &self.register,
             Action::AddAppointment => &self.add_appointment,
+            Action::SubscriptionInfo => &self.subscription_info,
         };
         let Some(limiter) = limiter else { return Ok(()) };
-        limiter.check_key(&source_key(source)).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            RetryAfter(wait.max(Duration::from_secs(1)))
-        })
+        limiter.check_key(&source_key(source)).map_err(retry_after)
     }
 
-    /// Forgets the sources whose limits have fully recovered (call every [`FORGET_EVERY`]).
+    /// Forgets the sources (and users) whose limits have fully recovered (call every
+    /// [`FORGET_EVERY`]).
     pub fn forget_idle(&self) {
-        for limiter in [&self.register, &self.add_appointment].into_iter().flatten() {
+        for limiter in [&self.register, &self.add_appointment, &self.subscription_info].into_iter().flatten() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        if let Some(limiter) = &self.subscription_info_by_user {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -79,8 +100,13 @@ impl Admission {
 
     /// Sources currently remembered, for tests and metrics.
     pub fn remembered(&self) -> usize {
-        [&self.register, &self.add_appointment].into_iter().flatten().map(|l| l.len()).sum()
+        [&self.register, &self.add_appointment, &self.subscription_info].into_iter().flatten().map(|l| l.len()).sum()
     }
+}
+
+fn retry_after(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> RetryAfter {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    RetryAfter(wait.max(Duration::from_secs(1)))
 }
 
 /// The key a source is counted under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64.
@@ -104,7 +130,11 @@ mod tests {
 
     #[test]
     fn each_source_gets_its_own_allowance_and_one_over_it_is_told_when_to_retry() {
-        let admission = Admission::new(RateLimits { registrations_per_minute: 2, appointments_per_second: 1 });
+        let admission = Admission::new(RateLimits {
+            registrations_per_minute: 2,
+            appointments_per_second: 1,
+            subscription_info_per_minute: 0,
+        });
         assert!(admission.admit(Action::Register, ip("10.0.0.1")).is_ok());
         assert!(admission.admit(Action::Register, ip("10.0.0.1")).is_ok());
         let RetryAfter(wait) = admission.admit(Action::Register, ip("10.0.0.1")).unwrap_err();
@@ -119,7 +149,11 @@ mod tests {
 
     #[test]
     fn an_ipv6_host_cannot_rotate_through_its_slash_64() {
-        let admission = Admission::new(RateLimits { registrations_per_minute: 1, appointments_per_second: 0 });
+        let admission = Admission::new(RateLimits {
+            registrations_per_minute: 1,
+            appointments_per_second: 0,
+            subscription_info_per_minute: 0,
+        });
         assert!(admission.admit(Action::Register, ip("2001:db8:1:2::1")).is_ok());
         assert!(admission.admit(Action::Register, ip("2001:db8:1:2:ffff::9")).is_err());
         assert!(admission.admit(Action::Register, ip("2001:db8:1:3::1")).is_ok(), "another /64");
@@ -129,7 +163,11 @@ mod tests {
 
     #[test]
     fn idle_sources_are_forgotten() {
-        let admission = Admission::new(RateLimits { registrations_per_minute: 600, appointments_per_second: 0 });
+        let admission = Admission::new(RateLimits {
+            registrations_per_minute: 600,
+            appointments_per_second: 0,
+            subscription_info_per_minute: 0,
+        });
         for n in 0..100u8 {
             let _ = admission.admit(Action::Register, IpAddr::from([10, 0, 1, n]));
         }

@@ -12,8 +12,7 @@ use serde::Serialize;
 use teos_proto::errors as codes;
 use teos_proto::http::{
     AddAppointmentRequest, AddAppointmentResponse, ApiError, AppointmentData, AppointmentJson, GetAppointmentRequest,
-    GetAppointmentResponse, GetSubscriptionInfoRequest, GetSubscriptionInfoResponse, RegisterRequest, RegisterResponse,
-    TrackerJson,
+    GetAppointmentResponse, GetSubscriptionInfoRequest, RegisterRequest, RegisterResponse, TrackerJson,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -23,10 +22,10 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::admission::{Action, Admission, RateLimits, RetryAfter};
-use super::server::{ConnectionLimits, PeerAddr};
+use super::server::{ConnectionLimits, PeerAddr, StreamedBody};
 use crate::health::HealthCheck;
 use crate::protocol::{Appointment, Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
-use crate::tower::{RequestError, Tower};
+use crate::tower::{RequestError, SubscriptionInfo, Tower};
 use crate::watcher::{AppointmentError, AppointmentState};
 
 /// Body limits per route, in bytes.
@@ -74,17 +73,25 @@ struct WireError {
     status: StatusCode,
     code: u8,
     message: String,
+    /// A rate limit's `Retry-After` (the connection is then closed).
+    retry_after: Option<u64>,
 }
 
 impl WireError {
     fn into_response(self) -> Response {
         let body = ApiError { error: self.message, error_code: self.code };
-        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+        let mut reply = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if let Some(seconds) = self.retry_after {
+            let headers = reply.headers_mut();
+            headers.insert(warp::http::header::RETRY_AFTER, warp::http::HeaderValue::from(seconds));
+            headers.insert(warp::http::header::CONNECTION, warp::http::HeaderValue::from_static("close"));
+        }
+        reply
     }
 }
 
 fn error_reply(status: StatusCode, code: u8, message: impl Into<String>) -> WireError {
-    WireError { status, code, message: message.into() }
+    WireError { status, code, message: message.into(), retry_after: None }
 }
 
 fn bad_request(code: u8, message: impl Into<String>) -> WireError {
@@ -180,21 +187,20 @@ fn locator_from(bytes: &[u8]) -> Result<Locator, WireError> {
 }
 
 /// What the four POST routes share: the body parsed as `R`, `handler` run on it, and its answer
-/// or its error as JSON.
-async fn json_route<R, T, Fut>(body: bytes::Bytes, handler: impl FnOnce(R) -> Fut) -> Response
+/// (JSON, or a streamed JSON body) or its error as JSON.
+async fn json_route<R, Fut>(body: bytes::Bytes, handler: impl FnOnce(R) -> Fut) -> Response
 where
     R: serde::de::DeserializeOwned,
-    T: Serialize,
-    Fut: std::future::Future<Output = Result<T, WireError>>,
+    Fut: std::future::Future<Output = Result<Response, WireError>>,
 {
     let answer = match parse_body::<R>(&body) {
         Ok(request) => handler(request).await,
         Err(e) => Err(e),
     };
-    answer.map_or_else(WireError::into_response, |reply| ok_json(&reply))
+    answer.unwrap_or_else(WireError::into_response)
 }
 
-async fn register(tower: Tower, request: RegisterRequest) -> Result<RegisterResponse, WireError> {
+async fn register(tower: Tower, request: RegisterRequest) -> Result<Response, WireError> {
     check_field("user_id", &request.user_id, USER_ID_LEN)?;
     let user = UserId::from_slice(&request.user_id).map_err(|_| {
         bad_request(
@@ -203,16 +209,16 @@ async fn register(tower: Tower, request: RegisterRequest) -> Result<RegisterResp
         )
     })?;
     let receipt = tower.register(user).await.map_err(request_error_reply)?;
-    Ok(RegisterResponse {
+    Ok(ok_json(&RegisterResponse {
         user_id: receipt.user.to_bytes().to_vec(),
         available_slots: receipt.available_slots,
         subscription_start: receipt.subscription_start,
         subscription_expiry: receipt.subscription_expiry,
         subscription_signature: receipt.signature,
-    })
+    }))
 }
 
-async fn add_appointment(tower: Tower, request: AddAppointmentRequest) -> Result<AddAppointmentResponse, WireError> {
+async fn add_appointment(tower: Tower, request: AddAppointmentRequest) -> Result<Response, WireError> {
     let Some(appointment) = request.appointment else {
         return Err(bad_request(codes::MISSING_FIELD, "missing field `appointment`"));
     };
@@ -221,20 +227,20 @@ async fn add_appointment(tower: Tower, request: AddAppointmentRequest) -> Result
     let appointment =
         Appointment { locator, encrypted_blob: appointment.encrypted_blob, to_self_delay: appointment.to_self_delay };
     let receipt = tower.add_appointment(appointment, request.signature).await.map_err(request_error_reply)?;
-    Ok(AddAppointmentResponse {
+    Ok(ok_json(&AddAppointmentResponse {
         locator: receipt.locator.as_bytes().to_vec(),
         start_block: receipt.start_block,
         signature: receipt.signature,
         available_slots: receipt.available_slots,
         subscription_expiry: receipt.subscription_expiry,
-    })
+    }))
 }
 
-async fn get_appointment(tower: Tower, request: GetAppointmentRequest) -> Result<GetAppointmentResponse, WireError> {
+async fn get_appointment(tower: Tower, request: GetAppointmentRequest) -> Result<Response, WireError> {
     let locator = locator_from(&request.locator)?;
     check_signature(&request.signature)?;
     let state = tower.get_appointment(locator, request.signature).await.map_err(request_error_reply)?;
-    Ok(appointment_state_json(state))
+    Ok(ok_json(&appointment_state_json(state)))
 }
 
 fn appointment_state_json(state: AppointmentState) -> GetAppointmentResponse {
@@ -258,17 +264,61 @@ fn appointment_state_json(state: AppointmentState) -> GetAppointmentResponse {
     }
 }
 
+/// `get_subscription_info`, once the user is authenticated and within its own rate: the JSON
+/// body `{"available_slots", "subscription_expiry", "locators": [...]}` is streamed, a page of
+/// locators read from the store at a time, so its memory is bounded however many the user has.
 async fn get_subscription_info(
     tower: Tower,
+    admission: Arc<Admission>,
     request: GetSubscriptionInfoRequest,
-) -> Result<GetSubscriptionInfoResponse, WireError> {
+) -> Result<Response, WireError> {
     check_signature(&request.signature)?;
     let info = tower.subscription_info(request.signature).await.map_err(request_error_reply)?;
-    Ok(GetSubscriptionInfoResponse {
-        available_slots: info.available_slots,
-        subscription_expiry: info.subscription_expiry,
-        locators: info.locators.iter().map(|l| *l.as_bytes()).collect(),
-    })
+    admission.admit_user(&info.user).map_err(rate_limited)?;
+    Ok(streamed_subscription_info(tower, info))
+}
+
+/// Locators read from the store per chunk of a streamed `get_subscription_info` body.
+const LOCATORS_PER_CHUNK: usize = 4096;
+
+fn streamed_subscription_info(tower: Tower, info: SubscriptionInfo) -> Response {
+    use futures_util::StreamExt;
+    let head = format!(
+        "{{\"available_slots\":{},\"subscription_expiry\":{},\"locators\":[",
+        info.available_slots, info.subscription_expiry
+    );
+    // State: the last locator sent (`None` before the first), or done.
+    let chunks = futures_util::stream::unfold(Some(None::<Locator>), move |state| {
+        let tower = tower.clone();
+        async move {
+            let after = state?;
+            let page = match tower.locators_page(info.user, after, LOCATORS_PER_CHUNK).await {
+                Ok(page) => page,
+                Err(e) => return Some((Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>), None)),
+            };
+            let mut chunk = String::with_capacity(page.len() * 35 + 2);
+            for locator in &page {
+                if after.is_some() || !chunk.is_empty() {
+                    chunk.push(',');
+                }
+                chunk.push('"');
+                chunk.push_str(&locator.to_string());
+                chunk.push('"');
+            }
+            let next = match page.last() {
+                Some(last) if page.len() == LOCATORS_PER_CHUNK => Some(Some(*last)),
+                _ => {
+                    chunk.push_str("]}");
+                    None
+                }
+            };
+            Some((Ok(bytes::Bytes::from(chunk)), next))
+        }
+    });
+    let stream = futures_util::stream::once(async move { Ok(bytes::Bytes::from(head)) }).chain(chunks);
+    let mut response = warp::reply::with_header(warp::reply(), "content-type", "application/json").into_response();
+    response.extensions_mut().insert(StreamedBody::new(Box::pin(stream)));
+    response
 }
 
 /// Accepts a missing Content-Type (the reference does); refuses any that is not JSON.
@@ -309,6 +359,20 @@ fn source(behind_proxy: bool) -> impl Filter<Extract = (Option<IpAddr>,), Error 
             real_ip.or(peer.map(|p| p.0.ip())).or(remote.map(|a| a.ip()))
         },
     )
+}
+
+/// 429 with code 7 (the CLN plugin keeps the appointment and retries: reference-tower.md §9),
+/// `Retry-After`, and the connection closed: a source over its limit pays a new connection (a
+/// round trip) for its next try.
+fn rate_limited(RetryAfter(wait): RetryAfter) -> WireError {
+    let seconds = wait.as_secs().max(1);
+    let message = format!("Too many requests; try again in {seconds} s");
+    WireError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: codes::INVALID_SIGNATURE_OR_SUBSCRIPTION_ERROR,
+        message,
+        retry_after: Some(seconds),
+    }
 }
 
 /// Refuses `action` from a source over its rate limit (before the body is read).
@@ -352,7 +416,7 @@ pub fn routes(
         .and(with_tower.clone())
         .then(|b, t| json_route(b, |r| register(t, r)));
     let add = warp::path("add_appointment")
-        .and(admitted(Action::AddAppointment, admission, proxy))
+        .and(admitted(Action::AddAppointment, admission.clone(), proxy))
         .and(post_route(limits.add_appointment))
         .and(with_tower.clone())
         .then(|b, t| json_route(b, |r| add_appointment(t, r)));
@@ -360,10 +424,17 @@ pub fn routes(
         .and(post_route(limits.get_appointment))
         .and(with_tower.clone())
         .then(|b, t| json_route(b, |r| get_appointment(t, r)));
+    let for_users = admission.clone();
     let info = warp::path("get_subscription_info")
+        .and(admitted(Action::SubscriptionInfo, admission.clone(), proxy))
         .and(post_route(limits.small))
         .and(with_tower)
-        .then(|b, t| json_route(b, |r| get_subscription_info(t, r)));
+        .then(move |b, t| {
+            json_route(b, {
+                let admission = for_users.clone();
+                move |r| get_subscription_info(t, admission, r)
+            })
+        });
     let ping = warp::path("ping").and(warp::path::end()).and(warp::get()).map(|| StatusCode::OK.into_response());
     let health = warp::path("health").and(warp::path::end()).and(warp::get()).map(move || health_reply(&health));
     source(proxy)

@@ -58,7 +58,12 @@ fn harness() -> Harness {
     let signer = TowerSigner::new(SecretKey::from_slice(&[0x33; 32]).unwrap());
     let responder = Arc::new(Responder::new(store.clone(), Arc::new(FakeBroadcaster::default()), 6));
     let watcher = Watcher::new(store.clone(), Gatekeeper::new(store.clone(), policy()).unwrap(), signer, responder);
-    harness_with(Arc::new(watcher), store, RateLimits { registrations_per_minute: 0, appointments_per_second: 0 }, 0)
+    harness_with(
+        Arc::new(watcher),
+        store,
+        RateLimits { registrations_per_minute: 0, appointments_per_second: 0, subscription_info_per_minute: 0 },
+        0,
+    )
 }
 
 fn harness_with(watcher: Arc<Watcher>, store: Store, rates: RateLimits, disk_reserve: u64) -> Harness {
@@ -104,8 +109,8 @@ impl Harness {
         if !body.is_empty() || method == "POST" {
             req = req.header("content-length", body.len().to_string()).body(body);
         }
-        let res = req.reply(&self.router()).await;
-        (res.status(), String::from_utf8(res.body().to_vec()).unwrap())
+        let (status, body) = finished(req, &self.router()).await;
+        (status, String::from_utf8(body).unwrap())
     }
 
     async fn post(&self, path: &str, body: &str) -> (StatusCode, String) {
@@ -143,6 +148,22 @@ impl Harness {
         let signature = sign_message(b"get subscription info", &user_sk(n));
         self.post_json("/get_subscription_info", json!({ "signature": signature })).await
     }
+}
+
+/// `request` through `router` as the server sends it: a streamed body collected too.
+async fn finished<F>(request: warp::test::RequestBuilder, router: &F) -> (StatusCode, Vec<u8>)
+where
+    F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
+{
+    use http_body_util::BodyExt;
+    let response = match request.filter(router).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let response = crate::api::server::finish(response);
+    let status = response.status();
+    let body = response.into_body().collect().await.expect("a whole body").to_bytes().to_vec();
+    (status, body)
 }
 
 fn error(status: (StatusCode, String), expected_status: StatusCode, message: &str, code: u8) {
@@ -623,7 +644,7 @@ fn limited_harness(rates: RateLimits, disk_reserve: u64, policy: Policy) -> Harn
 
 #[tokio::test]
 async fn a_source_over_its_rate_limit_gets_429_with_code_7_and_when_to_retry() {
-    let rates = RateLimits { registrations_per_minute: 2, appointments_per_second: 1 };
+    let rates = RateLimits { registrations_per_minute: 2, appointments_per_second: 1, subscription_info_per_minute: 0 };
     let h = limited_harness(rates, 0, policy());
     let from = |path: &str, body: Value, ip: &str| {
         warp::test::request()
@@ -672,7 +693,7 @@ async fn a_source_over_its_rate_limit_gets_429_with_code_7_and_when_to_retry() {
 #[tokio::test]
 async fn a_renewal_past_the_slot_cap_is_refused_and_the_subscription_is_unchanged() {
     let h = limited_harness(
-        RateLimits { registrations_per_minute: 0, appointments_per_second: 0 },
+        RateLimits { registrations_per_minute: 0, appointments_per_second: 0, subscription_info_per_minute: 0 },
         0,
         Policy { max_slots_per_user: 50, ..policy() },
     );
@@ -690,7 +711,7 @@ async fn a_renewal_past_the_slot_cap_is_refused_and_the_subscription_is_unchange
 #[tokio::test]
 async fn a_full_tower_refuses_new_users_and_keeps_serving_the_registered_ones() {
     let h = limited_harness(
-        RateLimits { registrations_per_minute: 0, appointments_per_second: 0 },
+        RateLimits { registrations_per_minute: 0, appointments_per_second: 0, subscription_info_per_minute: 0 },
         0,
         Policy { max_users: 2, ..policy() },
     );
@@ -708,7 +729,11 @@ async fn a_full_tower_refuses_new_users_and_keeps_serving_the_registered_ones() 
 
 #[tokio::test]
 async fn below_the_disk_reserve_public_writes_are_refused_with_507_and_code_7_but_reads_work() {
-    let h = limited_harness(RateLimits { registrations_per_minute: 0, appointments_per_second: 0 }, u64::MAX, policy());
+    let h = limited_harness(
+        RateLimits { registrations_per_minute: 0, appointments_per_second: 0, subscription_info_per_minute: 0 },
+        u64::MAX,
+        policy(),
+    );
     let refused = "the tower is low on disk space and takes no new data for now; try again later";
     error(
         h.post("/register", &json!({ "user_id": user_id(1) }).to_string()).await,
@@ -751,4 +776,61 @@ async fn an_unforeseen_rejection_says_nothing_of_the_routers_internals() {
     let res = warp::test::request().reply(&refusing).await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(res.body(), json!({"error": "Invalid request", "error_code": 6}).to_string().as_bytes());
+}
+
+#[tokio::test]
+async fn subscription_info_streams_every_locator_in_the_same_json_as_one_body_would() {
+    let h = harness();
+    let user = UserId::from_str(&user_id(1)).unwrap();
+    h.register(1).await;
+    // More locators than one streamed chunk holds, written straight to the store.
+    let record = h.store.user(&user).unwrap().unwrap();
+    let mut batch = h.store.batch();
+    let mut locators = Vec::new();
+    for i in 0..(super::LOCATORS_PER_CHUNK as u32 + 10) {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&i.to_be_bytes());
+        let locator = Locator::from_slice(&bytes).unwrap();
+        let appointment = Appointment { locator, encrypted_blob: vec![1], to_self_delay: 20 };
+        batch.put_appointment(
+            &user,
+            &record,
+            &crate::store::StoredAppointment { appointment, user_signature: "s".into(), start_block: 1 },
+        );
+        locators.push(*locator.as_bytes());
+    }
+    h.store.commit(batch).unwrap();
+    let (status, text) = h
+        .post(
+            "/get_subscription_info",
+            &json!({"signature": sign_message(b"get subscription info", &user_sk(1))}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let whole =
+        teos_proto::http::GetSubscriptionInfoResponse { available_slots: 21, subscription_expiry: 600, locators };
+    assert_eq!(text, serde_json::to_string(&whole).unwrap(), "byte for byte what one body would be");
+}
+
+#[tokio::test]
+async fn subscription_info_is_rate_limited_per_user_as_its_signature_can_be_replayed() {
+    let rates = RateLimits { registrations_per_minute: 0, appointments_per_second: 0, subscription_info_per_minute: 2 };
+    let h = limited_harness(rates, 0, policy());
+    h.register(1).await;
+    let body = json!({"signature": sign_message(b"get subscription info", &user_sk(1))});
+    let from = |ip: &str| {
+        warp::test::request()
+            .method("POST")
+            .path("/get_subscription_info")
+            .remote_addr(format!("{ip}:5000").parse().unwrap())
+            .header("content-type", "application/json")
+            .header("content-length", body.to_string().len().to_string())
+            .body(body.to_string())
+    };
+    assert_eq!(finished(from("10.0.0.1"), &h.router()).await.0, StatusCode::OK);
+    assert_eq!(finished(from("10.0.0.2"), &h.router()).await.0, StatusCode::OK);
+    // The same signature replayed from a third address: the user's own limit.
+    let (status, body) = finished(from("10.0.0.3"), &h.router()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["error_code"], 7);
 }

@@ -53,6 +53,43 @@ pub struct ConnectionLimits {
 /// are closed rather than evicting another.
 pub const PENDING_PER_IP: usize = 4;
 
+/// What the public API sends as a body: warp's, or a stream a route asked for.
+pub type ApiBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Chunks of a streamed body.
+pub type BodyStream = Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, BoxError>> + Send>>;
+
+/// A route's wish to stream its body (warp 0.4 builds no streaming JSON reply): put in the
+/// response's extensions, it replaces the (empty) body when the response leaves.
+#[derive(Clone)]
+pub struct StreamedBody(Arc<Mutex<Option<BodyStream>>>);
+
+impl StreamedBody {
+    /// A body made of `stream`'s chunks.
+    pub fn new(stream: BodyStream) -> Self {
+        StreamedBody(Arc::new(Mutex::new(Some(stream))))
+    }
+}
+
+impl std::fmt::Debug for StreamedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamedBody")
+    }
+}
+
+/// The response as it leaves: warp's body, or the stream the route put in its extensions.
+pub fn finish(response: Response) -> hyper::Response<ApiBody> {
+    use futures_util::TryStreamExt;
+    use http_body_util::BodyExt;
+    let (mut parts, body) = response.into_parts();
+    let stream = parts.extensions.remove::<StreamedBody>().and_then(|s| s.0.lock().ok()?.take());
+    let body = match stream {
+        Some(stream) => http_body_util::StreamBody::new(stream.map_ok(hyper::body::Frame::data)).boxed_unsync(),
+        None => body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+    };
+    hyper::Response::from_parts(parts, body)
+}
+
 /// The peer of a connection, put in each request's extensions for the routes to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
@@ -250,9 +287,9 @@ where
     S: Service<hyper::Request<Incoming>, Response = Response, Error = Infallible>,
     S::Future: Send + 'static,
 {
-    type Response = Response;
+    type Response = hyper::Response<ApiBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -265,14 +302,15 @@ where
         slots.mark(id, true);
         Box::pin(async move {
             let answer = match tokio::time::timeout(timeout, answer).await {
-                Ok(answer) => answer,
+                Ok(Ok(answer)) => answer,
+                Ok(Err(never)) => match never {},
                 Err(_) => {
                     tracing::debug!(%peer, ?timeout, "public API: request timed out");
-                    Ok(super::http::request_timeout_reply())
+                    super::http::request_timeout_reply()
                 }
             };
             slots.mark(id, false);
-            answer
+            Ok(finish(answer))
         })
     }
 }

@@ -94,9 +94,22 @@ impl BitcoindBroadcaster {
     }
 }
 
+/// `sendrawtransaction` calls in flight at once when a block has many penalties.
+const BROADCASTS_AT_ONCE: usize = 8;
+
 impl Broadcaster for BitcoindBroadcaster {
     fn broadcast(&self, tx: &Transaction) -> Result<BroadcastOutcome, SourceError> {
         classify(self.runtime.block_on(self.rpc.send_raw_transaction(tx)))
+    }
+
+    fn broadcast_all(&self, txs: &[&Transaction]) -> Vec<Result<BroadcastOutcome, SourceError>> {
+        use futures_util::stream::{self, StreamExt};
+        self.runtime.block_on(
+            stream::iter(txs.iter().map(|tx| self.rpc.send_raw_transaction(tx)))
+                .buffered(BROADCASTS_AT_ONCE)
+                .map(classify)
+                .collect(),
+        )
     }
 }
 

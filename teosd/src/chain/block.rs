@@ -7,7 +7,7 @@ use bitcoin::{Block, BlockHash, Transaction, Txid};
 
 use crate::locks::{HeldLocks, UserLocks};
 use crate::protocol::{Locator, UserId};
-use crate::store::Batch;
+use crate::store::{Batch, Store, StoreError};
 
 /// A checked block of the best chain, with its transaction ids computed once.
 #[derive(Debug)]
@@ -57,7 +57,15 @@ impl ConnectedBlock {
 /// follower. Besides the store writes it carries the users whose locks the writes need (held
 /// until the commit), slots owed back to users (settled by the Gatekeeper), log lines that may
 /// only be written once the batch is durable, and the block's timings.
+///
+/// A listener with unbounded work for one block (every user at a breached locator) commits it in
+/// chunks with [`BlockBatch::checkpoint`]: each chunk is durable on its own, marked as part of
+/// this block, so that a replay of the same block skips what is done and a different block at
+/// that height first undoes it (see `chain::follower`).
 pub struct BlockBatch<'l> {
+    store: &'l Store,
+    /// The block being connected, for the partial-block mark of checkpoints.
+    block: Option<(u32, BlockHash)>,
     writes: Batch,
     locks: HeldLocks<'l>,
     refunds: BTreeMap<UserId, u32>,
@@ -77,9 +85,12 @@ impl std::fmt::Debug for BlockBatch<'_> {
 }
 
 impl<'l> BlockBatch<'l> {
-    /// An empty batch taking user locks from `locks`.
-    pub fn new(locks: &'l UserLocks) -> Self {
+    /// An empty batch over `store`, taking user locks from `locks`, for the block `block` being
+    /// connected (`None`: a disconnection or a revisit).
+    pub fn new(store: &'l Store, locks: &'l UserLocks, block: Option<(u32, BlockHash)>) -> Self {
         BlockBatch {
+            store,
+            block,
             writes: Batch::default(),
             locks: locks.hold(),
             refunds: BTreeMap::new(),
@@ -103,6 +114,20 @@ impl<'l> BlockBatch<'l> {
     /// Owes `user` a slot (a completed tracker). The Gatekeeper settles what is owed.
     pub fn refund_slot(&mut self, user: UserId) {
         *self.refunds.entry(user).or_default() += 1;
+    }
+
+    /// Commits the writes so far on their own (with the partial-block mark when a block is being
+    /// connected) and writes their log lines; the locks stay held. For work too big for one batch.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let mut writes = std::mem::take(&mut self.writes);
+        if let Some((height, hash)) = &self.block {
+            writes.set_partial_block(*height, hash);
+        }
+        self.store.commit(writes)?;
+        for log in std::mem::take(&mut self.after_commit) {
+            log();
+        }
+        Ok(())
     }
 
     /// Takes the slots owed, by user.

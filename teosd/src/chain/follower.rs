@@ -19,7 +19,7 @@ use super::{
 };
 use crate::locks::UserLocks;
 use crate::store::{Batch, Store, StoreError};
-use crate::task::blocking;
+use crate::task::Worker;
 
 /// How many processed blocks are remembered to find fork points.
 pub(super) const BLOCKS_KEPT: u32 = 1000;
@@ -46,11 +46,13 @@ pub struct ChainFollower {
     settings: FollowerSettings,
     status: Arc<watch::Sender<ChainStatus>>,
     wake: Arc<Notify>,
+    /// The follower's own thread for store work and broadcasts (see [`Worker`]).
+    worker: Worker,
 }
 
 impl ChainFollower {
     /// A follower reading `source`, showing blocks to `listeners` in this order, committing to
-    /// `store` and publishing its progress on `status`.
+    /// `store` and publishing its progress on `status`. Starts its worker thread.
     pub fn new(
         source: Arc<dyn BlockSource>,
         store: Store,
@@ -58,10 +60,11 @@ impl ChainFollower {
         listeners: Vec<Arc<dyn ChainListener>>,
         settings: FollowerSettings,
         status: watch::Sender<ChainStatus>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let wake = Arc::new(Notify::new());
         let status = Arc::new(status);
-        ChainFollower { source, store, locks, listeners: listeners.into(), settings, status, wake }
+        let worker = Worker::spawn("chain-follower")?;
+        Ok(ChainFollower { source, store, locks, listeners: listeners.into(), settings, status, wake, worker })
     }
 
     /// Wakes [`follow`](Self::follow) between polls (ZMQ notifications, late appointments).
@@ -209,7 +212,7 @@ impl ChainFollower {
         work: impl FnOnce(&ChainFollower) -> Result<T, E> + Send + 'static,
     ) -> Result<T, ChainError> {
         let me = self.clone();
-        blocking(move || work(&me)).await?.map_err(Into::into)
+        self.worker.run(move || work(&me)).await?.map_err(Into::into)
     }
 
     async fn adopt_tip(&self, best: BlockHash) -> Result<(), ChainError> {
@@ -267,7 +270,7 @@ impl ChainFollower {
         let Some((_, prev)) = self.store.block_at(height)? else {
             return Err(ChainError::ReorgTooDeep);
         };
-        let mut batch = BlockBatch::new(&self.locks);
+        let mut batch = BlockBatch::new(&self.store, &self.locks, None);
         for listener in self.listeners.iter().rev() {
             listener.block_disconnected(height, &mut batch)?;
         }
@@ -317,11 +320,12 @@ impl ChainFollower {
         if tip != (block.height.wrapping_sub(1), block.block.header.prev_blockhash) {
             return Err(ChainError::InvalidBlock { hash: block.hash, reason: "does not extend the stored tip".into() });
         }
+        self.undo_other_partial_block(block)?;
         // Indexed before any listener looks: see `store::recent` for why no appointment falls in
         // between.
         self.store.index_recent_block(block.height, block.hash, &block.txids);
         let check = started.elapsed();
-        let mut batch = BlockBatch::new(&self.locks);
+        let mut batch = BlockBatch::new(&self.store, &self.locks, Some((block.height, block.hash)));
         for listener in self.listeners.iter() {
             listener.block_connected(block, &mut batch)?;
         }
@@ -334,9 +338,28 @@ impl ChainFollower {
         Ok(BlockTimes { check, scan, broadcast, commit: started.elapsed() - listened, breaches })
     }
 
+    /// A block partly committed before a crash (its first chunks of breaches) that is not `block`
+    /// (a reorg happened meanwhile) is undone first, as if it had been disconnected. The same
+    /// block is simply processed again: what its chunks committed is skipped.
+    fn undo_other_partial_block(&self, block: &ConnectedBlock) -> Result<(), ChainError> {
+        let Some((height, hash)) = self.store.partial_block()? else { return Ok(()) };
+        if (height, hash) == (block.height, block.hash) {
+            return Ok(());
+        }
+        let mut batch = BlockBatch::new(&self.store, &self.locks, None);
+        for listener in self.listeners.iter().rev() {
+            listener.block_disconnected(height, &mut batch)?;
+        }
+        batch.writes().clear_partial_block();
+        self.commit(batch)?;
+        tracing::warn!(height, %hash, "a block partly processed before a restart left the chain: undone");
+        Ok(())
+    }
+
     /// The follower's own writes for a connected block: its record, its transactions for late
-    /// appointments (dropping the record that leaves the window), and the tip. Returns the first
-    /// height of the recent window.
+    /// appointments (dropping the record that leaves the window), and the tip (clearing the
+    /// partial-block mark of its checkpoints, if any). Returns the first height of the recent
+    /// window.
     fn record_block(&self, block: &ConnectedBlock, writes: &mut Batch) -> u32 {
         let height = block.height;
         writes.put_recent_block(height, &block.hash, &block.txids);
@@ -349,6 +372,7 @@ impl ChainFollower {
             writes.delete_block(old);
         }
         writes.set_tip(height, &block.hash);
+        writes.clear_partial_block();
         window_start
     }
 
@@ -370,7 +394,7 @@ impl ChainFollower {
                 let block = self.revisited_block(revisit).await?;
                 let tip = self.status.borrow().tip_height;
                 self.blocking(move |me| {
-                    let mut batch = BlockBatch::new(&me.locks);
+                    let mut batch = BlockBatch::new(&me.store, &me.locks, None);
                     me.listeners[index].revisit(revisit, block.as_ref(), tip, &mut batch)?;
                     me.commit(batch).map_err(ChainError::from)
                 })

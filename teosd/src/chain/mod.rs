@@ -153,10 +153,16 @@ pub enum BroadcastOutcome {
 
 /// Sends transactions. Blocking: called from the domain's block pass, which runs on a blocking
 /// thread. An `Err` means the backend could not be asked (see [`SourceError::is_transient`]): the
-/// block is then retried whole, so no broadcast is lost.
+/// block is then retried (what is not committed yet), so no broadcast is lost.
 pub trait Broadcaster: Send + Sync + std::fmt::Debug {
     /// Sends `tx` and classifies the answer.
     fn broadcast(&self, tx: &Transaction) -> Result<BroadcastOutcome, SourceError>;
+
+    /// Sends every one of `txs` (some at once, at the implementation's discretion) and returns
+    /// their answers in the same order.
+    fn broadcast_all(&self, txs: &[&Transaction]) -> Vec<Result<BroadcastOutcome, SourceError>> {
+        txs.iter().map(|tx| self.broadcast(tx)).collect()
+    }
 }
 
 /// A recent block a listener wants to see again, with what it saw there before.

@@ -130,6 +130,11 @@ pub struct Cli {
     #[arg(long = "appointmentspersecond", env = "TEOS_APPOINTMENTS_PER_SECOND", value_name = "N")]
     pub appointments_per_second: Option<u32>,
 
+    /// get_subscription_info requests per source address, and per user, per minute (0: no
+    /// limit) [default: 6].
+    #[arg(long = "subscriptioninfoperminute", env = "TEOS_SUBSCRIPTION_INFO_PER_MINUTE", value_name = "N")]
+    pub subscription_info_per_minute: Option<u32>,
+
     /// Slots one user may hold; a renewal that would pass it is refused [default: 100000].
     #[arg(long = "maxslotsperuser", env = "TEOS_MAX_SLOTS_PER_USER", value_name = "N")]
     pub max_slots_per_user: Option<u32>,

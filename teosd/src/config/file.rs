@@ -39,6 +39,7 @@ pub(super) struct FileConfig {
     pub http_request_timeout_secs: Option<u64>,
     pub registrations_per_minute: Option<u32>,
     pub appointments_per_second: Option<u32>,
+    pub subscription_info_per_minute: Option<u32>,
     pub max_slots_per_user: Option<u32>,
     pub max_users: Option<u64>,
     pub disk_reserve_mib: Option<u64>,

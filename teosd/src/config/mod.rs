@@ -151,6 +151,8 @@ pub struct Limits {
     pub registrations_per_minute: u32,
     /// Appointment writes per source per second, bursts of 4x (0: no limit).
     pub appointments_per_second: u32,
+    /// get_subscription_info per source, and per user, per minute (0: no limit).
+    pub subscription_info_per_minute: u32,
     /// Free bytes the data directory keeps for the chain.
     pub disk_reserve_bytes: u64,
     /// How long block commits may keep failing before teosd exits non-zero.
@@ -494,6 +496,7 @@ fn limits(cli: &Cli, file: &FileConfig) -> Result<Limits, ConfigError> {
         )?,
         registrations_per_minute: pick(&cli.registrations_per_minute, &file.registrations_per_minute, 10),
         appointments_per_second: pick(&cli.appointments_per_second, &file.appointments_per_second, 50),
+        subscription_info_per_minute: pick(&cli.subscription_info_per_minute, &file.subscription_info_per_minute, 6),
         disk_reserve_bytes: pick(&cli.disk_reserve_mib, &file.disk_reserve_mib, 512).saturating_mul(1 << 20),
         commit_failure_exit: secs(
             "commit_failure_exit_secs",

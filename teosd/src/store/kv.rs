@@ -27,8 +27,8 @@ pub enum Cf {
     /// height → block hash ‖ txids: the transactions of the recent blocks, kept for appointments
     /// that arrive after their dispute (indexed in memory by [`super::recent`]).
     RecentBlocks,
-    /// locator ‖ user_id → height ‖ block hash: appointments whose dispute was already mined when
-    /// they arrived, waiting for the chain follower to answer them.
+    /// height ‖ block hash ‖ locator ‖ user_id → (): appointments whose dispute was already mined
+    /// when they arrived, waiting for the chain follower to answer them, oldest blocks first.
     LateChecks,
 }
 
@@ -114,12 +114,26 @@ pub trait Kv: Send + Sync + std::fmt::Debug {
     /// Up to `limit` entries with `from <= key < to`, in key order.
     fn range(&self, cf: Cf, from: &[u8], to: &[u8], limit: usize) -> Result<Entries, KvError>;
 
-    /// Every entry whose key starts with one of `prefixes` (each of the column family's
-    /// [`Cf::prefix_len`]), in one pass: what a block's probes need, without one iterator per probe.
-    /// Entries come in key order; `prefixes` may come in any order and repeat.
-    fn scan_prefixes(&self, cf: Cf, prefixes: &[&[u8]]) -> Result<Entries, KvError>;
+    /// Up to `limit` entries whose key starts with one of `prefixes` (each of the column family's
+    /// [`Cf::prefix_len`]) and is greater than `after`, in one pass: what a block's probes need,
+    /// without one iterator per probe, a page at a time. Entries come in key order; `prefixes`
+    /// may come in any order and repeat.
+    fn scan_prefixes(&self, cf: Cf, prefixes: &[&[u8]], after: Option<&[u8]>, limit: usize)
+        -> Result<Entries, KvError>;
 
     /// Rewrites the stored data compactly now rather than in the background later (after a bulk
     /// load). Changes no content.
     fn compact(&self) -> Result<(), KvError>;
+}
+
+/// Where a page of the entries with `prefix` starts when the previous page ended at `after`:
+/// `None` if every such entry is at or before `after`.
+pub(super) fn page_start(prefix: &[u8], after: Option<&[u8]>) -> Option<Vec<u8>> {
+    let Some(after) = after else { return Some(prefix.to_vec()) };
+    let head = &after[..prefix.len().min(after.len())];
+    match prefix.cmp(head) {
+        std::cmp::Ordering::Greater => Some(prefix.to_vec()),
+        std::cmp::Ordering::Equal => Some(after.to_vec()),
+        std::cmp::Ordering::Less => None,
+    }
 }

@@ -54,13 +54,26 @@ impl Kv for MemoryKv {
             .collect())
     }
 
-    fn scan_prefixes(&self, cf: Cf, prefixes: &[&[u8]]) -> Result<Entries, KvError> {
+    fn scan_prefixes(
+        &self,
+        cf: Cf,
+        prefixes: &[&[u8]],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, KvError> {
         let mut sorted = prefixes.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
         let mut out = Entries::new();
         for prefix in sorted {
-            out.extend(self.scan(cf, prefix, prefix, usize::MAX)?);
+            let Some(from) = super::kv::page_start(prefix, after) else { continue };
+            let rows = self.scan(cf, prefix, &from, (limit - out.len()).saturating_add(1))?;
+            out.extend(
+                rows.into_iter().filter(|(k, _)| after.is_none_or(|a| k.as_slice() > a)).take(limit - out.len()),
+            );
+            if out.len() == limit {
+                break;
+            }
         }
         Ok(out)
     }

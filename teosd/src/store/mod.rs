@@ -6,6 +6,7 @@
 mod kv;
 mod listing;
 mod memory;
+mod migrate;
 mod recent;
 mod records;
 mod rocks;
@@ -28,12 +29,13 @@ pub use trackers::TrackerEvent;
 
 use crate::protocol::{Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 
-/// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+/// The layout version this build reads and writes (and upgrades version 2 to, at open).
+pub const SCHEMA_VERSION: u32 = 3;
 
 const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 const META_TOWER_KEY: &[u8] = b"tower_key/";
 const META_TIP: &[u8] = b"tip";
+const META_PARTIAL_BLOCK: &[u8] = b"partial_block";
 
 /// Store errors. None of them is ever answered by resetting data.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,13 @@ fn expiry_key(expiry: u32, user: &UserId) -> Vec<u8> {
     join(&expiry.to_be_bytes(), &user.to_bytes())
 }
 
+/// An appointment found at a locator: the locator, its user, the appointment.
+pub type AppointmentAt = (Locator, UserId, StoredAppointment);
+
+/// Where a page of [`Store::appointments_at_page`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppointmentsCursor(Vec<u8>);
+
 /// A set of changes applied atomically by [`Store::commit`].
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -142,6 +151,21 @@ impl Batch {
     /// Records the last block whose effects this batch completes.
     pub fn set_tip(&mut self, height: u32, hash: &BlockHash) {
         self.ops.push(Op::Put(Cf::Meta, META_TIP.to_vec(), join(&height.to_be_bytes(), hash.as_byte_array())));
+    }
+
+    /// Records that part of the block `hash` at `height` is committed ahead of the block itself
+    /// (its breaches, in chunks); the block's own batch clears it.
+    pub fn set_partial_block(&mut self, height: u32, hash: &BlockHash) {
+        self.ops.push(Op::Put(
+            Cf::Meta,
+            META_PARTIAL_BLOCK.to_vec(),
+            join(&height.to_be_bytes(), hash.as_byte_array()),
+        ));
+    }
+
+    /// Clears the partial-block mark.
+    pub fn clear_partial_block(&mut self) {
+        self.ops.push(Op::Delete(Cf::Meta, META_PARTIAL_BLOCK.to_vec()));
     }
 
     /// Records a processed block of the best chain.
@@ -195,6 +219,7 @@ impl Store {
         match kv.get(Cf::Meta, META_SCHEMA_VERSION)? {
             Some(bytes) => match records::be_u32(&bytes, 0) {
                 Some(SCHEMA_VERSION) if bytes.len() == 4 => {}
+                Some(2) if bytes.len() == 4 => migrate::v2_to_v3(kv.as_ref())?,
                 Some(found) => return Err(StoreError::SchemaVersion { found }),
                 None => return Err(corrupt(Cf::Meta, "schema version", format!("{} bytes", bytes.len()))),
             },
@@ -274,6 +299,20 @@ impl Store {
         }
     }
 
+    /// The block whose effects are partly committed ahead of it, if any (see
+    /// [`Batch::set_partial_block`]).
+    pub fn partial_block(&self) -> Result<Option<(u32, BlockHash)>, StoreError> {
+        let Some(bytes) = self.kv.get(Cf::Meta, META_PARTIAL_BLOCK)? else { return Ok(None) };
+        match (bytes.len(), records::be_u32(&bytes, 0)) {
+            (36, Some(height)) => {
+                let hash = BlockHash::from_slice(&bytes[4..])
+                    .map_err(|e| corrupt(Cf::Meta, "partial block", e.to_string()))?;
+                Ok(Some((height, hash)))
+            }
+            (len, _) => Err(corrupt(Cf::Meta, "partial block", format!("{len} bytes"))),
+        }
+    }
+
     /// The processed block at `height`: its hash and its parent's.
     pub fn block_at(&self, height: u32) -> Result<Option<(BlockHash, BlockHash)>, StoreError> {
         let Some(bytes) = self.kv.get(Cf::Blocks, &height.to_be_bytes())? else {
@@ -319,26 +358,64 @@ impl Store {
         Ok(rows.into_iter().map(|(_, user, stored)| (user, stored)).collect())
     }
 
-    /// Every appointment at any of `locators` (one pass over the store, for a block's
-    /// transactions), in key order.
+    /// Every appointment at any of `locators` (one pass over the store), in key order.
     pub fn appointments_at_any(
         &self,
         locators: &[Locator],
     ) -> Result<Vec<(Locator, UserId, StoredAppointment)>, StoreError> {
+        Ok(self.appointments_at_page(locators, None, usize::MAX)?.0)
+    }
+
+    /// Up to `limit` appointments at any of `locators` after the cursor `after`, in key order, in
+    /// one pass over the store (a block's transactions, a page at a time); and the cursor of the
+    /// next page, if the page is full.
+    pub fn appointments_at_page(
+        &self,
+        locators: &[Locator],
+        after: Option<&AppointmentsCursor>,
+        limit: usize,
+    ) -> Result<(Vec<AppointmentAt>, Option<AppointmentsCursor>), StoreError> {
         let prefixes: Vec<&[u8]> = locators.iter().map(|l| l.as_bytes().as_slice()).collect();
-        let rows = self.kv.scan_prefixes(Cf::Appointments, &prefixes)?;
-        rows.iter()
+        let rows = self.kv.scan_prefixes(Cf::Appointments, &prefixes, after.map(|c| c.0.as_slice()), limit)?;
+        let next = rows.last().filter(|_| rows.len() == limit).map(|(k, _)| AppointmentsCursor(k.clone()));
+        let page = rows
+            .iter()
             .map(|(k, v)| {
                 let (locator, number) = split_numbered_key(k)?;
                 Ok((locator, self.user_of_row(number)?, decode_appointment(locator, v)?))
             })
-            .collect()
+            .collect::<Result<_, StoreError>>()?;
+        Ok((page, next))
     }
 
     /// The locators of `user`'s appointments, in byte order.
     pub fn user_locators(&self, user: &UserId) -> Result<Vec<Locator>, StoreError> {
         let prefix = user.to_bytes();
         let rows = self.kv.scan(Cf::UserLocators, &prefix, &prefix, usize::MAX)?;
+        rows.iter()
+            .map(|(k, _)| {
+                Locator::from_slice(&k[USER_ID_LEN..]).map_err(|e| corrupt(Cf::UserLocators, "key", e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` of `user`'s locators after `after`, in byte order (a page of them).
+    pub fn user_locators_page(
+        &self,
+        user: &UserId,
+        after: Option<&Locator>,
+        limit: usize,
+    ) -> Result<Vec<Locator>, StoreError> {
+        let prefix = user.to_bytes();
+        let from = match after {
+            Some(locator) => {
+                let mut key = join(&prefix, locator.as_bytes());
+                key.push(0);
+                key
+            }
+            None => prefix.to_vec(),
+        };
+        let rows = self.kv.scan(Cf::UserLocators, &prefix, &from, limit)?;
         rows.iter()
             .map(|(k, _)| {
                 Locator::from_slice(&k[USER_ID_LEN..]).map_err(|e| corrupt(Cf::UserLocators, "key", e.to_string()))

@@ -21,7 +21,7 @@ use bitcoin::{BlockHash, Txid};
 use super::kv::{Cf, Kv, Op};
 use super::records::be_u32;
 use super::{appointment_key, corrupt, Batch, Store, StoreError};
-use crate::protocol::{Locator, UserId};
+use crate::protocol::{Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 
 /// A recent block holding a transaction with a given locator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,15 +133,12 @@ impl Batch {
     /// Records that `user`'s appointment at `locator` arrived after a transaction with its
     /// locator was mined in `hit`.
     pub fn put_late_check(&mut self, locator: &Locator, user: &UserId, hit: &RecentHit) {
-        let mut value = Vec::with_capacity(36);
-        value.extend_from_slice(&hit.height.to_be_bytes());
-        value.extend_from_slice(hit.block_hash.as_byte_array());
-        self.ops.push(Op::Put(Cf::LateChecks, appointment_key(locator, user), value));
+        self.ops.push(Op::Put(Cf::LateChecks, late_check_key(hit, locator, user), Vec::new()));
     }
 
     /// Removes a late check.
-    pub fn delete_late_check(&mut self, locator: &Locator, user: &UserId) {
-        self.ops.push(Op::Delete(Cf::LateChecks, appointment_key(locator, user)));
+    pub fn delete_late_check(&mut self, hit: &RecentHit, locator: &Locator, user: &UserId) {
+        self.ops.push(Op::Delete(Cf::LateChecks, late_check_key(hit, locator, user)));
     }
 }
 
@@ -178,19 +175,89 @@ impl Store {
         self.recent.read().range(..height).map(|(&h, _)| h).collect()
     }
 
-    /// Up to `limit` appointments waiting for a late check, with the block each matched.
-    pub fn late_checks(&self, limit: usize) -> Result<Vec<(Locator, UserId, RecentHit)>, StoreError> {
-        let rows = self.kv.range(Cf::LateChecks, &[], &[0xff; 50], limit)?;
-        rows.iter()
-            .map(|(k, v)| {
-                let (locator, user) = super::trackers::split_key(Cf::LateChecks, k)?;
-                let height = be_u32(v, 0)
-                    .filter(|_| v.len() == 36)
-                    .ok_or_else(|| corrupt(Cf::LateChecks, "value", "not 36 bytes"))?;
-                let block_hash =
-                    BlockHash::from_slice(&v[4..]).map_err(|e| corrupt(Cf::LateChecks, "hash", e.to_string()))?;
-                Ok((locator, user, RecentHit { height, block_hash }))
-            })
-            .collect()
+    /// Up to `limit` blocks that late checks wait for, oldest first (one seek per block, however
+    /// many checks each has).
+    pub fn late_check_blocks(&self, limit: usize) -> Result<Vec<RecentHit>, StoreError> {
+        let mut blocks = Vec::new();
+        let mut from = Vec::new();
+        while blocks.len() < limit {
+            let Some((key, _)) = self.kv.range(Cf::LateChecks, &from, &[0xff; LATE_KEY_LEN + 1], 1)?.pop() else {
+                break;
+            };
+            let (hit, _, _) = split_late_check_key(&key)?;
+            blocks.push(hit);
+            match successor(&key[..BLOCK_PREFIX_LEN]) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(blocks)
     }
+
+    /// Up to `limit` late checks waiting for the block `hit`, after `after`, in key order.
+    pub fn late_checks_at(
+        &self,
+        hit: &RecentHit,
+        after: Option<&(Locator, UserId)>,
+        limit: usize,
+    ) -> Result<Vec<(Locator, UserId)>, StoreError> {
+        let prefix = block_prefix(hit);
+        let mut from = match after {
+            Some((locator, user)) => late_check_key(hit, locator, user),
+            None => prefix.clone(),
+        };
+        if after.is_some() {
+            from.push(0);
+        }
+        let rows = self.kv.scan(Cf::LateChecks, &prefix, &from, limit)?;
+        rows.iter().map(|(k, _)| split_late_check_key(k).map(|(_, locator, user)| (locator, user))).collect()
+    }
+
+    /// Up to `limit` late checks, oldest blocks first, with the block each waits for.
+    pub fn late_checks(&self, limit: usize) -> Result<Vec<(Locator, UserId, RecentHit)>, StoreError> {
+        let rows = self.kv.range(Cf::LateChecks, &[], &[0xff; LATE_KEY_LEN + 1], limit)?;
+        rows.iter().map(|(k, _)| split_late_check_key(k).map(|(hit, locator, user)| (locator, user, hit))).collect()
+    }
+}
+
+/// `height ‖ block hash`: the part of a late check's key naming its block.
+const BLOCK_PREFIX_LEN: usize = 4 + 32;
+/// `height ‖ block hash ‖ locator ‖ user_id`.
+pub(super) const LATE_KEY_LEN: usize = BLOCK_PREFIX_LEN + LOCATOR_LEN + USER_ID_LEN;
+
+fn block_prefix(hit: &RecentHit) -> Vec<u8> {
+    let mut key = Vec::with_capacity(LATE_KEY_LEN);
+    key.extend_from_slice(&hit.height.to_be_bytes());
+    key.extend_from_slice(hit.block_hash.as_byte_array());
+    key
+}
+
+pub(super) fn late_check_key(hit: &RecentHit, locator: &Locator, user: &UserId) -> Vec<u8> {
+    let mut key = block_prefix(hit);
+    key.extend_from_slice(&appointment_key(locator, user));
+    key
+}
+
+fn split_late_check_key(key: &[u8]) -> Result<(RecentHit, Locator, UserId), StoreError> {
+    if key.len() != LATE_KEY_LEN {
+        return Err(corrupt(Cf::LateChecks, "key", format!("{} bytes", key.len())));
+    }
+    let height = be_u32(key, 0).ok_or_else(|| corrupt(Cf::LateChecks, "key", "short"))?;
+    let block_hash =
+        BlockHash::from_slice(&key[4..BLOCK_PREFIX_LEN]).map_err(|e| corrupt(Cf::LateChecks, "hash", e.to_string()))?;
+    let (locator, user) = super::trackers::split_key(Cf::LateChecks, &key[BLOCK_PREFIX_LEN..])?;
+    Ok((RecentHit { height, block_hash }, locator, user))
+}
+
+/// The smallest byte string greater than every string starting with `prefix` (`None` if all are
+/// 0xff).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < 0xff {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
 }

@@ -2,6 +2,7 @@
 //! that does not fit its layout is reported as corruption.
 
 use bitcoin::consensus::{deserialize, serialize};
+use bitcoin::hashes::Hash;
 use bitcoin::{Transaction, Txid};
 
 use crate::protocol::{Appointment, Locator};
@@ -154,12 +155,12 @@ pub enum PenaltyStatus {
     Confirmed(u32),
 }
 
-/// A triggered appointment: the dispute seen on chain and the penalty being followed.
+/// A triggered appointment: the dispute seen on chain and the penalty being followed. The dispute
+/// itself is not kept (only its id): nothing needs it once its penalty is decrypted, and a
+/// dispute of 100 kB matched by many users would otherwise be stored once per user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackerRecord {
-    /// The dispute transaction.
-    pub dispute: Transaction,
-    /// Its txid.
+    /// The dispute's txid.
     pub dispute_txid: Txid,
     /// The decrypted penalty.
     pub penalty: Transaction,
@@ -170,43 +171,55 @@ pub struct TrackerRecord {
 }
 
 impl TrackerRecord {
-    /// `status_kind(u8: 0 broadcast, 1 confirmed) ‖ status_height ‖ dispute_height ‖ penalty_len(u32)
-    /// ‖ penalty ‖ dispute` (transactions consensus-encoded).
+    /// `status_kind(u8: 0 broadcast, 1 confirmed) ‖ status_height ‖ dispute_height ‖ dispute_txid
+    /// ‖ penalty` (consensus-encoded, to the end).
     pub fn encode(&self) -> Vec<u8> {
         let penalty = serialize(&self.penalty);
-        let dispute = serialize(&self.dispute);
         let (kind, height) = match self.status {
             PenaltyStatus::Broadcast(h) => (0u8, h),
             PenaltyStatus::Confirmed(h) => (1u8, h),
         };
-        let mut out = Vec::with_capacity(9 + penalty.len() + dispute.len());
+        let mut out = Vec::with_capacity(41 + penalty.len());
         out.push(kind);
         out.extend_from_slice(&height.to_be_bytes());
         out.extend_from_slice(&self.dispute_height.to_be_bytes());
-        out.extend_from_slice(&u32::try_from(penalty.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(self.dispute_txid.as_byte_array());
         out.extend_from_slice(&penalty);
-        out.extend_from_slice(&dispute);
         out
     }
 
     /// Inverse of [`TrackerRecord::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let (Some(&kind), Some(height), Some(dispute_height), Some(len)) =
-            (bytes.first(), be_u32(bytes, 1), be_u32(bytes, 5), be_u32(bytes, 9))
-        else {
-            return Err(err("tracker", "too short"));
-        };
-        let status = match kind {
-            0 => PenaltyStatus::Broadcast(height),
-            1 => PenaltyStatus::Confirmed(height),
-            other => return Err(err("tracker", format!("unknown status {other}"))),
-        };
+        let (status, dispute_height) = decode_status(bytes)?;
+        let txid = bytes.get(9..41).ok_or_else(|| err("tracker", "truncated dispute txid"))?;
+        let dispute_txid = Txid::from_slice(txid).map_err(|e| err("tracker", e.to_string()))?;
+        let penalty: Transaction = deserialize(&bytes[41..]).map_err(|e| err("tracker", e.to_string()))?;
+        Ok(TrackerRecord { dispute_txid, penalty, dispute_height, status })
+    }
+
+    /// Decodes schema version 2's layout (`status ‖ heights ‖ penalty_len(u32) ‖ penalty ‖
+    /// dispute`), for the upgrade to version 3.
+    pub(super) fn decode_v2(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let (status, dispute_height) = decode_status(bytes)?;
+        let len = be_u32(bytes, 9).ok_or_else(|| err("tracker", "too short"))?;
         let penalty_end = 13usize.saturating_add(len as usize);
         let penalty = bytes.get(13..penalty_end).ok_or_else(|| err("tracker", "truncated penalty"))?;
         let penalty: Transaction = deserialize(penalty).map_err(|e| err("tracker", e.to_string()))?;
         let dispute: Transaction = deserialize(&bytes[penalty_end..]).map_err(|e| err("tracker", e.to_string()))?;
-        Ok(TrackerRecord { dispute_txid: dispute.compute_txid(), dispute, penalty, dispute_height, status })
+        Ok(TrackerRecord { dispute_txid: dispute.compute_txid(), penalty, dispute_height, status })
     }
+}
+
+fn decode_status(bytes: &[u8]) -> Result<(PenaltyStatus, u32), DecodeError> {
+    let (Some(&kind), Some(height), Some(dispute_height)) = (bytes.first(), be_u32(bytes, 1), be_u32(bytes, 5)) else {
+        return Err(err("tracker", "too short"));
+    };
+    let status = match kind {
+        0 => PenaltyStatus::Broadcast(height),
+        1 => PenaltyStatus::Confirmed(height),
+        other => return Err(err("tracker", format!("unknown status {other}"))),
+    };
+    Ok((status, dispute_height))
 }
 
 #[cfg(test)]

@@ -118,21 +118,27 @@ impl RocksKv {
     /// Every entry under each of `prefixes` (sorted, of the column family's prefix length), with
     /// one iterator in prefix mode: each seek consults the prefix bloom filters, and the iterator
     /// over the memtables and every level is built once rather than per probe.
-    fn probe_sorted(&self, cf: Cf, prefixes: &[&[u8]]) -> Result<Entries, KvError> {
+    fn probe_sorted(&self, cf: Cf, prefixes: &[&[u8]], after: Option<&[u8]>, limit: usize) -> Result<Entries, KvError> {
         let mut read = ReadOptions::default();
         read.set_prefix_same_as_start(true);
         let mut iter = self.db.raw_iterator_cf_opt(self.handle(cf), read);
         let mut out = Entries::new();
         for prefix in prefixes {
-            iter.seek(prefix);
+            let Some(from) = super::kv::page_start(prefix, after) else { continue };
+            iter.seek(&from);
             while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
-                if !k.starts_with(prefix) {
+                if !k.starts_with(prefix) || out.len() == limit {
                     break;
                 }
-                out.push((k.to_vec(), v.to_vec()));
+                if after.is_none_or(|a| k > a) {
+                    out.push((k.to_vec(), v.to_vec()));
+                }
                 iter.next();
             }
             iter.status().map_err(backend)?;
+            if out.len() == limit {
+                break;
+            }
         }
         Ok(out)
     }
@@ -212,7 +218,13 @@ impl Kv for RocksKv {
         self.collect(cf, from, prefix_successor(prefix), limit)
     }
 
-    fn scan_prefixes(&self, cf: Cf, prefixes: &[&[u8]]) -> Result<Entries, KvError> {
+    fn scan_prefixes(
+        &self,
+        cf: Cf,
+        prefixes: &[&[u8]],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, KvError> {
         if prefixes.iter().any(|p| Some(p.len()) != cf.prefix_len()) {
             let mut out = Entries::new();
             for prefix in prefixes {
@@ -220,12 +232,14 @@ impl Kv for RocksKv {
             }
             out.sort_unstable();
             out.dedup();
+            out.retain(|(k, _)| after.is_none_or(|a| k.as_slice() > a));
+            out.truncate(limit);
             return Ok(out);
         }
         let mut sorted = prefixes.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        self.probe_sorted(cf, &sorted)
+        self.probe_sorted(cf, &sorted, after, limit)
     }
 
     fn compact(&self) -> Result<(), KvError> {

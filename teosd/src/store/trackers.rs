@@ -105,7 +105,7 @@ impl Store {
     /// Trackers whose penalty is one of `txids` (one pass over the index), with that txid.
     pub fn trackers_by_penalty(&self, txids: &[Txid]) -> Result<Vec<(Txid, Locator, UserId)>, StoreError> {
         let prefixes: Vec<&[u8]> = txids.iter().map(|t| t.as_byte_array().as_slice()).collect();
-        let rows = self.kv.scan_prefixes(Cf::TrackersByPenalty, &prefixes)?;
+        let rows = self.kv.scan_prefixes(Cf::TrackersByPenalty, &prefixes, None, usize::MAX)?;
         rows.iter()
             .map(|(k, _)| {
                 let txid = Txid::from_slice(&k[..32.min(k.len())])
