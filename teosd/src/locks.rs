@@ -4,7 +4,8 @@
 //!
 //! Requests take one user's lock at a time. The chain follower may hold several at once (a block
 //! that refunds or expires many users), through [`HeldLocks`], which takes each stripe once. Only
-//! the follower ever holds more than one, so no lock order can deadlock.
+//! the follower ever holds more than one, so no lock order can deadlock. Both take their
+//! [`ChainPriority`] turn before any user lock.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -14,19 +15,26 @@ use crate::protocol::UserId;
 /// Stripes: users hash to one of these; different stripes run in parallel.
 const STRIPES: usize = 256;
 
-/// Striped locks: requests of one user run one at a time; different users run in parallel.
+/// Striped locks: requests of one user run one at a time; different users run in parallel. With
+/// them, the chain follower's right of way over requests ([`ChainPriority`]).
 #[derive(Debug)]
 pub struct UserLocks {
     stripes: Vec<Mutex<()>>,
+    priority: ChainPriority,
 }
 
 impl Default for UserLocks {
     fn default() -> Self {
-        UserLocks { stripes: (0..STRIPES).map(|_| Mutex::new(())).collect() }
+        UserLocks { stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(), priority: ChainPriority::default() }
     }
 }
 
 impl UserLocks {
+    /// The follower's right of way (see [`ChainPriority`]).
+    pub fn priority(&self) -> &ChainPriority {
+        &self.priority
+    }
+
     fn stripe(&self, user: &UserId) -> usize {
         // Byte 1 is the first byte of the key's x coordinate: uniformly spread.
         usize::from(user.to_bytes()[1]) % self.stripes.len()
@@ -88,5 +96,27 @@ mod tests {
         assert!(locks.stripes[locks.stripe(&user(1))].try_lock().is_err());
         drop(held);
         assert!(locks.stripes[locks.stripe(&user(1))].try_lock().is_ok());
+    }
+}
+
+/// The chain follower's right of way. Requests hold a share of it while their blocking work runs
+/// (taken on the blocking thread, so queued requests hold nothing); the follower takes it whole
+/// while it processes a block. It waits only for the few requests already running, then runs
+/// alone, and requests arriving meanwhile wait for it: a flood of requests cannot slow a block
+/// down beyond the requests in flight when it comes. Taken before any user lock, on both sides.
+#[derive(Debug, Default)]
+pub struct ChainPriority {
+    turn: std::sync::RwLock<()>,
+}
+
+impl ChainPriority {
+    /// A request's share, held while its work runs.
+    pub fn request(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.turn.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The follower's whole turn, held while it processes a block.
+    pub fn chain(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.turn.write().unwrap_or_else(|p| p.into_inner())
     }
 }

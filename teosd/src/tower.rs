@@ -141,9 +141,13 @@ impl Tower {
         work: impl FnOnce(&Watcher, &UserLocks, u32) -> Result<T, RequestError> + Send + 'static,
     ) -> Result<T, RequestError> {
         let (watcher, locks, height) = (self.watcher.clone(), self.locks.clone(), self.height());
-        crate::task::blocking(move || work(&watcher, &locks, height))
-            .await
-            .map_err(|e| RequestError::Internal(format!("request task failed: {e}")))?
+        crate::task::blocking(move || {
+            // Taken here, on the blocking thread: a request queued for the pool holds nothing.
+            let _turn = locks.priority().request();
+            work(&watcher, &locks, height)
+        })
+        .await
+        .map_err(|e| RequestError::Internal(format!("request task failed: {e}")))?
     }
 
     /// Registers or renews `user`.

@@ -267,6 +267,7 @@ impl ChainFollower {
     /// Undoes the tip block at `height`: the listeners (in reverse order) and the block's
     /// records, in one batch with the tip moved back.
     fn disconnect_tip(&self, height: u32) -> Result<(), ChainError> {
+        let _turn = self.locks.priority().chain();
         let Some((_, prev)) = self.store.block_at(height)? else {
             return Err(ChainError::ReorgTooDeep);
         };
@@ -315,6 +316,9 @@ impl ChainFollower {
     /// Shows `block` to every listener and commits their writes with the block's records.
     fn connect_block(&self, block: &ConnectedBlock) -> Result<BlockTimes, ChainError> {
         let started = Instant::now();
+        // The block goes ahead of requests (see `ChainPriority`); its wait for the requests
+        // already running counts in `check_ms`.
+        let _turn = self.locks.priority().chain();
         // The follower is the only writer of the tip, so this holds until the block is committed.
         let tip = self.store.tip()?.unwrap_or((0, BlockHash::all_zeros()));
         if tip != (block.height.wrapping_sub(1), block.block.header.prev_blockhash) {
@@ -394,6 +398,7 @@ impl ChainFollower {
                 let block = self.revisited_block(revisit).await?;
                 let tip = self.status.borrow().tip_height;
                 self.blocking(move |me| {
+                    let _turn = me.locks.priority().chain();
                     let mut batch = BlockBatch::new(&me.store, &me.locks, None);
                     me.listeners[index].revisit(revisit, block.as_ref(), tip, &mut batch)?;
                     me.commit(batch).map_err(ChainError::from)

@@ -146,6 +146,9 @@ impl RocksKv {
     fn collect(&self, cf: Cf, from: &[u8], upper: Option<Vec<u8>>, limit: usize) -> Result<Entries, KvError> {
         let mut read = ReadOptions::default();
         read.set_total_order_seek(true);
+        // Ranges walk data once (listings, pages of a user's locators, expiry): they should not
+        // push the hot blocks (the locator probes') out of the cache.
+        read.fill_cache(false);
         if let Some(upper) = upper {
             read.set_iterate_upper_bound(upper);
         }
@@ -201,9 +204,11 @@ impl Kv for RocksKv {
 
     fn scan(&self, cf: Cf, prefix: &[u8], from: &[u8], limit: usize) -> Result<Entries, KvError> {
         if cf.prefix_len() == Some(prefix.len()) {
-            // Let the prefix bloom filters skip files that cannot hold the prefix.
+            // Let the prefix bloom filters skip files that cannot hold the prefix; and, as a walk
+            // over data read once, keep it out of the cache.
             let mut read = ReadOptions::default();
             read.set_prefix_same_as_start(true);
+            read.fill_cache(false);
             let iter = self.db.iterator_cf_opt(self.handle(cf), read, IteratorMode::From(from, Direction::Forward));
             let mut out = Vec::new();
             for item in iter {

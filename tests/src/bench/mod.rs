@@ -7,9 +7,11 @@
 //! * [`store`]: memory, disk and start-up time with many appointments stored.
 //! * [`chain`]: block processing time and breach-to-response latency.
 //! * [`attack`]: honest throughput and latency while strangers attack the public API.
+//! * [`bounded`]: what one block or one request costs when an abuser shapes the store.
 
 pub mod api;
 pub mod attack;
+pub mod bounded;
 pub mod chain;
 pub mod daemon;
 pub mod store;
@@ -118,6 +120,14 @@ pub fn thread_cpu() -> Option<Duration> {
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Peak resident memory (VmHWM) of process `pid`, in bytes.
+pub fn hwm_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

@@ -3,7 +3,7 @@
 //! same as JSON. Run it through `./scripts/bench` (release build); see `docs/performance.md`.
 //!
 //! ```text
-//! teos-bench [--full] [--only load|attacks|sizes|blocks|reaction] [--out <path.json>]
+//! teos-bench [--full] [--only load|attacks|bounded|sizes|blocks|reaction] [--out <path.json>]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use serde_json::json;
 use teos_tests::backend::Bitcoind;
 use teos_tests::bench::api::{crypto_floor_us, load, prepare, register_all, BenchUser, LoadResult};
 use teos_tests::bench::attack::{honest_under, Attack, ATTACKS};
+use teos_tests::bench::bounded;
 use teos_tests::bench::chain::{block_processing, reaction, wait_subscribed, BlockPoint, BLOCK_TXS};
 use teos_tests::bench::daemon::{teosd_path, Daemon};
 use teos_tests::bench::store::{measure, SizePoint};
@@ -96,13 +97,15 @@ fn parse_args() -> Result<Args> {
                 None => bail!("--out needs a path"),
             },
             "--only" => match it.next() {
-                Some(section) if ["load", "attacks", "sizes", "blocks", "reaction"].contains(&section.as_str()) => {
+                Some(section)
+                    if ["load", "attacks", "bounded", "sizes", "blocks", "reaction"].contains(&section.as_str()) =>
+                {
                     args.only = Some(section)
                 }
-                _ => bail!("--only needs one of: load, attacks, sizes, blocks, reaction"),
+                _ => bail!("--only needs one of: load, attacks, bounded, sizes, blocks, reaction"),
             },
             "-h" | "--help" => {
-                println!("teos-bench [--full] [--only load|attacks|sizes|blocks|reaction] [--out <path.json>]  (see docs/performance.md)");
+                println!("teos-bench [--full] [--only load|attacks|bounded|sizes|blocks|reaction] [--out <path.json>]  (see docs/performance.md)");
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}` (try --help)"),
@@ -209,6 +212,72 @@ async fn load_section(bitcoind: &Bitcoind, root: &Path, plan: &Plan) -> Vec<Figu
         }
     }
 
+    figures
+}
+
+/// Issue 14's four cases, each on a fresh tower.
+async fn bounded_figures(bitcoind: &Bitcoind, funding: &mut Funding, root: &Path) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    match bounded::crowd(bitcoind, funding, &fresh(root, "crowd"), 10_000, 100).await {
+        Ok(c) => {
+            let note = format!(
+                "{} users at the locator of one {} B dispute (VmHWM {:.1} MiB before the block)",
+                c.users,
+                c.dispute_bytes,
+                mib(c.hwm_before)
+            );
+            figures.push(
+                Figure::new("peak RSS, 10,000 users at one 100 kB dispute", mib(c.hwm), "MiB", &note)
+                    .at_most(256.0, "< 256 MiB"),
+            );
+            figures.push(Figure::new("that block's took_ms", c.took_ms, "ms", &note).at_most(2000.0, "< 2 s"));
+        }
+        Err(e) => figures.push(Figure::not_measured("10,000 users at one dispute", "", format!("failed: {e:#}"))),
+    }
+    match bounded::subscription(bitcoind, &fresh(root, "subscription"), 1_000_000).await {
+        Ok(s) => {
+            let note = format!(
+                "{} locators streamed in {:.2} s; VmHWM after less VmHWM/VmRSS before",
+                s.locators,
+                s.took.as_secs_f64()
+            );
+            figures.push(
+                Figure::new("get_subscription_info, 1M locators: peak RSS growth", mib(s.growth), "MiB", note)
+                    .at_most(32.0, "< 32 MiB"),
+            );
+        }
+        Err(e) => {
+            figures.push(Figure::not_measured("get_subscription_info, 1M locators", "", format!("failed: {e:#}")))
+        }
+    }
+    match bounded::expiry_wave(bitcoind, funding, &fresh(root, "expiry"), 100_000).await {
+        Ok((answered, took)) => figures.push(
+            Figure::new(
+                "breach answered in a block where 100,000 users expire",
+                answered,
+                "ms",
+                format!(
+                    "mined -> dispute_responded (get_appointment polled every 1 ms); the block's took_ms {took:.1}"
+                ),
+            )
+            .at_most(500.0, "< 500 ms"),
+        ),
+        Err(e) => figures.push(Figure::not_measured("100,000 users expiring", "", format!("failed: {e:#}"))),
+    }
+    match bounded::flooded_block(bitcoind, funding, &fresh(root, "flooded")).await {
+        Ok((quiet, loaded)) => figures.push(
+            Figure::new(
+                "2000-tx block while 64 clients flood add_appointment / unloaded",
+                loaded / quiet,
+                "x",
+                format!("took_ms {loaded:.1} against {quiet:.1} unloaded, one breach, same tower"),
+            )
+            .at_most(2.0, "<= 2x"),
+        ),
+        Err(e) => {
+            figures.push(Figure::not_measured("block under an add_appointment flood", "", format!("failed: {e:#}")))
+        }
+    }
     figures
 }
 
@@ -335,7 +404,7 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
     let mut funding = Funding::new();
     // With rawblock: a warm-up, then every count of breaches; with getblock: a warm-up, then one
     // breach.
-    let blocks = 1 + plan.block_rounds * plan.breaches.len() + 1 + plan.block_rounds;
+    let blocks = 1 + plan.block_rounds * plan.breaches.len() + 1 + plan.block_rounds + 10;
     funding.mine(&bitcoind, 101 + 2 * plan.reaction_trials as u32 + blocks as u32 + 5).await?;
     let mut figures = Vec::new();
 
@@ -345,6 +414,10 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
     if args.runs("attacks") {
         eprintln!("attacks on the public API ...");
         figures.extend(attack_figures(&bitcoind, root.path(), plan.attack_requests).await);
+    }
+    if args.runs("bounded") {
+        eprintln!("bounded work per block and per request ...");
+        figures.extend(bounded_figures(&bitcoind, &mut funding, root.path()).await);
     }
     let sizes = if args.runs("sizes") || args.runs("blocks") { plan.sizes.clone() } else { Vec::new() };
 
