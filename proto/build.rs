@@ -13,6 +13,7 @@ const FIELD_ATTRIBUTES: &[(&str, &str)] = &[
     (".teos.v2.Tracker.penalty_rawtx", HEX),
     (".teos.v2.Tracker.locator", HEX),
     (".teos.v2.Tracker.status", r#"#[serde(serialize_with = "crate::json::tracker_status")]"#),
+    (".teos.v2.Tracker.conflicting_txid", r#"#[serde(serialize_with = "crate::json::optional_txid")]"#),
     (
         ".teos.v2.NetworkAddress.address_type",
         r#"#[serde(rename = "type", serialize_with = "crate::json::address_type")]"#,

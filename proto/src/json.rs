@@ -57,9 +57,18 @@ pub fn display_txid(bytes: &[u8]) -> String {
     hex::encode(reversed)
 }
 
-/// `broadcast`, `confirmed` or `unspecified`.
+/// `broadcast`, `confirmed`, `refused`, `conflicted` or `unspecified`.
 pub fn tracker_status<S: Serializer>(value: &i32, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(tracker_status_name(*value))
+}
+
+/// A txid in display order, or `null` when empty (a field set only in some states).
+pub fn optional_txid<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    if bytes.is_empty() {
+        s.serialize_none()
+    } else {
+        txid(bytes, s)
+    }
 }
 
 /// The lowercase name of a [`TrackerStatus`] value.
@@ -67,6 +76,8 @@ pub fn tracker_status_name(value: i32) -> &'static str {
     match TrackerStatus::try_from(value) {
         Ok(TrackerStatus::Broadcast) => "broadcast",
         Ok(TrackerStatus::Confirmed) => "confirmed",
+        Ok(TrackerStatus::Refused) => "refused",
+        Ok(TrackerStatus::Conflicted) => "conflicted",
         _ => "unspecified",
     }
 }
@@ -135,6 +146,10 @@ mod tests {
                 locator: vec![0xab; 16],
                 status: TrackerStatus::Confirmed as i32,
                 status_height: 9,
+                conflicting_txid: Vec::new(),
+                dispute_height: 8,
+                deadline_height: 152,
+                at_risk: false,
             })),
             user_id: vec![3; 33],
         };
@@ -142,6 +157,8 @@ mod tests {
         assert_eq!(value["dispute_txid"], format!("{}01", "00".repeat(31)));
         assert_eq!(value["penalty_rawtx"], "ff");
         assert_eq!(value["status"], "confirmed");
+        assert_eq!(value["conflicting_txid"], serde_json::Value::Null);
+        assert_eq!((value["deadline_height"].as_u64(), value["at_risk"].as_bool()), (Some(152), Some(false)));
         assert_eq!(value["user_id"], "03".repeat(33));
     }
 

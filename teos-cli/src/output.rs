@@ -86,7 +86,12 @@ pub fn tower_info(out: &mut impl Write, format: Format, info: &pb::GetTowerInfoR
     writeln!(out, "disk free     {:.1} MiB{reserve}", info.disk_free_bytes as f64 / (1024.0 * 1024.0))?;
     writeln!(out, "users         {}", info.n_registered_users)?;
     writeln!(out, "appointments  {} watched", info.n_watcher_appointments)?;
-    writeln!(out, "trackers      {}", info.n_responder_trackers)?;
+    writeln!(out, "trackers      {} ({} at risk)", info.n_responder_trackers, info.n_trackers_at_risk)?;
+    writeln!(
+        out,
+        "penalties     {} won, {} lost, {} abandoned",
+        info.n_penalties_won, info.n_penalties_lost, info.n_penalties_abandoned
+    )?;
     for address in &info.addresses {
         let host = match address_type_name(address.address_type) {
             "ipv6" => format!("[{}]", address.address),
@@ -143,12 +148,13 @@ fn human_line(data: &pb::AppointmentData) -> String {
             a.encrypted_blob.len()
         ),
         Some(Data::Tracker(t)) => format!(
-            "tracker     {} user {user} dispute {} penalty {} {} at {}",
+            "tracker     {} user {user} dispute {} penalty {} {} at {}{}",
             hex::encode(&t.locator),
             display_txid(&t.dispute_txid),
             display_txid(&t.penalty_txid),
             tracker_status_name(t.status),
-            t.status_height
+            t.status_height,
+            if t.at_risk { format!(" AT RISK (deadline {})", t.deadline_height) } else { String::new() }
         ),
         None => format!("(empty)     user {user}"),
     }
@@ -219,12 +225,21 @@ mod tests {
                 locator: vec![1; 16],
                 status: pb::TrackerStatus::Broadcast as i32,
                 status_height: 7,
+                conflicting_txid: vec![],
+                dispute_height: 6,
+                deadline_height: 150,
+                at_risk: false,
             })),
             user_id: vec![2; 33],
         };
         let line = human_line(&data);
         assert!(line.contains(&format!("dispute {}aa", "00".repeat(31))), "{line}");
         assert!(line.ends_with("broadcast at 7"), "{line}");
+        let mut data = data;
+        if let Some(Data::Tracker(t)) = data.appointment_data.as_mut() {
+            t.at_risk = true;
+        }
+        assert!(human_line(&data).ends_with("broadcast at 7 AT RISK (deadline 150)"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bitcoin::OutPoint;
 
 use super::*;
+use crate::protocol::Locator;
 use crate::store::PenaltyStatus;
 use crate::test_utils::{channel, policy, spending, user, FakeChain, Scene};
 
@@ -47,12 +48,12 @@ async fn every_broadcast_outcome_leaves_the_tracker_in_its_state() {
         (
             3,
             BroadcastOutcome::Rejected { code: -26, message: "min relay fee not met".into() },
-            PenaltyStatus::Broadcast(1),
+            PenaltyStatus::Refused(1),
         ),
         (
             4,
             BroadcastOutcome::Rejected { code: -25, message: "bad-txns-inputs-missingorspent".into() },
-            PenaltyStatus::Broadcast(1),
+            PenaltyStatus::Refused(1),
         ),
     ];
     let mut disputes = Vec::new();
@@ -150,19 +151,108 @@ async fn two_trackers_of_one_user_completing_in_one_block_give_back_both_slots()
 }
 
 #[tokio::test]
-async fn a_penalty_that_never_confirms_is_given_up_once_its_dispute_is_irrevocable() {
+async fn a_refused_penalty_is_sent_again_at_every_block_and_abandoned_only_past_its_horizon() {
     let s = scene().await;
     let (dispute, penalty) = watched(&s, 1, 1);
     let refused = BroadcastOutcome::Rejected { code: -26, message: "min relay fee not met".into() };
-    s.broadcaster.answer(penalty.compute_txid(), std::iter::repeat_n(refused, 100));
+    s.broadcaster.answer(penalty.compute_txid(), std::iter::repeat_n(refused, 5000));
     s.mine(vec![dispute.clone()]).await;
-    s.mine_empty(IRREVOCABLY_RESOLVED - 1).await;
-    assert!(s.tracker(&user(1), &dispute).is_some(), "still trying");
-    // Given up when next due, once the dispute is 100 deep.
-    s.mine_empty(policy().rebroadcast_after).await;
+    s.mine_empty(10).await;
+    assert_eq!(s.broadcaster.sends_of(&penalty.compute_txid()), 11, "once per block");
+    let tracker = s.tracker(&user(1), &dispute).unwrap();
+    assert_eq!(tracker.status, PenaltyStatus::Refused(11));
+    assert!(at_risk(&tracker, 11));
+    // Far past the old 100-block rule, it is still being tried...
+    let horizon = horizon(&tracker);
+    assert_eq!(horizon, 1 + IRREVOCABLY_RESOLVED.max(42) + ABANDON_AFTER_DEADLINE);
+    s.mine_empty(horizon - s.height()).await;
+    assert!(s.tracker(&user(1), &dispute).is_some(), "tried up to the horizon");
+    // ... and abandoned after it, the slot given back and the end counted.
+    s.mine_empty(1).await;
     assert!(s.tracker(&user(1), &dispute).is_none());
-    assert!(s.appointment(&user(1), &dispute).is_none());
-    assert_eq!(s.user(&user(1)).unwrap().available_slots, policy().subscription_slots - 1, "no refund");
+    assert_eq!(s.user(&user(1)).unwrap().available_slots, policy().subscription_slots);
+    assert_eq!(s.store.outcome_counts().unwrap().abandoned, 1);
+}
+
+#[tokio::test]
+async fn a_penalty_refused_through_a_fee_spike_longer_than_100_blocks_is_won_when_fees_drop() {
+    let s = scene().await;
+    s.register(&user(1));
+    let (dispute, penalty) = channel(1);
+    let txid = dispute.compute_txid();
+    let appointment = crate::protocol::Appointment {
+        locator: Locator::from_txid(&txid),
+        encrypted_blob: crate::protocol::encrypt_penalty(&penalty, &txid),
+        to_self_delay: 200,
+    };
+    s.store_appointment(&user(1), appointment);
+    let refused = BroadcastOutcome::Rejected { code: -26, message: "mempool min fee not met".into() };
+    s.broadcaster.answer(penalty.compute_txid(), std::iter::repeat_n(refused, 150));
+    s.mine(vec![dispute.clone()]).await;
+    s.mine_empty(150).await;
+    // Fees drop: the next send is accepted, then it is mined and buried.
+    assert_eq!(s.tracker(&user(1), &dispute).unwrap().status, PenaltyStatus::Broadcast(151));
+    s.mine(vec![penalty.clone()]).await;
+    s.mine_empty(IRREVOCABLY_RESOLVED).await;
+    assert!(s.tracker(&user(1), &dispute).is_none());
+    assert_eq!(s.store.outcome_counts().unwrap().won, 1);
+    assert_eq!(s.user(&user(1)).unwrap().available_slots, policy().subscription_slots);
+}
+
+#[tokio::test]
+async fn a_buried_sweep_by_the_cheater_ends_the_tracker_as_lost_and_refunds_the_slot() {
+    let s = scene().await;
+    let (dispute, penalty) = watched(&s, 1, 1);
+    s.mine(vec![dispute.clone()]).await;
+    // The cheater's sweep: another transaction spending the output the penalty takes.
+    let mut sweep = spending(penalty.input[0].previous_output);
+    sweep.output[0].value = bitcoin::Amount::from_sat(999);
+    s.mine(vec![sweep.clone()]).await;
+    let tracker = s.tracker(&user(1), &dispute).unwrap();
+    assert_eq!(tracker.status, PenaltyStatus::Conflicted { height: 2, by: sweep.compute_txid() });
+    let sends = s.broadcaster.sends_of(&penalty.compute_txid());
+    s.mine_empty(CONFLICT_BURIED - 1).await;
+    assert!(s.tracker(&user(1), &dispute).is_some(), "not buried yet");
+    assert_eq!(s.broadcaster.sends_of(&penalty.compute_txid()), sends, "a conflicted penalty is not sent");
+    s.mine_empty(1).await;
+    assert!(s.tracker(&user(1), &dispute).is_none());
+    assert_eq!(s.store.outcome_counts().unwrap().lost, 1);
+    assert_eq!(s.user(&user(1)).unwrap().available_slots, policy().subscription_slots);
+}
+
+#[tokio::test]
+async fn a_sweep_reorged_out_before_it_is_buried_sends_the_penalty_again() {
+    let s = scene().await;
+    let (dispute, penalty) = watched(&s, 1, 1);
+    s.mine(vec![dispute.clone()]).await;
+    let mut sweep = spending(penalty.input[0].previous_output);
+    sweep.output[0].value = bitcoin::Amount::from_sat(999);
+    s.mine(vec![sweep]).await;
+    assert!(matches!(s.tracker(&user(1), &dispute).unwrap().status, PenaltyStatus::Conflicted { .. }));
+    s.chain.disconnect_tip();
+    s.mine_empty(2).await;
+    assert_eq!(s.tracker(&user(1), &dispute).unwrap().status, PenaltyStatus::Broadcast(3), "sent again");
+}
+
+#[test]
+fn a_penalty_is_at_risk_when_refused_conflicted_late_or_near_its_deadline() {
+    let (_, penalty) = channel(1);
+    let tracker = |status, to_self_delay| TrackerRecord {
+        dispute_txid: bitcoin::hashes::Hash::all_zeros(),
+        penalty: penalty.clone(),
+        dispute_height: 100,
+        to_self_delay,
+        status,
+    };
+    assert!(!at_risk(&tracker(PenaltyStatus::Broadcast(100), 144), 101));
+    assert!(at_risk(&tracker(PenaltyStatus::Broadcast(100), 144), 100 + AT_RISK_UNCONFIRMED));
+    assert!(at_risk(&tracker(PenaltyStatus::Broadcast(100), 15), 104), "within 12 blocks of the deadline");
+    assert!(at_risk(&tracker(PenaltyStatus::Refused(101), 144), 101));
+    let by = bitcoin::hashes::Hash::all_zeros();
+    assert!(at_risk(&tracker(PenaltyStatus::Conflicted { height: 101, by }, 144), 101));
+    assert!(!at_risk(&tracker(PenaltyStatus::Confirmed(101), 144), 500));
+    assert_eq!(deadline(&tracker(PenaltyStatus::Broadcast(100), 144)), Some(244));
+    assert_eq!(deadline(&tracker(PenaltyStatus::Broadcast(100), 0)), None);
 }
 
 #[tokio::test]

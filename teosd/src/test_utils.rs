@@ -45,7 +45,7 @@ pub fn spending(prev: OutPoint) -> Transaction {
 /// A tracker whose dispute is derived from `seed` and whose penalty spends the dispute's output 0.
 pub fn tracker(seed: u8, dispute_height: u32, status: PenaltyStatus) -> TrackerRecord {
     let (dispute, penalty) = channel(seed);
-    TrackerRecord { dispute_txid: dispute.compute_txid(), penalty, dispute_height, status }
+    TrackerRecord { dispute_txid: dispute.compute_txid(), penalty, dispute_height, to_self_delay: 144, status }
 }
 
 /// A dispute derived from `seed` and a penalty spending its output 0.
@@ -313,7 +313,7 @@ impl Kv for FailingKv {
 pub fn policy() -> Policy {
     Policy {
         subscription_slots: 10,
-        subscription_duration: 200,
+        subscription_duration: 3000,
         expiry_delta: 5,
         min_to_self_delay: 20,
         max_blob_size: 2048,

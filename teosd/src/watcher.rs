@@ -236,7 +236,8 @@ impl Watcher {
             }
             let dispute_txid = block.txids[index];
             if let Some(penalty) = self.checked_penalty(&user, &locator, &stored, &dispute_txid, batch)? {
-                breaches.push((index, Breach { locator, user, dispute_txid, penalty }));
+                let to_self_delay = stored.appointment.to_self_delay;
+                breaches.push((index, Breach { locator, user, dispute_txid, penalty, to_self_delay }));
             }
         }
         breaches.sort_by_key(|(index, _)| *index);
@@ -283,7 +284,8 @@ impl Watcher {
         }
         let Some(stored) = self.store.appointment(&locator, &record)? else { return Ok(None) };
         let penalty = self.checked_penalty(&user, &locator, &stored, &dispute_txid, batch)?;
-        Ok(penalty.map(|penalty| Breach { locator, user, dispute_txid, penalty }))
+        let to_self_delay = stored.appointment.to_self_delay;
+        Ok(penalty.map(|penalty| Breach { locator, user, dispute_txid, penalty, to_self_delay }))
     }
 }
 

@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::config::network_dir_name;
 use crate::health::HealthCheck;
 use crate::protocol::{IdError, Locator, TowerId, UserId};
+use crate::responder::{self, Responder};
 use crate::store::{PenaltyStatus, Store, StoreError, StoredAppointment, TrackerRecord, UserRecord};
 use crate::tls::TlsMaterial;
 
@@ -145,7 +146,16 @@ impl AdminService {
             last_error: health.last_error.unwrap_or_default(),
             disk_free_bytes: health.disk_free_bytes.unwrap_or(0),
             disk_above_reserve: health.disk_above_reserve,
+            n_trackers_at_risk: counts.at_risk,
+            n_penalties_won: counts.outcomes.won,
+            n_penalties_lost: counts.outcomes.lost,
+            n_penalties_abandoned: counts.outcomes.abandoned,
         }
+    }
+
+    /// The height the tower is at (for whether a tracker is at risk).
+    fn height(&self) -> u32 {
+        self.health.report().tip_height
     }
 }
 
@@ -153,6 +163,8 @@ struct Counts {
     users: u64,
     watched: u64,
     trackers: u64,
+    at_risk: u64,
+    outcomes: crate::store::OutcomeCounts,
 }
 
 type Stream<M> = ReceiverStream<Result<M, Status>>;
@@ -168,6 +180,7 @@ impl PrivateTowerServices for AdminService {
     ) -> Result<Response<Self::get_all_appointmentsStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_AHEAD);
         let lister = Lister { store: self.store.clone(), tx, shutdown: self.shutdown.clone() };
+        let height = self.height();
         tokio::spawn(async move {
             let wrap = |appointments| pb::GetAllAppointmentsResponse { appointments };
             let watched = lister.stream(
@@ -178,10 +191,13 @@ impl PrivateTowerServices for AdminService {
                 wrap,
             );
             if watched.await {
-                let trackers = |store: &Store, after: Option<_>| {
+                let trackers = move |store: &Store, after: Option<_>| {
                     let (items, next) = store.trackers_page(after.as_ref(), LIST_PAGE)?;
                     Ok((
-                        items.iter().map(|(locator, user, record)| tracker_data(locator, user, record)).collect(),
+                        items
+                            .iter()
+                            .map(|(locator, user, record)| tracker_data(locator, user, record, height))
+                            .collect(),
                         next,
                     ))
                 };
@@ -196,6 +212,7 @@ impl PrivateTowerServices for AdminService {
         request: Request<pb::GetAppointmentsRequest>,
     ) -> Result<Response<pb::GetAppointmentsResponse>, Status> {
         let locator = parse_locator(&request.get_ref().locator)?;
+        let height = self.height();
         let appointments = self
             .blocking(move |store| {
                 let trackers = store.trackers_at(&locator)?;
@@ -205,7 +222,7 @@ impl PrivateTowerServices for AdminService {
                     .filter(|(user, _)| !trackers.iter().any(|(t, _)| t == user))
                     .map(|(user, stored)| appointment_data(user, stored))
                     .collect();
-                out.extend(trackers.iter().map(|(user, record)| tracker_data(&locator, user, record)));
+                out.extend(trackers.iter().map(|(user, record)| tracker_data(&locator, user, record, height)));
                 Ok(out)
             })
             .await?;
@@ -216,12 +233,15 @@ impl PrivateTowerServices for AdminService {
         &self,
         _: Request<pb::GetTowerInfoRequest>,
     ) -> Result<Response<pb::GetTowerInfoResponse>, Status> {
+        let height = self.height();
         let counts = self
-            .blocking(|store| {
+            .blocking(move |store| {
                 Ok(Counts {
                     users: store.count_users()?,
                     watched: store.count_watched_appointments()?,
                     trackers: store.count_trackers()?,
+                    at_risk: Responder::trackers_at_risk(store, height, usize::MAX)?.len() as u64,
+                    outcomes: store.outcome_counts()?,
                 })
             })
             .await?;
@@ -381,10 +401,12 @@ fn appointment_data(user: &UserId, stored: &StoredAppointment) -> pb::Appointmen
     }
 }
 
-fn tracker_data(locator: &Locator, user: &UserId, record: &TrackerRecord) -> pb::AppointmentData {
-    let (status, status_height) = match record.status {
-        PenaltyStatus::Broadcast(h) => (pb::TrackerStatus::Broadcast, h),
-        PenaltyStatus::Confirmed(h) => (pb::TrackerStatus::Confirmed, h),
+fn tracker_data(locator: &Locator, user: &UserId, record: &TrackerRecord, height: u32) -> pb::AppointmentData {
+    let (status, conflicting_txid) = match record.status {
+        PenaltyStatus::Broadcast(_) => (pb::TrackerStatus::Broadcast, Vec::new()),
+        PenaltyStatus::Confirmed(_) => (pb::TrackerStatus::Confirmed, Vec::new()),
+        PenaltyStatus::Refused(_) => (pb::TrackerStatus::Refused, Vec::new()),
+        PenaltyStatus::Conflicted { by, .. } => (pb::TrackerStatus::Conflicted, by.as_byte_array().to_vec()),
     };
     pb::AppointmentData {
         appointment_data: Some(pb::appointment_data::AppointmentData::Tracker(pb::Tracker {
@@ -393,7 +415,11 @@ fn tracker_data(locator: &Locator, user: &UserId, record: &TrackerRecord) -> pb:
             penalty_rawtx: serialize(&record.penalty),
             locator: locator.as_bytes().to_vec(),
             status: status as i32,
-            status_height,
+            status_height: record.status.height(),
+            conflicting_txid,
+            dispute_height: record.dispute_height,
+            deadline_height: responder::deadline(record).unwrap_or(0),
+            at_risk: responder::at_risk(record, height),
         })),
         user_id: user.to_bytes().to_vec(),
     }

@@ -20,6 +20,9 @@ pub enum Cf {
     Trackers,
     /// penalty_txid ‖ locator ‖ user_id → ().
     TrackersByPenalty,
+    /// outpoint (txid ‖ vout) ‖ locator ‖ user_id → (): the outputs each penalty spends, to see a
+    /// conflicting spend confirm.
+    TrackerInputs,
     /// height ‖ hash → previous hash: the recently processed chain.
     Blocks,
     /// kind ‖ height ‖ locator ‖ user_id → (): when each tracker needs attention.
@@ -34,7 +37,7 @@ pub enum Cf {
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 12] = [
+    pub const ALL: [Cf; 13] = [
         Cf::Meta,
         Cf::Users,
         Cf::UsersByExpiry,
@@ -43,6 +46,7 @@ impl Cf {
         Cf::UserLocators,
         Cf::Trackers,
         Cf::TrackersByPenalty,
+        Cf::TrackerInputs,
         Cf::Blocks,
         Cf::TrackerEvents,
         Cf::RecentBlocks,
@@ -60,6 +64,7 @@ impl Cf {
             Cf::UserLocators => "user_locators",
             Cf::Trackers => "trackers",
             Cf::TrackersByPenalty => "trackers_by_penalty",
+            Cf::TrackerInputs => "tracker_inputs",
             Cf::Blocks => "blocks",
             Cf::TrackerEvents => "tracker_events",
             Cf::RecentBlocks => "recent_blocks",
@@ -73,6 +78,7 @@ impl Cf {
             Cf::Appointments | Cf::Trackers => Some(16),
             Cf::UserLocators => Some(33),
             Cf::TrackersByPenalty => Some(32),
+            Cf::TrackerInputs => Some(36),
             _ => None,
         }
     }

@@ -7,9 +7,9 @@ use bitcoin::BlockHash;
 
 use super::kv::{Cf, Kv, Op};
 use super::recent::{late_check_key, LATE_KEY_LEN};
-use super::records::{be_u32, TrackerRecord};
-use super::{corrupt, RecentHit, StoreError, META_SCHEMA_VERSION};
-use crate::protocol::{LOCATOR_LEN, USER_ID_LEN};
+use super::records::{be_u32, TrackerRecord, UserRecord};
+use super::{corrupt, Batch, RecentHit, StoreError, META_SCHEMA_VERSION};
+use crate::protocol::{Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 
 /// Records rewritten per batch.
 const PAGE: usize = 1000;
@@ -31,18 +31,29 @@ fn rewrite_trackers(kv: &dyn Kv) -> Result<(), StoreError> {
         let Some((last, _)) = rows.last() else { return Ok(()) };
         from = last.clone();
         from.push(0);
-        let mut ops = Vec::with_capacity(rows.len());
+        let mut batch = Batch::default();
         for (key, value) in rows {
             // Already rewritten (an upgrade interrupted halfway) if it decodes as version 3.
             if TrackerRecord::decode(&value).is_ok() {
                 continue;
             }
-            let tracker = TrackerRecord::decode_v2(&value)
+            let (locator, user) = super::trackers::split_key(Cf::Trackers, &key)?;
+            let to_self_delay = appointment_to_self_delay(kv, &locator, &user)?.unwrap_or(0);
+            let tracker = TrackerRecord::decode_v2(&value, to_self_delay)
                 .map_err(|source| StoreError::Corrupt { cf: Cf::Trackers.name(), source })?;
-            ops.push(Op::Put(Cf::Trackers, key, tracker.encode()));
+            // Every index again (the same keys for the old ones, and the new `tracker_inputs`).
+            batch.put_tracker(&locator, &user, &tracker, None);
         }
-        kv.write(ops)?;
+        kv.write(batch.ops)?;
     }
+}
+
+/// The `to_self_delay` of `user`'s appointment at `locator`, read from version 2's records.
+fn appointment_to_self_delay(kv: &dyn Kv, locator: &Locator, user: &UserId) -> Result<Option<u32>, StoreError> {
+    let Some(record) = kv.get(Cf::Users, &user.to_bytes())? else { return Ok(None) };
+    let record = UserRecord::decode(&record).map_err(|source| StoreError::Corrupt { cf: Cf::Users.name(), source })?;
+    let key = [locator.as_bytes().as_slice(), &record.number.to_be_bytes()].concat();
+    Ok(kv.get(Cf::Appointments, &key)?.and_then(|v| be_u32(&v, 0)))
 }
 
 fn rekey_late_checks(kv: &dyn Kv) -> Result<(), StoreError> {

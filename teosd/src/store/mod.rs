@@ -36,6 +36,7 @@ const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 const META_TOWER_KEY: &[u8] = b"tower_key/";
 const META_TIP: &[u8] = b"tip";
 const META_PARTIAL_BLOCK: &[u8] = b"partial_block";
+const META_OUTCOMES: &[u8] = b"penalty_outcomes";
 
 /// Store errors. None of them is ever answered by resetting data.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,17 @@ fn expiry_key(expiry: u32, user: &UserId) -> Vec<u8> {
     join(&expiry.to_be_bytes(), &user.to_bytes())
 }
 
+/// How the penalties that ended, ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    /// Buried 100 blocks deep.
+    pub won: u64,
+    /// A conflicting spend of their input got buried first.
+    pub lost: u64,
+    /// Still unconfirmed past the horizon.
+    pub abandoned: u64,
+}
+
 /// An appointment found at a locator: the locator, its user, the appointment.
 pub type AppointmentAt = (Locator, UserId, StoredAppointment);
 
@@ -161,6 +173,15 @@ impl Batch {
             META_PARTIAL_BLOCK.to_vec(),
             join(&height.to_be_bytes(), hash.as_byte_array()),
         ));
+    }
+
+    /// Records how many penalties have ended, and how.
+    pub fn put_outcome_counts(&mut self, counts: &OutcomeCounts) {
+        let mut value = Vec::with_capacity(24);
+        for n in [counts.won, counts.lost, counts.abandoned] {
+            value.extend_from_slice(&n.to_be_bytes());
+        }
+        self.ops.push(Op::Put(Cf::Meta, META_OUTCOMES.to_vec(), value));
     }
 
     /// Clears the partial-block mark.
@@ -296,6 +317,16 @@ impl Store {
                 Ok(Some((height, hash)))
             }
             (len, _) => Err(corrupt(Cf::Meta, "tip", format!("{len} bytes"))),
+        }
+    }
+
+    /// How many penalties have ended, and how, since the store was created.
+    pub fn outcome_counts(&self) -> Result<OutcomeCounts, StoreError> {
+        let Some(bytes) = self.kv.get(Cf::Meta, META_OUTCOMES)? else { return Ok(OutcomeCounts::default()) };
+        let count = |at: usize| bytes.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        match (bytes.len(), count(0), count(8), count(16)) {
+            (24, Some(won), Some(lost), Some(abandoned)) => Ok(OutcomeCounts { won, lost, abandoned }),
+            (len, ..) => Err(corrupt(Cf::Meta, "penalty outcomes", format!("{len} bytes"))),
         }
     }
 

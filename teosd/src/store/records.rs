@@ -146,13 +146,35 @@ impl StoredAppointment {
     }
 }
 
-/// Where a penalty stands.
+/// Where a penalty stands (docs/architecture.md draws the states).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PenaltyStatus {
-    /// Sent to bitcoind at this height, not yet confirmed.
+    /// Accepted by bitcoind at this height, not yet confirmed: sent again every
+    /// `rebroadcast_after` blocks.
     Broadcast(u32),
+    /// Refused by bitcoind at this height (its fee, a full mempool, a missing input...): sent
+    /// again at every block.
+    Refused(u32),
     /// Confirmed in the block at this height.
     Confirmed(u32),
+    /// An output the penalty spends was spent by the confirmed transaction `by`, at this height:
+    /// lost once that is buried, unless a reorg takes it out.
+    Conflicted {
+        /// The block height of the conflicting spend.
+        height: u32,
+        /// The conflicting transaction.
+        by: Txid,
+    },
+}
+
+impl PenaltyStatus {
+    /// Its height (sent, refused, confirmed or conflicted at).
+    pub fn height(&self) -> u32 {
+        match *self {
+            PenaltyStatus::Broadcast(h) | PenaltyStatus::Refused(h) | PenaltyStatus::Confirmed(h) => h,
+            PenaltyStatus::Conflicted { height, .. } => height,
+        }
+    }
 }
 
 /// A triggered appointment: the dispute seen on chain and the penalty being followed. The dispute
@@ -166,60 +188,82 @@ pub struct TrackerRecord {
     pub penalty: Transaction,
     /// Height of the block that held the dispute.
     pub dispute_height: u32,
+    /// The appointment's `to_self_delay`: blocks after the dispute before the cheater may sweep
+    /// (0 if unknown: a tracker from schema version 2 whose appointment was gone).
+    pub to_self_delay: u32,
     /// Where the penalty stands.
     pub status: PenaltyStatus,
 }
 
 impl TrackerRecord {
-    /// `status_kind(u8: 0 broadcast, 1 confirmed) ‖ status_height ‖ dispute_height ‖ dispute_txid
-    /// ‖ penalty` (consensus-encoded, to the end).
+    /// `status_kind(u8: 0 broadcast, 1 confirmed, 2 refused, 3 conflicted) ‖ status_height ‖
+    /// dispute_height ‖ to_self_delay ‖ dispute_txid ‖ [conflicting txid, if conflicted] ‖
+    /// penalty` (consensus-encoded, to the end).
     pub fn encode(&self) -> Vec<u8> {
         let penalty = serialize(&self.penalty);
-        let (kind, height) = match self.status {
-            PenaltyStatus::Broadcast(h) => (0u8, h),
-            PenaltyStatus::Confirmed(h) => (1u8, h),
+        let (kind, by) = match self.status {
+            PenaltyStatus::Broadcast(_) => (0u8, None),
+            PenaltyStatus::Confirmed(_) => (1u8, None),
+            PenaltyStatus::Refused(_) => (2u8, None),
+            PenaltyStatus::Conflicted { by, .. } => (3u8, Some(by)),
         };
-        let mut out = Vec::with_capacity(41 + penalty.len());
+        let mut out = Vec::with_capacity(77 + penalty.len());
         out.push(kind);
-        out.extend_from_slice(&height.to_be_bytes());
+        out.extend_from_slice(&self.status.height().to_be_bytes());
         out.extend_from_slice(&self.dispute_height.to_be_bytes());
+        out.extend_from_slice(&self.to_self_delay.to_be_bytes());
         out.extend_from_slice(self.dispute_txid.as_byte_array());
+        if let Some(by) = by {
+            out.extend_from_slice(by.as_byte_array());
+        }
         out.extend_from_slice(&penalty);
         out
     }
 
     /// Inverse of [`TrackerRecord::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let (status, dispute_height) = decode_status(bytes)?;
-        let txid = bytes.get(9..41).ok_or_else(|| err("tracker", "truncated dispute txid"))?;
-        let dispute_txid = Txid::from_slice(txid).map_err(|e| err("tracker", e.to_string()))?;
-        let penalty: Transaction = deserialize(&bytes[41..]).map_err(|e| err("tracker", e.to_string()))?;
-        Ok(TrackerRecord { dispute_txid, penalty, dispute_height, status })
+        let (Some(&kind), Some(height), Some(dispute_height), Some(to_self_delay)) =
+            (bytes.first(), be_u32(bytes, 1), be_u32(bytes, 5), be_u32(bytes, 9))
+        else {
+            return Err(err("tracker", "too short"));
+        };
+        let txid_at = |at: usize| {
+            let raw = bytes.get(at..at + 32).ok_or_else(|| err("tracker", "truncated txid"))?;
+            Txid::from_slice(raw).map_err(|e| err("tracker", e.to_string()))
+        };
+        let dispute_txid = txid_at(13)?;
+        let (status, penalty_at) = match kind {
+            0 => (PenaltyStatus::Broadcast(height), 45),
+            1 => (PenaltyStatus::Confirmed(height), 45),
+            2 => (PenaltyStatus::Refused(height), 45),
+            3 => (PenaltyStatus::Conflicted { height, by: txid_at(45)? }, 77),
+            other => return Err(err("tracker", format!("unknown status {other}"))),
+        };
+        let penalty = bytes.get(penalty_at..).ok_or_else(|| err("tracker", "truncated penalty"))?;
+        let penalty: Transaction = deserialize(penalty).map_err(|e| err("tracker", e.to_string()))?;
+        Ok(TrackerRecord { dispute_txid, penalty, dispute_height, to_self_delay, status })
     }
 
-    /// Decodes schema version 2's layout (`status ‖ heights ‖ penalty_len(u32) ‖ penalty ‖
-    /// dispute`), for the upgrade to version 3.
-    pub(super) fn decode_v2(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let (status, dispute_height) = decode_status(bytes)?;
-        let len = be_u32(bytes, 9).ok_or_else(|| err("tracker", "too short"))?;
+    /// Decodes schema version 2's layout (`status(0 broadcast, 1 confirmed) ‖ status_height ‖
+    /// dispute_height ‖ penalty_len(u32) ‖ penalty ‖ dispute`), for the upgrade to version 3;
+    /// `to_self_delay` comes from the appointment, if it is still stored.
+    pub(super) fn decode_v2(bytes: &[u8], to_self_delay: u32) -> Result<Self, DecodeError> {
+        let (Some(&kind), Some(height), Some(dispute_height), Some(len)) =
+            (bytes.first(), be_u32(bytes, 1), be_u32(bytes, 5), be_u32(bytes, 9))
+        else {
+            return Err(err("tracker", "too short"));
+        };
+        let status = match kind {
+            0 => PenaltyStatus::Broadcast(height),
+            1 => PenaltyStatus::Confirmed(height),
+            other => return Err(err("tracker", format!("unknown status {other}"))),
+        };
         let penalty_end = 13usize.saturating_add(len as usize);
         let penalty = bytes.get(13..penalty_end).ok_or_else(|| err("tracker", "truncated penalty"))?;
         let penalty: Transaction = deserialize(penalty).map_err(|e| err("tracker", e.to_string()))?;
         let dispute: Transaction = deserialize(&bytes[penalty_end..]).map_err(|e| err("tracker", e.to_string()))?;
-        Ok(TrackerRecord { dispute_txid: dispute.compute_txid(), penalty, dispute_height, status })
+        Ok(TrackerRecord { dispute_txid: dispute.compute_txid(), penalty, dispute_height, to_self_delay, status })
     }
-}
-
-fn decode_status(bytes: &[u8]) -> Result<(PenaltyStatus, u32), DecodeError> {
-    let (Some(&kind), Some(height), Some(dispute_height)) = (bytes.first(), be_u32(bytes, 1), be_u32(bytes, 5)) else {
-        return Err(err("tracker", "too short"));
-    };
-    let status = match kind {
-        0 => PenaltyStatus::Broadcast(height),
-        1 => PenaltyStatus::Confirmed(height),
-        other => return Err(err("tracker", format!("unknown status {other}"))),
-    };
-    Ok((status, dispute_height))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! work scans everything.
 
 use bitcoin::hashes::Hash;
-use bitcoin::Txid;
+use bitcoin::{OutPoint, Txid};
 
 use super::records::{be_u32, PenaltyStatus, TrackerRecord};
 use super::{appointment_key, corrupt, join, Batch, Cf, Op, Store, StoreError};
@@ -11,12 +11,16 @@ use crate::protocol::{Locator, UserId, LOCATOR_LEN};
 /// When a tracker needs attention: the index `tracker_events` keys trackers by these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrackerEvent {
-    /// The penalty was last sent at this height and is unconfirmed.
+    /// The penalty was last accepted at this height and is unconfirmed.
     Broadcast = 0,
     /// The penalty confirmed at this height.
     Confirmed = 1,
     /// The dispute confirmed at this height.
     Dispute = 2,
+    /// The penalty was last refused at this height.
+    Refused = 3,
+    /// A conflicting spend of the penalty's input confirmed at this height.
+    Conflicted = 4,
 }
 
 fn event_key(kind: TrackerEvent, height: u32, key: &[u8]) -> Vec<u8> {
@@ -31,7 +35,14 @@ fn status_event(status: PenaltyStatus) -> (TrackerEvent, u32) {
     match status {
         PenaltyStatus::Broadcast(h) => (TrackerEvent::Broadcast, h),
         PenaltyStatus::Confirmed(h) => (TrackerEvent::Confirmed, h),
+        PenaltyStatus::Refused(h) => (TrackerEvent::Refused, h),
+        PenaltyStatus::Conflicted { height, .. } => (TrackerEvent::Conflicted, height),
     }
+}
+
+/// `txid ‖ vout`: an outpoint as the `tracker_inputs` index keys it.
+fn outpoint_key(outpoint: &OutPoint) -> Vec<u8> {
+    join(outpoint.txid.as_byte_array(), &outpoint.vout.to_be_bytes())
 }
 
 impl Batch {
@@ -56,6 +67,9 @@ impl Batch {
         ));
         let penalty_txid = tracker.penalty.compute_txid();
         self.ops.push(Op::Put(Cf::TrackersByPenalty, join(penalty_txid.as_byte_array(), &key), Vec::new()));
+        for input in &tracker.penalty.input {
+            self.ops.push(Op::Put(Cf::TrackerInputs, join(&outpoint_key(&input.previous_output), &key), Vec::new()));
+        }
         self.ops.push(Op::Put(Cf::Trackers, key, tracker.encode()));
     }
 
@@ -72,6 +86,9 @@ impl Batch {
         self.ops.push(Op::Delete(Cf::TrackerEvents, event_key(TrackerEvent::Dispute, tracker.dispute_height, key)));
         let penalty_txid = tracker.penalty.compute_txid();
         self.ops.push(Op::Delete(Cf::TrackersByPenalty, join(penalty_txid.as_byte_array(), key)));
+        for input in &tracker.penalty.input {
+            self.ops.push(Op::Delete(Cf::TrackerInputs, join(&outpoint_key(&input.previous_output), key)));
+        }
     }
 }
 
@@ -98,6 +115,23 @@ impl Store {
                 let height = be_u32(k, 1).ok_or_else(|| corrupt(Cf::TrackerEvents, "key", "short"))?;
                 let (locator, user) = split_key(Cf::TrackerEvents, &k[5..])?;
                 Ok((height, locator, user))
+            })
+            .collect()
+    }
+
+    /// Trackers whose penalty spends one of `outpoints` (one pass over the index), with that
+    /// outpoint.
+    pub fn trackers_spending(&self, outpoints: &[OutPoint]) -> Result<Vec<(OutPoint, Locator, UserId)>, StoreError> {
+        let keys: Vec<Vec<u8>> = outpoints.iter().map(outpoint_key).collect();
+        let prefixes: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let rows = self.kv.scan_prefixes(Cf::TrackerInputs, &prefixes, None, usize::MAX)?;
+        rows.iter()
+            .map(|(k, _)| {
+                let bad = || corrupt(Cf::TrackerInputs, "key", format!("{} bytes", k.len()));
+                let txid = Txid::from_slice(k.get(..32).ok_or_else(bad)?).map_err(|_| bad())?;
+                let vout = be_u32(k, 32).ok_or_else(bad)?;
+                let (locator, user) = split_key(Cf::TrackerInputs, &k[36..])?;
+                Ok((OutPoint { txid, vout }, locator, user))
             })
             .collect()
     }
