@@ -56,6 +56,10 @@ use crate::store::Store;
 use crate::tower::Tower;
 use crate::watcher::Watcher;
 
+/// Transactions from ZMQ `rawtx` waiting for the follower, at most (more are dropped: the
+/// mempool poll catches up).
+const RAWTX_QUEUE: usize = 10_000;
+
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -219,8 +223,11 @@ fn build_follower(
 ) -> anyhow::Result<ChainFollower> {
     let start_height = store.tip().context("reading the stored chain tip")?.map_or(0, |(h, _)| h);
     let (status, _) = watch::channel(ChainStatus::starting(start_height));
-    let settings =
-        FollowerSettings { network: config.network, recent_block_lookback: config.policy.recent_block_lookback };
+    let settings = FollowerSettings {
+        network: config.network,
+        recent_block_lookback: config.policy.recent_block_lookback,
+        mempool_poll: config.bitcoind.mempool_poll,
+    };
     ChainFollower::new(bitcoind.source.clone(), store.clone(), locks.clone(), listeners, settings, status)
         .context("starting the chain follower's thread")
 }
@@ -243,12 +250,18 @@ fn start_chain(
         let feed = bitcoind::zmq::Feed::Rawblock { wake: follower.waker(), blocks: bitcoind.offered.clone() };
         tasks.spawn(bitcoind::zmq::subscribe(endpoint.clone(), feed, stop.clone()));
     }
+    let rawtx = config.bitcoind.zmq_rawtx.as_ref().map(|endpoint| {
+        let (txs, received) = tokio::sync::mpsc::channel(RAWTX_QUEUE);
+        let feed = bitcoind::zmq::Feed::Rawtx { wake: follower.waker(), txs };
+        tasks.spawn(bitcoind::zmq::subscribe(endpoint.clone(), feed, stop.clone()));
+        received
+    });
     let gave_up = Arc::new(std::sync::Mutex::new(None));
     let (interval, exit_after) = (config.bitcoind.polling_interval, config.limits.commit_failure_exit);
     tasks.spawn({
         let gave_up = gave_up.clone();
         async move {
-            if let Err(e) = follower.follow(interval, exit_after, stop).await {
+            if let Err(e) = follower.follow(interval, exit_after, rawtx, stop).await {
                 *gave_up.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 shutdown.cancel();
             }

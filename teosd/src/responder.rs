@@ -151,6 +151,17 @@ impl Responder {
         Ok(())
     }
 
+    /// Sends the penalties of disputes seen unconfirmed (each with its appointment's locator and
+    /// user), writing nothing: the block that confirms the dispute creates the tracker, as for
+    /// any breach (the penalty is then already known to bitcoind).
+    pub fn send_early(&self, penalties: &[(Locator, UserId, Transaction)]) -> Result<(), ChainError> {
+        let txs: Vec<&Transaction> = penalties.iter().map(|(_, _, p)| p).collect();
+        for ((locator, user, penalty), outcome) in penalties.iter().zip(self.broadcaster.broadcast_all(&txs)) {
+            log_outcome("dispute seen in the mempool: penalty broadcast", user, locator, penalty, &outcome?);
+        }
+        Ok(())
+    }
+
     /// Penalties confirmed in `block` are marked so; returns them (a penalty's own spend of its
     /// inputs is no conflict).
     fn mark_confirmations(

@@ -83,6 +83,7 @@ struct ChainState {
     /// The best chain's hashes by height.
     best: Vec<BlockHash>,
     mined: u32,
+    mempool: Vec<Transaction>,
 }
 
 impl Default for FakeChain {
@@ -96,7 +97,12 @@ impl FakeChain {
     pub fn new() -> Self {
         let genesis = bitcoin::blockdata::constants::genesis_block(Network::Regtest);
         let hash = genesis.block_hash();
-        let state = ChainState { blocks: HashMap::from([(hash, (0, genesis))]), best: vec![hash], mined: 0 };
+        let state = ChainState {
+            blocks: HashMap::from([(hash, (0, genesis))]),
+            best: vec![hash],
+            mined: 0,
+            mempool: Vec::new(),
+        };
         FakeChain { state: Mutex::new(state), down: AtomicBool::new(false) }
     }
 
@@ -126,9 +132,21 @@ impl FakeChain {
         }
         let block = Block { header, txdata };
         let hash = block.block_hash();
+        let mined: std::collections::HashSet<Txid> = block.txdata.iter().map(Transaction::compute_txid).collect();
+        state.mempool.retain(|tx| !mined.contains(&tx.compute_txid()));
         state.blocks.insert(hash, (height, block.clone()));
         state.best.push(hash);
         block
+    }
+
+    /// Puts `tx` in the mempool (until a block mines it, or [`FakeChain::evict`]).
+    pub fn add_to_mempool(&self, tx: Transaction) {
+        self.state().mempool.push(tx);
+    }
+
+    /// Takes `txid` out of the mempool (replaced, say).
+    pub fn evict(&self, txid: &Txid) {
+        self.state().mempool.retain(|tx| tx.compute_txid() != *txid);
     }
 
     /// Mines `n` empty blocks.
@@ -186,6 +204,16 @@ impl BlockSource for FakeChain {
         let state = self.state();
         let (_, block) = state.blocks.get(hash).ok_or_else(|| SourceError::NotFound(hash.to_string()))?;
         Ok(FetchedBlock { block: block.clone(), origin: "fake" })
+    }
+
+    async fn mempool_txids(&self) -> Result<Vec<Txid>, SourceError> {
+        self.reachable()?;
+        Ok(self.state().mempool.iter().map(Transaction::compute_txid).collect())
+    }
+
+    async fn mempool_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, SourceError> {
+        self.reachable()?;
+        Ok(self.state().mempool.iter().find(|tx| tx.compute_txid() == *txid).cloned())
     }
 }
 
@@ -360,8 +388,11 @@ impl Scene {
         let (watcher, listeners) = crate::build_domain(&policy(), &store, signer, broadcaster.clone()).expect("domain");
         let start = store.tip().expect("tip").map_or(0, |(h, _)| h);
         let (status, _) = watch::channel(ChainStatus::starting(start));
-        let settings =
-            FollowerSettings { network: Network::Regtest, recent_block_lookback: policy().recent_block_lookback };
+        let settings = FollowerSettings {
+            network: Network::Regtest,
+            recent_block_lookback: policy().recent_block_lookback,
+            mempool_poll: Some(std::time::Duration::ZERO),
+        };
         let locks = Arc::new(UserLocks::default());
         let follower = ChainFollower::new(chain.clone(), store.clone(), locks.clone(), listeners, settings, status)
             .expect("the follower's thread");

@@ -319,6 +319,44 @@ impl ChainListener for Watcher {
         Ok(())
     }
 
+    /// The unconfirmed transactions whose locator some appointment has (one pass over the store;
+    /// only the first page of users at a locator is read: existence is all that is asked).
+    fn mempool_interest(&self, txids: &[Txid]) -> Result<Vec<Txid>, ChainError> {
+        let locators: Vec<Locator> = txids.iter().map(Locator::from_txid).collect();
+        let (matches, _) = self.store.appointments_at_page(&locators, None, BREACH_CHUNK)?;
+        let found: std::collections::HashSet<Locator> = matches.into_iter().map(|(locator, _, _)| locator).collect();
+        Ok(txids.iter().filter(|txid| found.contains(&Locator::from_txid(txid))).copied().collect())
+    }
+
+    /// Disputes seen unconfirmed: their penalties are decrypted, checked and sent at once (the
+    /// penalty relays as the dispute's child). Nothing is written: an invalid appointment is
+    /// dropped, and a valid one tracked, by the block that confirms the dispute, if one does.
+    fn mempool_transactions(&self, txs: &[Transaction]) -> Result<(), ChainError> {
+        for tx in txs {
+            let txid = tx.compute_txid();
+            let locator = Locator::from_txid(&txid);
+            let mut cursor = None;
+            loop {
+                let (page, next) = self.store.appointments_at_page(&[locator], cursor.as_ref(), BREACH_CHUNK)?;
+                let mut penalties = Vec::new();
+                for (locator, user, stored) in page {
+                    if self.store.has_tracker(&locator, &user)? {
+                        continue;
+                    }
+                    if let Ok(penalty) = penalty_for(&stored.appointment.encrypted_blob, &txid) {
+                        penalties.push((locator, user, penalty));
+                    }
+                }
+                self.responder.send_early(&penalties)?;
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The blocks late checks wait for, oldest first: a flood of checks at one block costs one
     /// revisit of that block, and never pushes a check at an older block back.
     fn blocks_to_revisit(&self, limit: usize) -> Result<Vec<Revisit>, ChainError> {

@@ -226,3 +226,56 @@ fn crowd_blobs(s: &Scene, n: u32, dispute: &Transaction) -> Vec<UserId> {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn a_dispute_in_the_mempool_gets_its_penalty_sent_at_once_and_its_tracker_when_mined() {
+    let s = scene().await;
+    s.register(&user(1));
+    let (dispute, penalty) = channel(1);
+    s.add_appointment(&user(1), &dispute, &penalty);
+    s.chain.add_to_mempool(dispute.clone());
+    s.sync().await;
+    assert_eq!(s.broadcaster.sent(), vec![penalty.compute_txid()], "sent before any block");
+    assert!(s.tracker(&user(1), &dispute).is_none(), "nothing written: still watched");
+    // Seen once: the next rounds do not send it again.
+    s.sync().await;
+    assert_eq!(s.broadcaster.sends_of(&penalty.compute_txid()), 1);
+    // Mined: the block makes the tracker (the penalty is sent again; bitcoind knows it already).
+    s.mine(vec![dispute.clone()]).await;
+    assert_eq!(s.tracker(&user(1), &dispute).unwrap().dispute_height, 1);
+}
+
+#[tokio::test]
+async fn a_dispute_that_leaves_the_mempool_unmined_leaves_its_appointment_watched() {
+    let s = scene().await;
+    s.register(&user(1));
+    let (dispute, penalty) = channel(1);
+    s.add_appointment(&user(1), &dispute, &penalty);
+    s.chain.add_to_mempool(dispute.clone());
+    s.sync().await;
+    s.chain.evict(&dispute.compute_txid());
+    s.mine_empty(3).await;
+    assert!(s.tracker(&user(1), &dispute).is_none());
+    assert!(s.appointment(&user(1), &dispute).is_some(), "watched like any other");
+    // When it is mined after all, it is answered as usual.
+    s.mine(vec![dispute.clone()]).await;
+    assert!(s.tracker(&user(1), &dispute).is_some());
+}
+
+#[tokio::test]
+async fn mempool_transactions_of_no_appointment_cost_a_probe_and_nothing_more() {
+    let s = scene().await;
+    s.register(&user(1));
+    for seed in 100..150u8 {
+        s.chain.add_to_mempool(channel(seed).0);
+    }
+    let (dispute, penalty) = channel(1);
+    s.add_appointment(&user(1), &dispute, &penalty);
+    // A garbage blob at another locator in the mempool: probed, decrypted, refused, not sent.
+    let (other, _) = channel(2);
+    s.store_appointment(&user(1), appointment(&other, vec![5; 80]));
+    s.chain.add_to_mempool(other);
+    s.sync().await;
+    assert!(s.broadcaster.sent().is_empty());
+    assert!(s.appointment(&user(1), &dispute).is_some());
+}

@@ -227,6 +227,16 @@ impl BitcoindRpc {
         self.call_hex("getrawtransaction", json!([txid, false, block])).await
     }
 
+    /// `getrawmempool`.
+    pub async fn mempool_txids(&self) -> Result<Vec<Txid>, RpcError> {
+        self.call("getrawmempool", json!([])).await
+    }
+
+    /// `getrawtransaction <txid> false`: a mempool transaction (or, with `txindex`, any).
+    pub async fn transaction(&self, txid: &Txid) -> Result<Transaction, RpcError> {
+        self.call_hex("getrawtransaction", json!([txid, false])).await
+    }
+
     /// `sendrawtransaction <hex>`.
     pub async fn send_raw_transaction(&self, tx: &Transaction) -> Result<Txid, RpcError> {
         self.call("sendrawtransaction", json!([serialize_hex(tx)])).await

@@ -78,6 +78,18 @@ impl BlockSource for BitcoindSource {
             Err(e) => Err(source_error(e)),
         }
     }
+
+    async fn mempool_txids(&self) -> Result<Vec<Txid>, SourceError> {
+        self.rpc.mempool_txids().await.map_err(source_error)
+    }
+
+    async fn mempool_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, SourceError> {
+        match self.rpc.transaction(txid).await {
+            Ok(tx) => Ok(Some(tx)),
+            Err(RpcError::Rpc { code: RPC_INVALID_ADDRESS_OR_KEY, .. }) => Ok(None),
+            Err(e) => Err(source_error(e)),
+        }
+    }
 }
 
 /// Sends penalties through bitcoind's `sendrawtransaction`.

@@ -28,6 +28,8 @@ use zeromq::{Socket, SocketEvent, SocketOptions, SocketRecv, SubSocket, ZmqMessa
 pub const TOPIC: &str = "hashblock";
 /// The topic bitcoind publishes whole blocks under.
 pub const RAWBLOCK_TOPIC: &str = "rawblock";
+/// The topic bitcoind publishes transactions under (entering its mempool, or in a block).
+pub const RAWTX_TOPIC: &str = "rawtx";
 /// Blocks received over `rawblock` and not yet used, at most.
 pub const MAX_OFFERED: usize = 4;
 
@@ -75,6 +77,14 @@ pub enum Feed {
         /// Where blocks are offered.
         blocks: Arc<OfferedBlocks>,
     },
+    /// `rawtx`: hand each transaction to the follower's mempool watch (dropped if it is behind:
+    /// its `getrawmempool` poll catches up).
+    Rawtx {
+        /// The follower's waker (woken on reconnection only).
+        wake: Arc<Notify>,
+        /// Where transactions go.
+        txs: tokio::sync::mpsc::Sender<bitcoin::Transaction>,
+    },
 }
 
 impl Feed {
@@ -82,12 +92,13 @@ impl Feed {
         match self {
             Feed::Hashblock { .. } => TOPIC,
             Feed::Rawblock { .. } => RAWBLOCK_TOPIC,
+            Feed::Rawtx { .. } => RAWTX_TOPIC,
         }
     }
 
     fn wake(&self) -> &Notify {
         match self {
-            Feed::Hashblock { wake } | Feed::Rawblock { wake, .. } => wake,
+            Feed::Hashblock { wake } | Feed::Rawblock { wake, .. } | Feed::Rawtx { wake, .. } => wake,
         }
     }
 }
@@ -123,6 +134,9 @@ pub enum MessageError {
     /// The sequence part is not 4 bytes.
     #[error("sequence of {0} bytes, expected 4")]
     SequenceLength(usize),
+    /// The transaction part does not decode.
+    #[error("transaction does not decode: {0}")]
+    Transaction(String),
 }
 
 /// Parses the parts of a `rawblock` message: the block's bytes and the sequence.
@@ -136,6 +150,20 @@ pub fn parse_rawblock<P: AsRef<[u8]>>(parts: &[P]) -> Result<(&[u8], u32), Messa
     }
     let sequence: [u8; 4] = sequence.try_into().map_err(|_| MessageError::SequenceLength(sequence.len()))?;
     Ok((block, u32::from_le_bytes(sequence)))
+}
+
+/// Parses the parts of a `rawtx` message: the transaction and the sequence.
+pub fn parse_rawtx<P: AsRef<[u8]>>(parts: &[P]) -> Result<(bitcoin::Transaction, u32), MessageError> {
+    let [topic, tx, sequence] = parts else {
+        return Err(MessageError::Parts(parts.len()));
+    };
+    let (topic, tx, sequence) = (topic.as_ref(), tx.as_ref(), sequence.as_ref());
+    if topic != RAWTX_TOPIC.as_bytes() {
+        return Err(MessageError::Topic(String::from_utf8_lossy(topic).into_owned()));
+    }
+    let tx = bitcoin::consensus::deserialize(tx).map_err(|e| MessageError::Transaction(e.to_string()))?;
+    let sequence: [u8; 4] = sequence.try_into().map_err(|_| MessageError::SequenceLength(sequence.len()))?;
+    Ok((tx, u32::from_le_bytes(sequence)))
 }
 
 /// Parses the parts of a `hashblock` message.
@@ -262,6 +290,14 @@ fn on_message(message: &ZmqMessage, feed: &Feed) {
                 None => tracing::warn!("ignoring a malformed ZMQ rawblock message"),
             }
         }
+        Feed::Rawtx { txs, .. } => match parse_rawtx(&parts) {
+            Ok((tx, sequence)) => {
+                tracing::trace!(txid = %tx.compute_txid(), sequence, "ZMQ rawtx notification");
+                // A full queue means the follower is behind: the mempool poll catches up.
+                let _ = txs.try_send(tx);
+            }
+            Err(error) => tracing::warn!(%error, "ignoring a malformed ZMQ rawtx message"),
+        },
     }
 }
 

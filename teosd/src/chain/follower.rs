@@ -33,21 +33,25 @@ pub struct FollowerSettings {
     pub network: Network,
     /// How many recent blocks' transactions are kept for late appointments.
     pub recent_block_lookback: u32,
+    /// How often the source's mempool is polled (`None`: never; see [`super::mempool`]).
+    pub mempool_poll: Option<Duration>,
 }
 
 /// The chain side's driver: fetch, check, find the fork point, disconnect and connect in order,
 /// show each block to the listeners, commit, publish the height.
 #[derive(Debug, Clone)]
 pub struct ChainFollower {
-    source: Arc<dyn BlockSource>,
+    pub(super) source: Arc<dyn BlockSource>,
     store: Store,
     locks: Arc<UserLocks>,
-    listeners: Arc<[Arc<dyn ChainListener>]>,
-    settings: FollowerSettings,
+    pub(super) listeners: Arc<[Arc<dyn ChainListener>]>,
+    pub(super) settings: FollowerSettings,
     status: Arc<watch::Sender<ChainStatus>>,
     wake: Arc<Notify>,
     /// The follower's own thread for store work and broadcasts (see [`Worker`]).
-    worker: Worker,
+    pub(super) worker: Worker,
+    /// What of the mempool was already shown to the listeners.
+    pub(super) mempool: Arc<super::mempool::MempoolWatch>,
 }
 
 impl ChainFollower {
@@ -64,7 +68,8 @@ impl ChainFollower {
         let wake = Arc::new(Notify::new());
         let status = Arc::new(status);
         let worker = Worker::spawn("chain-follower")?;
-        Ok(ChainFollower { source, store, locks, listeners: listeners.into(), settings, status, wake, worker })
+        let mempool = Arc::default();
+        Ok(ChainFollower { source, store, locks, listeners: listeners.into(), settings, status, wake, worker, mempool })
     }
 
     /// Wakes [`follow`](Self::follow) between polls (ZMQ notifications, late appointments).
@@ -142,11 +147,13 @@ impl ChainFollower {
     /// is notified; polling stays the fallback. Outages of the source are logged and waited out;
     /// any other failure is logged at every round and retried. If the store keeps failing for
     /// `store_failure_exit` (a full disk, say), it returns the failure, for the daemon to exit
-    /// non-zero and be restarted.
+    /// non-zero and be restarted. Unconfirmed transactions arriving on `rawtx` (ZMQ) are shown
+    /// to the listeners at once (see [`super::mempool`]).
     pub async fn follow(
         self,
         interval: Duration,
         store_failure_exit: Duration,
+        mut rawtx: Option<tokio::sync::mpsc::Receiver<bitcoin::Transaction>>,
         shutdown: CancellationToken,
     ) -> Result<(), ChainError> {
         let mut ticker = tokio::time::interval(interval);
@@ -156,6 +163,16 @@ impl ChainFollower {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
                 _ = self.wake.notified() => {}
+                Some(tx) = async { rawtx.as_mut()?.recv().await }, if rawtx.is_some() => {
+                    let mut txs = vec![tx];
+                    while let Some(more) = rawtx.as_mut().and_then(|r| r.try_recv().ok()).filter(|_| txs.len() < 1000) {
+                        txs.push(more);
+                    }
+                    if let Err(e) = self.mempool_arrived(txs).await {
+                        tracing::debug!(error = %e, "unconfirmed transactions from ZMQ rawtx not looked at");
+                    }
+                    continue;
+                }
             }
             let result = self.sync_round().await;
             let failing_since = self.record_round(&result);
@@ -204,10 +221,11 @@ impl ChainFollower {
     /// for (appointments that arrived after their dispute was mined).
     pub async fn sync_round(&self) -> Result<(), ChainError> {
         self.sync().await?;
-        self.revisit_recent_blocks().await
+        self.revisit_recent_blocks().await?;
+        self.poll_mempool().await
     }
 
-    async fn blocking<T: Send + 'static, E: Into<ChainError> + Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static, E: Into<ChainError> + Send + 'static>(
         &self,
         work: impl FnOnce(&ChainFollower) -> Result<T, E> + Send + 'static,
     ) -> Result<T, ChainError> {

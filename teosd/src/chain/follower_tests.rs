@@ -103,7 +103,7 @@ async fn the_follower_gives_up_once_the_store_has_failed_for_the_set_time() {
     s.kv.set_failing(true);
     let started = tokio::time::Instant::now();
     let stop = CancellationToken::new();
-    let ended = s.follower.clone().follow(Duration::from_secs(1), Duration::from_secs(30), stop).await;
+    let ended = s.follower.clone().follow(Duration::from_secs(1), Duration::from_secs(30), None, stop).await;
     assert!(matches!(ended, Err(ChainError::Store(_))), "{ended:?}");
     let waited = started.elapsed();
     assert!(waited >= Duration::from_secs(30) && waited < Duration::from_secs(33), "{waited:?}");
@@ -116,7 +116,8 @@ async fn a_source_that_stays_away_never_makes_the_follower_give_up() {
     let s = Scene::new(chain.clone()).await;
     chain.set_down(true);
     let stop = CancellationToken::new();
-    let follow = tokio::spawn(s.follower.clone().follow(Duration::from_secs(1), Duration::from_secs(5), stop.clone()));
+    let follow =
+        tokio::spawn(s.follower.clone().follow(Duration::from_secs(1), Duration::from_secs(5), None, stop.clone()));
     let mut status = s.follower.status();
     while status.borrow().rounds < 20 {
         status.changed().await.unwrap();

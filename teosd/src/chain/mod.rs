@@ -14,10 +14,11 @@
 mod block;
 mod check;
 pub mod follower;
+pub mod mempool;
 mod status;
 
 use async_trait::async_trait;
-use bitcoin::{Block, BlockHash, Transaction};
+use bitcoin::{Block, BlockHash, Transaction, Txid};
 
 pub use block::{BlockBatch, ConnectedBlock};
 pub use follower::ChainFollower;
@@ -132,6 +133,12 @@ pub trait BlockSource: Send + Sync + std::fmt::Debug {
     async fn header(&self, hash: &BlockHash) -> Result<HeaderInfo, SourceError>;
     /// The block `hash` ([`SourceError::NotFound`] if unknown, [`SourceError::Pruned`] if gone).
     async fn block(&self, hash: &BlockHash) -> Result<FetchedBlock, SourceError>;
+
+    /// The ids of the unconfirmed transactions the source holds (its mempool).
+    async fn mempool_txids(&self) -> Result<Vec<Txid>, SourceError>;
+
+    /// The unconfirmed transaction `txid`, if the source still holds it.
+    async fn mempool_transaction(&self, txid: &Txid) -> Result<Option<Transaction>, SourceError>;
 }
 
 /// What the backend did with a transaction it was asked to send.
@@ -189,6 +196,19 @@ pub trait ChainListener: Send + Sync + std::fmt::Debug {
     /// dispute was mined), oldest first, at most `limit`.
     fn blocks_to_revisit(&self, _limit: usize) -> Result<Vec<Revisit>, ChainError> {
         Ok(Vec::new())
+    }
+
+    /// Of these unconfirmed transactions (new in the source's mempool), the ones this listener
+    /// wants to see whole.
+    fn mempool_interest(&self, _txids: &[Txid]) -> Result<Vec<Txid>, ChainError> {
+        Ok(Vec::new())
+    }
+
+    /// Unconfirmed transactions it asked for. A listener may act at once (send a penalty), but
+    /// writes nothing: blocks stay the source of truth, and a transaction seen here may never be
+    /// mined.
+    fn mempool_transactions(&self, _txs: &[Transaction]) -> Result<(), ChainError> {
+        Ok(())
     }
 
     /// One of them again: `block` is `None` if it left the chain or the source no longer has it.

@@ -52,6 +52,15 @@ pub struct Cli {
     #[arg(long = "zmqpubrawblock", env = "TEOS_ZMQ_RAWBLOCK", value_name = "ENDPOINT")]
     pub zmq_rawblock: Option<String>,
 
+    /// bitcoind's zmqpubrawtx endpoint: transactions entering its mempool arrive at once, so a
+    /// dispute is answered before it is mined [default: off; the mempool is then polled].
+    #[arg(long = "zmqpubrawtx", env = "TEOS_ZMQ_RAWTX", value_name = "ENDPOINT")]
+    pub zmq_rawtx: Option<String>,
+
+    /// Seconds between polls of bitcoind's mempool for disputes (0: never) [default: 5].
+    #[arg(long = "mempoolpoll", env = "TEOS_MEMPOOL_POLL", value_name = "SECS")]
+    pub mempool_poll_secs: Option<u64>,
+
     /// Seconds between polls of bitcoind for a new tip [default: 1].
     #[arg(long = "pollingdelta", env = "TEOS_POLLING_DELTA", value_name = "SECS")]
     pub polling_delta: Option<u64>,

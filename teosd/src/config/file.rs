@@ -19,6 +19,8 @@ pub(super) struct FileConfig {
     pub btc_rpc_port: Option<u16>,
     pub zmq_hashblock: Option<String>,
     pub zmq_rawblock: Option<String>,
+    pub zmq_rawtx: Option<String>,
+    pub mempool_poll_secs: Option<u64>,
     pub polling_delta: Option<u64>,
     pub api_bind: Option<String>,
     pub api_port: Option<u16>,

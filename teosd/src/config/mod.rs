@@ -101,6 +101,10 @@ pub struct BitcoindConfig {
     pub zmq_hashblock: Option<String>,
     /// bitcoind's `zmqpubrawblock` endpoint, if whole blocks are to come over ZMQ.
     pub zmq_rawblock: Option<String>,
+    /// bitcoind's `zmqpubrawtx` endpoint, if mempool transactions are to come over ZMQ.
+    pub zmq_rawtx: Option<String>,
+    /// How often the mempool is polled for disputes (`None`: never).
+    pub mempool_poll: Option<Duration>,
     /// How often to poll for a new tip (also the fallback when ZMQ is on).
     pub polling_interval: Duration,
 }
@@ -289,7 +293,7 @@ impl Config {
     pub fn summary(&self) -> String {
         format!(
             "network={} datadir={} bitcoind={}:{} auth={} http={} admin={} slots={} duration={} \
-             expiry_delta={} min_to_self_delay={} polling={:?} zmq={} zmq_rawblock={}",
+             expiry_delta={} min_to_self_delay={} polling={:?} zmq={} zmq_rawblock={} zmq_rawtx={} mempool_poll={:?}",
             self.network,
             self.data_dir.display(),
             self.bitcoind.host,
@@ -307,6 +311,8 @@ impl Config {
             self.bitcoind.polling_interval,
             self.bitcoind.zmq_hashblock.as_deref().unwrap_or("off"),
             self.bitcoind.zmq_rawblock.as_deref().unwrap_or("off"),
+            self.bitcoind.zmq_rawtx.as_deref().unwrap_or("off"),
+            self.bitcoind.mempool_poll,
         )
     }
 }
@@ -419,8 +425,13 @@ fn bitcoind_config(
     }
     let zmq_hashblock = zmq_endpoint("zmq_hashblock", &cli.zmq_hashblock, &file.zmq_hashblock)?;
     let zmq_rawblock = zmq_endpoint("zmq_rawblock", &cli.zmq_rawblock, &file.zmq_rawblock)?;
+    let zmq_rawtx = zmq_endpoint("zmq_rawtx", &cli.zmq_rawtx, &file.zmq_rawtx)?;
+    let mempool_poll = match pick(&cli.mempool_poll_secs, &file.mempool_poll_secs, 5) {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
+    };
     let polling_interval = Duration::from_secs(polling_secs);
-    Ok(BitcoindConfig { host, port, auth, zmq_hashblock, zmq_rawblock, polling_interval })
+    Ok(BitcoindConfig { host, port, auth, zmq_hashblock, zmq_rawblock, zmq_rawtx, mempool_poll, polling_interval })
 }
 
 /// A ZMQ endpoint setting (flag over file; empty means off), checked.

@@ -1,0 +1,112 @@
+//! Watching the mempool: a dispute is often seen unconfirmed before a block holds it, and a tower
+//! that sees it there can have its penalty in the very block that confirms the dispute (the
+//! penalty relays as the dispute's child), or right after.
+//!
+//! Unconfirmed transactions come from bitcoind's ZMQ `rawtx` feed when it is configured (at once,
+//! whole), and from a `getrawmempool` poll every `mempool_poll_secs` (only the txids new since
+//! the last poll are looked at; the tower fetches only those whose locator it holds). Each is
+//! shown to the listeners, which may act (the Watcher sends the penalty) but write nothing:
+//! blocks stay the source of truth, and a dispute seen only in the mempool (replaced, never
+//! mined) leaves its appointment watched like any other.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use bitcoin::{Transaction, Txid};
+use tokio::time::Instant;
+
+use super::{ChainError, ChainFollower};
+
+/// Mempool transactions remembered as seen, at most (a bigger mempool is looked at in part).
+pub const MAX_SEEN: usize = 300_000;
+
+/// What the follower has already shown of the mempool.
+#[derive(Debug, Default)]
+pub(super) struct MempoolWatch {
+    seen: Mutex<HashSet<Txid>>,
+    last_poll: Mutex<Option<Instant>>,
+}
+
+impl MempoolWatch {
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashSet<Txid>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ChainFollower {
+    /// Polls the source's mempool, if it is time to (`mempool_poll` since the last poll), and
+    /// shows the listeners what is new in it.
+    pub(super) async fn poll_mempool(&self) -> Result<(), ChainError> {
+        let Some(every) = self.settings.mempool_poll else { return Ok(()) };
+        {
+            let mut last = self.mempool.last_poll.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < every) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let mut current = self.source.mempool_txids().await?;
+        current.truncate(MAX_SEEN);
+        let new: Vec<Txid> = {
+            let mut seen = self.mempool.seen();
+            let new = current.iter().filter(|txid| !seen.contains(*txid)).copied().collect();
+            *seen = current.into_iter().collect();
+            new
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let wanted = self.mempool_interest(new).await?;
+        let mut txs = Vec::with_capacity(wanted.len());
+        for txid in wanted {
+            if let Some(tx) = self.source.mempool_transaction(&txid).await? {
+                txs.push(tx);
+            }
+        }
+        self.show_mempool(txs).await
+    }
+
+    /// Shows the listeners unconfirmed transactions that came whole (ZMQ `rawtx`), those not seen
+    /// before.
+    pub(super) async fn mempool_arrived(&self, txs: Vec<Transaction>) -> Result<(), ChainError> {
+        let fresh: Vec<Transaction> = {
+            let mut seen = self.mempool.seen();
+            if seen.len() + txs.len() > MAX_SEEN {
+                seen.clear();
+            }
+            txs.into_iter().filter(|tx| seen.insert(tx.compute_txid())).collect()
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let wanted: HashSet<Txid> =
+            self.mempool_interest(fresh.iter().map(Transaction::compute_txid).collect()).await?.into_iter().collect();
+        let txs = fresh.into_iter().filter(|tx| wanted.contains(&tx.compute_txid())).collect();
+        self.show_mempool(txs).await
+    }
+
+    /// The txids any listener wants whole.
+    async fn mempool_interest(&self, txids: Vec<Txid>) -> Result<Vec<Txid>, ChainError> {
+        self.blocking(move |me| {
+            let mut wanted = HashSet::new();
+            for listener in me.listeners.iter() {
+                wanted.extend(listener.mempool_interest(&txids)?);
+            }
+            Ok::<_, ChainError>(wanted.into_iter().collect())
+        })
+        .await
+    }
+
+    async fn show_mempool(&self, txs: Vec<Transaction>) -> Result<(), ChainError> {
+        if txs.is_empty() {
+            return Ok(());
+        }
+        self.blocking(move |me| {
+            for listener in me.listeners.iter() {
+                listener.mempool_transactions(&txs)?;
+            }
+            Ok::<_, ChainError>(())
+        })
+        .await
+    }
+}
