@@ -353,10 +353,20 @@ impl TowerUser {
         dispute_txid: &Txid,
         penalty: &Transaction,
     ) -> Result<(u16, Value), reqwest::Error> {
+        self.try_add_appointment_delayed(dispute_txid, penalty, 42).await
+    }
+
+    /// `POST /add_appointment` with this `to_self_delay` (CLN's plugin always says 42).
+    pub async fn try_add_appointment_delayed(
+        &self,
+        dispute_txid: &Txid,
+        penalty: &Transaction,
+        to_self_delay: u32,
+    ) -> Result<(u16, Value), reqwest::Error> {
         let appointment = Appointment {
             locator: Locator::from_txid(dispute_txid),
             encrypted_blob: encrypt_penalty(penalty, dispute_txid),
-            to_self_delay: 42,
+            to_self_delay,
         };
         let signature = sign_message(&appointment.signed_bytes(), &self.secret);
         let body = json!({"appointment": {
