@@ -30,6 +30,8 @@ pub const BITCOIND_EXE_ENV: &str = "BITCOIND_EXE";
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often readiness is polled while a real bitcoind starts.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The end of the error message of a test control that only our node has.
+const NEEDS_REGTEST_NODE: &str = "needs the in-process regtest node";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -56,6 +58,12 @@ impl BackendError {
             BackendError::Rpc(e) | BackendError::Client(ClientError::Rpc(e)) => Some(e),
             _ => None,
         }
+    }
+
+    /// Whether this is the refusal of a test control that only the in-process node has (such as
+    /// [`Bitcoind::set_min_relay_fee`] with a real bitcoind): the test should then be skipped.
+    pub fn needs_regtest_node(&self) -> bool {
+        matches!(self, BackendError::Other(message) if message.ends_with(NEEDS_REGTEST_NODE))
     }
 }
 
@@ -169,6 +177,32 @@ impl Bitcoind {
         match &self.inner {
             Inner::InProcess(node) => Ok(node.mine_block_with(txs)?),
             Inner::Real(real) => Ok(real.client.generate_block(&wallet::anyone_can_spend_address(), txs).await?),
+        }
+    }
+
+    /// [`RegtestNode::set_min_relay_fee`]: raises (or lowers) the minimum relay fee rate, in
+    /// sat/kvB. A real bitcoind only takes `-minrelaytxfee` at start: then this is an error
+    /// ([`BackendError::needs_regtest_node`] tells it apart, for tests to skip).
+    pub async fn set_min_relay_fee(&self, sat_per_kvb: u64) -> Result<(), BackendError> {
+        match &self.inner {
+            Inner::InProcess(node) => {
+                node.set_min_relay_fee(sat_per_kvb);
+                Ok(())
+            }
+            Inner::Real(_) => Err(BackendError::Other(format!("set_min_relay_fee {NEEDS_REGTEST_NODE}"))),
+        }
+    }
+
+    /// [`RegtestNode::set_mempool_min_fee`]: makes the mempool behave as a full one whose
+    /// minimum fee rate is `sat_per_kvb` (0: not full). An error with a real bitcoind, whose
+    /// mempool fills up only for real.
+    pub async fn set_mempool_min_fee(&self, sat_per_kvb: u64) -> Result<(), BackendError> {
+        match &self.inner {
+            Inner::InProcess(node) => {
+                node.set_mempool_min_fee(sat_per_kvb);
+                Ok(())
+            }
+            Inner::Real(_) => Err(BackendError::Other(format!("set_mempool_min_fee {NEEDS_REGTEST_NODE}"))),
         }
     }
 

@@ -17,7 +17,12 @@
 //!
 //! * context-free consensus rules (empty inputs/outputs, duplicate inputs, amounts out of range),
 //! * standardness (version 1 or 2, size, output script types, dust, push-only script sigs,
-//!   minimum relay fee of 1 sat/vB, at most one `OP_RETURN`),
+//!   at most one `OP_RETURN`),
+//! * fees: the minimum relay fee rate (1 sat/vB unless
+//!   [`RegtestNode::set_min_relay_fee`] changes it) and, when
+//!   [`RegtestNode::set_mempool_min_fee`] makes the mempool behave as full, its minimum fee rate,
+//!   with bitcoind's -26 refusals (`min relay fee not met, <fee> < <min>`, `mempool min fee not
+//!   met, <fee> < <min>`),
 //! * inputs: unspent outputs of the active chain or of mempool transactions, coinbase maturity
 //!   (100 confirmations), amounts (outputs not above inputs), absolute lock time (BIP113) and
 //!   relative lock times (BIP68),
@@ -27,7 +32,11 @@
 //! **Scripts and signatures are NOT validated**: any witness or script sig spends any output.
 //! Tests must therefore only build transactions that a real bitcoind would accept too; the
 //! [`wallet`](crate::wallet) helpers use anyone-can-spend outputs (P2WSH of `OP_TRUE`) for that.
-//! Mempool ancestor/descendant limits, package relay and the mempool size limit are not enforced.
+//! Mempool ancestor/descendant limits, package relay and the mempool size limit are not enforced
+//! (a full mempool is simulated by its minimum fee rate only: nothing is evicted for room).
+//! Blocks are not subject to relay policy: [`RegtestNode::mine_block_with`] (`generateblock`)
+//! takes any valid transactions, whatever their fee, and a block spending an output that a
+//! mempool transaction spends evicts that transaction (and its descendants) when it connects.
 //!
 //! # Reorgs
 //!

@@ -306,6 +306,34 @@ impl RegtestNode {
         self.state().send_raw_transaction(tx.clone(), 10_000_000)
     }
 
+    /// Sets the minimum relay fee rate (bitcoind's `-minrelaytxfee`, here changeable at
+    /// runtime), in sat/kvB; the default is 1000. A transaction paying less for its virtual size
+    /// is refused by `sendrawtransaction` with -26 `min relay fee not met, <fee> < <min fee>`
+    /// (in satoshis), and by `testmempoolaccept` with reason `min relay fee not met`.
+    ///
+    /// Only mempool acceptance is affected: transactions already in the mempool stay, mined
+    /// blocks ([`mine`](Self::mine), [`mine_block_with`](Self::mine_block_with), `submitblock`)
+    /// are not subject to relay policy, and transactions coming back from disconnected blocks
+    /// skip the fee checks, as in bitcoind. `getmempoolinfo` (`minrelaytxfee`, `mempoolminfee`)
+    /// and `getnetworkinfo` (`relayfee`) report it. It stays across
+    /// [`go_down`](Self::go_down)/[`come_back`](Self::come_back).
+    pub fn set_min_relay_fee(&self, sat_per_kvb: u64) {
+        self.state().fees.min_relay = sat_per_kvb;
+    }
+
+    /// Makes the mempool behave as a full one whose rolling minimum fee rate is `sat_per_kvb`
+    /// (0: not full, the default). As in bitcoind, the effective minimum is never below the
+    /// incremental relay fee rate (1000 sat/kvB), and it is checked before the minimum relay
+    /// fee: a transaction paying less than it for its virtual size is refused with -26
+    /// `mempool min fee not met, <fee> < <min fee>` (in satoshis). `getmempoolinfo` reports it
+    /// as `mempoolminfee` (when above `minrelaytxfee`).
+    ///
+    /// Nothing is evicted: the mempool keeps what it holds (a full bitcoind evicts the lowest
+    /// fee rates to make room, then raises its minimum above them). Blocks are not affected.
+    pub fn set_mempool_min_fee(&self, sat_per_kvb: u64) {
+        self.state().fees.mempool_min = sat_per_kvb;
+    }
+
     /// A stored block (active or stale).
     pub fn block(&self, hash: &BlockHash) -> Option<Block> {
         self.state().chain.get(hash).map(|e| e.block.clone())

@@ -25,6 +25,7 @@ use super::params::{
     positional, spec, type_error, Spec,
 };
 use super::state::NodeState;
+use super::validation::INCREMENTAL_RELAY_FEE_RATE;
 use super::{RpcError, NODE_SUBVERSION, NODE_VERSION};
 
 /// What a request needs from the node.
@@ -403,6 +404,7 @@ fn getmempoolentry(ctx: &RpcContext, p: &[Value]) -> Result<Value, RpcError> {
 
 fn getmempoolinfo(ctx: &RpcContext, _: &[Value]) -> Result<Value, RpcError> {
     let state = ctx.state();
+    let rate = |sat_per_kvb: u64| amount(bitcoin::Amount::from_sat(sat_per_kvb));
     Ok(json!({
         "loaded": true,
         "size": state.mempool.len(),
@@ -410,9 +412,9 @@ fn getmempoolinfo(ctx: &RpcContext, _: &[Value]) -> Result<Value, RpcError> {
         "usage": state.mempool.total_vsize() * 4,
         "total_fee": amount(state.mempool.total_fee()),
         "maxmempool": 300_000_000u64,
-        "mempoolminfee": 0.00001,
-        "minrelaytxfee": 0.00001,
-        "incrementalrelayfee": 0.00001,
+        "mempoolminfee": rate(state.fees.reported_mempool_min_fee_rate()),
+        "minrelaytxfee": rate(state.fees.min_relay),
+        "incrementalrelayfee": rate(INCREMENTAL_RELAY_FEE_RATE),
         "unbroadcastcount": 0,
         "fullrbf": false,
     }))
@@ -436,7 +438,8 @@ fn estimatesmartfee(_: &RpcContext, p: &[Value]) -> Result<Value, RpcError> {
 
 // Node.
 
-fn getnetworkinfo(_: &RpcContext, _: &[Value]) -> Result<Value, RpcError> {
+fn getnetworkinfo(ctx: &RpcContext, _: &[Value]) -> Result<Value, RpcError> {
+    let min_relay = ctx.state().fees.min_relay;
     let network = |name: &str, reachable: bool| {
         json!({
             "name": name,
@@ -465,8 +468,8 @@ fn getnetworkinfo(_: &RpcContext, _: &[Value]) -> Result<Value, RpcError> {
             network("i2p", false),
             network("cjdns", false),
         ],
-        "relayfee": 0.00001,
-        "incrementalfee": 0.00001,
+        "relayfee": amount(bitcoin::Amount::from_sat(min_relay)),
+        "incrementalfee": amount(bitcoin::Amount::from_sat(INCREMENTAL_RELAY_FEE_RATE)),
         "localaddresses": [],
         "warnings": "",
     }))

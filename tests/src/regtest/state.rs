@@ -14,7 +14,8 @@ use super::mempool::Mempool;
 use super::miner::assemble_block;
 use super::persist::{ChainLog, Record};
 use super::validation::{
-    check_block, check_block_sanity, check_mempool_accept, fee_for, select_block_txs, AcceptOptions, Accepted, Reject,
+    check_block, check_block_sanity, check_mempool_accept, fee_for, select_block_txs, AcceptOptions, Accepted,
+    FeePolicy, Reject,
 };
 use std::sync::Arc;
 
@@ -44,6 +45,8 @@ type Disconnected = Vec<(u32, Vec<Transaction>)>;
 pub(crate) struct NodeState {
     pub chain: Chain,
     pub mempool: Mempool,
+    /// The fee rates mempool acceptance asks for (test controls change them at runtime).
+    pub fees: FeePolicy,
     log: Option<ChainLog>,
     /// Told the hash of every new tip to announce over ZMQ (see [`announce`](Self::announce)).
     block_listener: Option<BlockListener>,
@@ -51,7 +54,13 @@ pub(crate) struct NodeState {
 
 impl NodeState {
     pub fn new() -> Self {
-        NodeState { chain: Chain::new(), mempool: Mempool::default(), log: None, block_listener: None }
+        NodeState {
+            chain: Chain::new(),
+            mempool: Mempool::default(),
+            fees: FeePolicy::default(),
+            log: None,
+            block_listener: None,
+        }
     }
 
     /// A node whose chain is kept in (and first replayed from) the log at `path`.
@@ -102,7 +111,7 @@ impl NodeState {
             &self.chain,
             &self.mempool,
             tx,
-            AcceptOptions { bypass_limits: false, allow_replacement: true },
+            AcceptOptions { bypass_limits: false, allow_replacement: true, fees: self.fees },
         )
     }
 
@@ -321,7 +330,7 @@ impl NodeState {
     /// disconnected blocks, parents first). Mined and conflicting transactions drop out.
     fn update_mempool(&mut self, resurrected: Vec<Transaction>) {
         let old = self.mempool.drain_ordered();
-        let opts = AcceptOptions { bypass_limits: true, allow_replacement: false };
+        let opts = AcceptOptions { bypass_limits: true, allow_replacement: false, fees: self.fees };
         let height = self.chain.height();
         let now = unix_now();
         let candidates = resurrected

@@ -24,9 +24,10 @@ const MIN_STANDARD_TX_NONWITNESS_SIZE: usize = 65;
 const MAX_STANDARD_SCRIPTSIG_SIZE: usize = 1650;
 const MAX_OP_RETURN_RELAY: usize = 83;
 const MAX_REPLACEMENT_CANDIDATES: usize = 100;
-/// Minimum relay and incremental relay fee rates, in sat/kvB.
-const MIN_RELAY_FEE_RATE: u64 = 1_000;
-const INCREMENTAL_RELAY_FEE_RATE: u64 = 1_000;
+/// The default minimum relay fee rate (`-minrelaytxfee`), in sat/kvB.
+pub(crate) const DEFAULT_MIN_RELAY_FEE_RATE: u64 = 1_000;
+/// The incremental relay fee rate (`-incrementalrelayfee`), in sat/kvB.
+pub(crate) const INCREMENTAL_RELAY_FEE_RATE: u64 = 1_000;
 
 /// Why a transaction was refused. The variant decides bitcoind's error code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,12 +258,61 @@ pub(crate) struct Accepted {
     pub replaced: Vec<Txid>,
 }
 
+/// The fee rates a transaction must pay to enter the mempool, in sat/kvB. Test controls set
+/// them at runtime (see [`RegtestNode::set_min_relay_fee`](super::RegtestNode::set_min_relay_fee)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FeePolicy {
+    /// bitcoind's `-minrelaytxfee`.
+    pub min_relay: u64,
+    /// The rolling minimum fee rate of a full mempool; 0 when the mempool is not full.
+    pub mempool_min: u64,
+}
+
+impl Default for FeePolicy {
+    fn default() -> Self {
+        FeePolicy { min_relay: DEFAULT_MIN_RELAY_FEE_RATE, mempool_min: 0 }
+    }
+}
+
+impl FeePolicy {
+    /// bitcoind's `CTxMemPool::GetMinFee`: 0 when the mempool is not full, else the rolling
+    /// minimum but never below the incremental relay fee rate.
+    pub fn mempool_min_fee_rate(&self) -> u64 {
+        match self.mempool_min {
+            0 => 0,
+            rate => rate.max(INCREMENTAL_RELAY_FEE_RATE),
+        }
+    }
+
+    /// `mempoolminfee` as `getmempoolinfo` reports it: the larger of the two.
+    pub fn reported_mempool_min_fee_rate(&self) -> u64 {
+        self.mempool_min_fee_rate().max(self.min_relay)
+    }
+
+    /// bitcoind's `MemPoolAccept::CheckFeeRate`: the full mempool's minimum first, then the
+    /// minimum relay fee, each as the fee for `vsize` (rounded up).
+    fn check(&self, fee: Amount, vsize: u64) -> Result<(), Reject> {
+        let fee = fee.to_sat();
+        let mempool_reject_fee = fee_for(self.mempool_min_fee_rate(), vsize);
+        if mempool_reject_fee > 0 && fee < mempool_reject_fee {
+            return Err(Reject::Invalid(format!("mempool min fee not met, {fee} < {mempool_reject_fee}")));
+        }
+        let min_fee = fee_for(self.min_relay, vsize);
+        if fee < min_fee {
+            return Err(Reject::Invalid(format!("min relay fee not met, {fee} < {min_fee}")));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AcceptOptions {
     /// Skip the fee checks (transactions coming back from disconnected blocks).
     pub bypass_limits: bool,
     /// Allow BIP125 replacements of signalling mempool transactions.
     pub allow_replacement: bool,
+    /// The fee rates to meet, unless `bypass_limits`.
+    pub fees: FeePolicy,
 }
 
 /// Mempool acceptance (`MemPoolAccept::PreChecks` and `ReplacementChecks`), without scripts.
@@ -319,10 +369,7 @@ pub(crate) fn check_mempool_accept(
     let fee = check_tx_inputs(tx, &coins, next_height)?;
     let vsize = tx.vsize() as u64;
     if !opts.bypass_limits {
-        let min_fee = fee_for(MIN_RELAY_FEE_RATE, vsize);
-        if fee.to_sat() < min_fee {
-            return Err(Reject::Invalid(format!("min relay fee not met, {} < {}", fee.to_sat(), min_fee)));
-        }
+        opts.fees.check(fee, vsize)?;
     }
 
     let replaced =
@@ -626,6 +673,24 @@ mod tests {
         assert_eq!(format_money(10_000), "0.0001");
         assert_eq!(format_money(12_345_678), "0.12345678");
         assert_eq!(format_money(150_000_000), "1.50");
+    }
+
+    #[test]
+    fn fee_checks_in_bitcoinds_order() {
+        let check = |min_relay, mempool_min, fee, vsize| {
+            FeePolicy { min_relay, mempool_min }.check(Amount::from_sat(fee), vsize).map_err(|r| r.reason())
+        };
+        assert_eq!(check(1000, 0, 110, 110), Ok(()));
+        assert_eq!(check(1000, 0, 109, 110), Err("min relay fee not met, 109 < 110".into()));
+        assert_eq!(check(5000, 0, 500, 110), Err("min relay fee not met, 500 < 550".into()));
+        // A full mempool's minimum is checked first, and never below the incremental relay fee.
+        assert_eq!(check(1000, 3000, 300, 110), Err("mempool min fee not met, 300 < 330".into()));
+        assert_eq!(check(1000, 3000, 100, 110), Err("mempool min fee not met, 100 < 330".into()));
+        assert_eq!(check(0, 1, 100, 110), Err("mempool min fee not met, 100 < 110".into()));
+        assert_eq!(check(0, 0, 0, 110), Ok(()));
+        assert_eq!(FeePolicy { min_relay: 2000, mempool_min: 500 }.reported_mempool_min_fee_rate(), 2000);
+        assert_eq!(FeePolicy { min_relay: 1000, mempool_min: 0 }.reported_mempool_min_fee_rate(), 1000);
+        assert_eq!(FeePolicy { min_relay: 0, mempool_min: 500 }.reported_mempool_min_fee_rate(), 1000);
     }
 
     #[test]
