@@ -1,5 +1,6 @@
 //! Relay policy set at runtime: a fee spike (the minimum relay fee raised) and a full mempool
-//! (its minimum fee rate), with bitcoind's refusals.
+//! (its minimum fee rate), with bitcoind's refusals; and blocks, which no relay policy binds,
+//! confirming a spend that conflicts with the mempool.
 
 mod common;
 
@@ -156,6 +157,39 @@ async fn fee_controls_through_the_backend() -> anyhow::Result<()> {
             assert!(error.to_string().ends_with("needs the in-process regtest node"), "{error}");
         }
         process.go_down().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// A block confirming a spend that conflicts with a mempool transaction evicts that transaction
+/// and its descendants, as bitcoind does when the block connects (our node, or a real bitcoind
+/// with `BITCOIND_EXE`).
+#[tokio::test]
+async fn a_mined_competing_spend_evicts_the_mempool_transaction() -> anyhow::Result<()> {
+    bounded(async {
+        let bitcoind = Bitcoind::start().await?;
+        let mut funding = Funding::new();
+        let coin = funding.next_coin(&bitcoind).await?;
+        let in_mempool = wallet::spend_tx(&[coin], 1, 10)?;
+        let child = wallet::spend_tx(&[Utxo::of(&in_mempool, 0)], 1, 10)?;
+        bitcoind.send_raw_transaction(&in_mempool).await?;
+        bitcoind.send_raw_transaction(&child).await?;
+
+        // Lower fee, no replacement signalled: the mempool would refuse it, a block takes it.
+        let competing = wallet::spend_tx(&[coin], 2, 1)?;
+        let refused = bitcoind.send_raw_transaction(&competing).await.expect_err("a conflict");
+        assert_eq!(refused.rpc_error().map(|e| (e.code, e.message.as_str())), Some((-26, "txn-mempool-conflict")));
+        let hash = bitcoind.mine_block_with(std::slice::from_ref(&competing)).await?;
+        assert_eq!(bitcoind.block(&hash).await?.txdata[1..], [competing.clone()]);
+        assert_eq!(bitcoind.tx_confirmations(&competing.compute_txid()).await?, Some(1));
+        for evicted in [&in_mempool, &child] {
+            assert!(!bitcoind.mempool_contains(&evicted.compute_txid()).await?);
+            assert_eq!(bitcoind.tx_confirmations(&evicted.compute_txid()).await?, None);
+        }
+        // Gone for good: its input is spent in the chain.
+        let error = bitcoind.send_raw_transaction(&in_mempool).await.expect_err("spent");
+        assert_eq!(error.rpc_error().map(|e| e.code), Some(-25));
         Ok(())
     })
     .await
