@@ -24,8 +24,9 @@
 //! instead of guessing, since a PUB socket drops what it publishes before a subscription reaches
 //! it (as bitcoind's does), and (c) is an implementation independent of the subscriber's.
 //! Subscriptions are accepted as ZMTP 3.0 messages (`0x01` + prefix) and as ZMTP 3.1 `SUBSCRIBE`
-//! commands; `PING` is answered with `PONG`. Like bitcoind's (high-water mark 1000), a subscriber
-//! that falls 1000 messages behind loses messages rather than slowing the node.
+//! commands; `PING` is answered with `PONG`. As with bitcoind's PUB socket, messages are filtered
+//! by topic at the publisher, and a subscriber with 1000 messages of its topics queued (the
+//! high-water mark) loses the next ones rather than slowing the node.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::BlockHash;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -94,27 +95,29 @@ pub(crate) async fn publish(
     stop: CancellationToken,
 ) {
     let stop = stop.child_token();
-    let (messages, _) = broadcast::channel::<Published>(HIGH_WATER_MARK);
     let connections = TaskTracker::new();
+    let mut outlets: Vec<Outlet> = Vec::new();
     let (mut hash_sequence, mut raw_sequence): (u32, u32) = (0, 0);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let subscriber = Subscriber { messages: messages.subscribe(), counter: subscriptions.clone() };
+                    let (queue, messages) = mpsc::channel(HIGH_WATER_MARK);
+                    let topics = Arc::new(Mutex::new(Vec::new()));
+                    outlets.push(Outlet { topics: topics.clone(), queue, losing: false });
+                    let subscriber = Subscriber { messages, topics, counter: subscriptions.clone() };
                     connections.spawn(subscriber.serve(stream, stop.clone()));
                 }
                 Err(error) => tracing::warn!(%error, "ZMQ publisher: accept failed"),
             },
             block = blocks.recv() => {
                 let Some((hash, raw)) = block else { break };
+                outlets.retain(|outlet| !outlet.queue.is_closed());
                 // No subscriber: nobody hears it, and the sequences move on all the same.
-                let hashblock = encode_message(&hashblock_message(&hash, hash_sequence));
-                let _ = messages.send((HASHBLOCK, Arc::new(hashblock)));
+                send(&mut outlets, HASHBLOCK, || hashblock_message(&hash, hash_sequence));
                 hash_sequence = hash_sequence.wrapping_add(1);
-                let rawblock = encode_message(&rawblock_message(&raw, raw_sequence));
-                let _ = messages.send((RAWBLOCK, Arc::new(rawblock)));
+                send(&mut outlets, RAWBLOCK, || rawblock_message(&raw, raw_sequence));
                 raw_sequence = raw_sequence.wrapping_add(1);
             }
         }
@@ -125,12 +128,45 @@ pub(crate) async fn publish(
     connections.wait().await;
 }
 
-/// A message on its way to the subscribers: its topic, and its frames as sent.
-type Published = (&'static str, Arc<Vec<u8>>);
+/// A message as sent on the wire (all its frames).
+type Encoded = Arc<Vec<u8>>;
+
+/// Where the publisher queues a connected subscriber's messages.
+struct Outlet {
+    /// The subscriber's subscriptions (prefixes), as its connection reads them.
+    topics: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Holds at most [`HIGH_WATER_MARK`] messages.
+    queue: mpsc::Sender<Encoded>,
+    /// Whether the last message was lost (for logging once per spell).
+    losing: bool,
+}
+
+/// Queues the message `parts` builds (built and encoded once, if anyone subscribes to `topic`)
+/// for every subscriber to `topic`. Like a ZMQ PUB socket, it filters here, and drops the
+/// message for a subscriber whose queue is full.
+fn send(outlets: &mut [Outlet], topic: &'static str, parts: impl Fn() -> [Vec<u8>; 3]) {
+    let mut encoded: Option<Encoded> = None;
+    for outlet in outlets.iter_mut().filter(|outlet| subscribed(&outlet.topics, topic.as_bytes())) {
+        let message = encoded.get_or_insert_with(|| Arc::new(encode_message(&parts()))).clone();
+        match outlet.queue.try_send(message) {
+            Ok(()) => outlet.losing = false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !outlet.losing {
+                    tracing::warn!(topic, "ZMQ publisher: a slow subscriber loses messages");
+                }
+                outlet.losing = true;
+            }
+            // Gone: dropped at the next message.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
 
 /// One connected subscriber.
 struct Subscriber {
-    messages: broadcast::Receiver<Published>,
+    /// What the publisher queued for it (only its topics).
+    messages: mpsc::Receiver<Encoded>,
+    topics: Arc<Mutex<Vec<Vec<u8>>>>,
     counter: Arc<watch::Sender<u64>>,
 }
 
@@ -148,22 +184,16 @@ impl Subscriber {
             Ok(Err(error)) => return tracing::debug!(%error, "ZMQ publisher: handshake failed"),
             Err(_) => return tracing::debug!("ZMQ publisher: handshake timed out"),
         }
-        let Subscriber { mut messages, counter } = self;
-        let topics = Arc::new(Mutex::new(Vec::new()));
+        let Subscriber { mut messages, topics, counter } = self;
         let (pongs, mut pongs_rx) = mpsc::unbounded_channel();
         let done = stop.child_token();
-        let reader = tokio::spawn(read_subscriptions(read, topics.clone(), counter, pongs, done.clone()));
+        let reader = tokio::spawn(read_subscriptions(read, topics, counter, pongs, done.clone()));
         loop {
             let bytes = tokio::select! {
                 _ = done.cancelled() => break,
                 message = messages.recv() => match message {
-                    Ok((topic, message)) if subscribed(&topics, topic.as_bytes()) => message,
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "ZMQ publisher: a slow subscriber lost messages");
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Some(message) => message,
+                    None => break,
                 },
                 pong = pongs_rx.recv() => match pong {
                     Some(pong) => Arc::new(pong),
@@ -176,7 +206,8 @@ impl Subscriber {
         }
         done.cancel();
         let _ = reader.await;
-        // Both halves dropped here: the connection closes.
+        // Both halves dropped here (and the queue: the publisher forgets the outlet): the
+        // connection closes.
     }
 }
 
