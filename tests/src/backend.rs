@@ -3,8 +3,9 @@
 //!
 //! A real bitcoind runs as a child process
 //! (`bitcoind -regtest -datadir=<tmp> -rpcport=<free> -port=<free> -listen=0 -server
-//! -fallbackfee=0.0001 -txindex=1`, plus `-zmqpubhashblock` and `-zmqpubrawblock=tcp://127.0.0.1:<free>` from
-//! [`Bitcoind::start_with_zmq`]) and is driven over JSON-RPC only: mining with
+//! -fallbackfee=0.0001 -txindex=1`, plus `-zmqpubhashblock`, `-zmqpubrawblock` and
+//! `-zmqpubrawtx=tcp://127.0.0.1:<free>` from [`Bitcoind::start_with_zmq`]) and is driven over
+//! JSON-RPC only: mining with
 //! `generatetoaddress`/`generateblock`, reorgs with `invalidateblock`, going down with `stop`,
 //! coming back by respawning it on the same datadir and ports.
 
@@ -85,8 +86,9 @@ impl Bitcoind {
         Bitcoind::start_opts(false).await
     }
 
-    /// Like [`start`](Self::start), also publishing ZMQ `hashblock` notifications on a free port
-    /// of 127.0.0.1 ([`zmq_hashblock_endpoint`](Self::zmq_hashblock_endpoint)).
+    /// Like [`start`](Self::start), also publishing ZMQ `hashblock`, `rawblock` and `rawtx`
+    /// notifications on a free port of 127.0.0.1
+    /// ([`zmq_hashblock_endpoint`](Self::zmq_hashblock_endpoint)).
     pub async fn start_with_zmq() -> Result<Bitcoind, BackendError> {
         Bitcoind::start_opts(true).await
     }
@@ -146,7 +148,8 @@ impl Bitcoind {
         }
     }
 
-    /// Where `hashblock` notifications are published (`tcp://127.0.0.1:<port>`), if they are.
+    /// Where `hashblock`, `rawblock` and `rawtx` notifications are published
+    /// (`tcp://127.0.0.1:<port>`), if they are.
     pub fn zmq_hashblock_endpoint(&self) -> Option<String> {
         match &self.inner {
             Inner::InProcess(node) => node.zmq_hashblock_endpoint(),
@@ -355,6 +358,7 @@ impl RealBitcoind {
             .args(["-listen=0", "-server", "-fallbackfee=0.0001", "-txindex=1"])
             .args(self.zmq_port.map(|port| format!("-zmqpubhashblock=tcp://127.0.0.1:{port}")))
             .args(self.zmq_port.map(|port| format!("-zmqpubrawblock=tcp://127.0.0.1:{port}")))
+            .args(self.zmq_port.map(|port| format!("-zmqpubrawtx=tcp://127.0.0.1:{port}")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -38,7 +38,8 @@ struct Args {
     /// Do not keep the chain in the datadir (<datadir>/regtest/chain.log).
     #[arg(long)]
     no_persist: bool,
-    /// Publish ZMQ hashblock notifications on this endpoint, as bitcoind's -zmqpubhashblock
+    /// Publish ZMQ hashblock, rawblock and rawtx notifications on this endpoint, as bitcoind's
+    /// -zmqpubhashblock, -zmqpubrawblock and -zmqpubrawtx given the same one
     /// (tcp://127.0.0.1:<port>; port 0 picks a free one).
     #[arg(long, value_name = "ENDPOINT", value_parser = teos_tests::regtest::zmq::loopback_port)]
     zmqpubhashblock: Option<u16>,

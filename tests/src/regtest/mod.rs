@@ -48,8 +48,9 @@
 //!
 //! # ZMQ
 //!
-//! With [`NodeOptions::zmq_hashblock_port`] the node publishes bitcoind's ZMQ `hashblock`
-//! notifications (and `getzmqnotifications` lists the endpoint); see [`zmq`].
+//! With [`NodeOptions::zmq_hashblock_port`] the node publishes bitcoind's ZMQ `hashblock`,
+//! `rawblock` and `rawtx` notifications on one endpoint (and `getzmqnotifications` lists it);
+//! see [`zmq`].
 
 mod chain;
 mod http;

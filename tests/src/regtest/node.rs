@@ -36,8 +36,9 @@ pub struct NodeOptions {
     /// Keep the chain (blocks, `invalidateblock`/`reconsiderblock`) in
     /// `<datadir>/regtest/chain.log` and replay it at start.
     pub persist: bool,
-    /// Publish ZMQ `hashblock` notifications (bitcoind's `-zmqpubhashblock`) on this port of
-    /// 127.0.0.1 (0 picks a free one); `None`: no publisher. See [`zmq`](super::zmq).
+    /// Publish ZMQ `hashblock`, `rawblock` and `rawtx` notifications (bitcoind's
+    /// `-zmqpubhashblock`, `-zmqpubrawblock` and `-zmqpubrawtx`, all on one endpoint) on this
+    /// port of 127.0.0.1 (0 picks a free one); `None`: no publisher. See [`zmq`](super::zmq).
     pub zmq_hashblock_port: Option<u16>,
 }
 
@@ -153,8 +154,8 @@ impl RegtestNode {
         accepted.extend(self.user_credentials.clone());
         let stop = CancellationToken::new();
         let zmq = zmq.map(|zmq_listener| {
-            let (blocks, receiver) = mpsc::unbounded_channel();
-            self.state().set_block_listener(Some(blocks));
+            let (notifier, receiver) = mpsc::unbounded_channel();
+            self.state().set_notifier(Some(notifier));
             tokio::spawn(zmq::publish(zmq_listener, receiver, self.zmq_subscriptions.clone(), stop.clone()))
         });
         let ctx = RpcContext {
@@ -190,13 +191,16 @@ impl RegtestNode {
         &self.datadir
     }
 
-    /// `tcp://127.0.0.1:<port>` where `hashblock` notifications are published, if enabled.
+    /// `tcp://127.0.0.1:<port>` where `hashblock`, `rawblock` and `rawtx` notifications are
+    /// published, if enabled.
     pub fn zmq_hashblock_endpoint(&self) -> Option<String> {
         self.zmq_addr.map(|addr| format!("tcp://{addr}"))
     }
 
-    /// How many `hashblock` or `rawblock` subscriptions the publisher has received since the node started
-    /// (a subscriber sends one at each connection, so a reconnection counts again).
+    /// How many subscriptions covering `hashblock`, `rawblock` or `rawtx` the publisher has
+    /// received since the node started (a subscriber sends one per topic at each connection, so
+    /// a reconnection counts again; one covering several topics, such as `raw` or the empty
+    /// one, counts once).
     pub fn zmq_subscriptions(&self) -> u64 {
         *self.zmq_subscriptions.borrow()
     }
@@ -242,7 +246,7 @@ impl RegtestNode {
         let running = self.running().take();
         if let Some(running) = running {
             running.stop.cancel();
-            self.state().set_block_listener(None);
+            self.state().set_notifier(None);
             if let Err(error) = running.task.await {
                 tracing::warn!(%error, "the RPC server task failed");
             }

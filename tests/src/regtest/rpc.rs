@@ -36,7 +36,8 @@ pub(crate) struct RpcContext {
     pub started: Instant,
     /// Cancelled by `stop`.
     pub stop: CancellationToken,
-    /// The ZMQ `hashblock` endpoint, if publishing (for `getzmqnotifications`).
+    /// The ZMQ endpoint (`hashblock`, `rawblock`, `rawtx`), if publishing (for
+    /// `getzmqnotifications`).
     pub zmq_hashblock: Option<String>,
 }
 
@@ -488,6 +489,7 @@ fn getzmqnotifications(ctx: &RpcContext, _: &[Value]) -> Result<Value, RpcError>
         Some(address) => json!([
             { "type": "pubhashblock", "address": address, "hwm": 1000 },
             { "type": "pubrawblock", "address": address, "hwm": 1000 },
+            { "type": "pubrawtx", "address": address, "hwm": 1000 },
         ]),
         None => json!([]),
     })

@@ -19,7 +19,7 @@ use super::validation::{
 };
 use std::sync::Arc;
 
-use super::zmq::BlockListener;
+use super::zmq::{Notification, Notifier};
 use super::{block_subsidy, RpcError};
 
 /// Blocks disconnected by `invalidateblock` whose transactions still go back to the mempool
@@ -48,8 +48,8 @@ pub(crate) struct NodeState {
     /// The fee rates mempool acceptance asks for (test controls change them at runtime).
     pub fees: FeePolicy,
     log: Option<ChainLog>,
-    /// Told the hash of every new tip to announce over ZMQ (see [`announce`](Self::announce)).
-    block_listener: Option<BlockListener>,
+    /// Told what to announce over ZMQ: new tips and transactions (see [`zmq`](super::zmq)).
+    notifier: Option<Notifier>,
 }
 
 impl NodeState {
@@ -59,7 +59,7 @@ impl NodeState {
             mempool: Mempool::default(),
             fees: FeePolicy::default(),
             log: None,
-            block_listener: None,
+            notifier: None,
         }
     }
 
@@ -81,17 +81,42 @@ impl NodeState {
         Ok(state)
     }
 
-    /// Sends every block announced from now on to `listener` (ZMQ `hashblock` and `rawblock`).
-    pub fn set_block_listener(&mut self, listener: Option<BlockListener>) {
-        self.block_listener = listener;
+    /// Sends every notification from now on to `notifier` (the ZMQ publisher).
+    pub fn set_notifier(&mut self, notifier: Option<Notifier>) {
+        self.notifier = notifier;
     }
 
-    /// Announces a new tip, as bitcoind's `UpdatedBlockTip` does (its ZMQ `hashblock`).
-    fn announce(&self, hash: BlockHash) {
-        if let Some(listener) = &self.block_listener {
-            // The publisher may be gone (node going down): then nobody listens.
-            let raw = self.chain.get(&hash).map(|entry| bitcoin::consensus::serialize(&entry.block));
-            let _ = listener.send((hash, Arc::new(raw.unwrap_or_default())));
+    fn notify(&self, notifications: impl IntoIterator<Item = Notification>) {
+        if let Some(notifier) = &self.notifier {
+            for notification in notifications {
+                // The publisher may be gone (node going down): then nobody listens.
+                let _ = notifier.send(notification);
+            }
+        }
+    }
+
+    /// A transaction accepted to the mempool, as bitcoind's `TransactionAddedToMempool`
+    /// announces it (ZMQ `rawtx`).
+    fn notify_tx(&self, tx: &Transaction) {
+        if self.notifier.is_some() {
+            self.notify([tx_notification(tx)]);
+        }
+    }
+
+    /// A new tip, as bitcoind's `UpdatedBlockTip` announces it (ZMQ `hashblock`, `rawblock`).
+    /// Nothing without a publisher.
+    fn tip_notification(&self, hash: BlockHash) -> Option<Notification> {
+        self.notifier.as_ref()?;
+        let raw = self.chain.get(&hash).map(|entry| bitcoin::consensus::serialize(&entry.block));
+        Some(Notification::Block { hash, raw: Arc::new(raw.unwrap_or_default()) })
+    }
+
+    /// Every transaction of a block being connected or disconnected, as bitcoind's
+    /// `BlockConnected` and `BlockDisconnected` announce them (ZMQ `rawtx`).
+    fn block_tx_notifications(&self, hash: &BlockHash) -> Vec<Notification> {
+        match (&self.notifier, self.chain.get(hash)) {
+            (Some(_), Some(entry)) => entry.block.txdata.iter().map(tx_notification).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -135,6 +160,7 @@ impl NodeState {
             self.mempool.remove(replaced);
         }
         let height = self.chain.height();
+        self.notify_tx(&tx);
         self.mempool.insert(tx, accepted.fee, unix_now(), height);
         Ok(txid)
     }
@@ -175,7 +201,8 @@ impl NodeState {
         self.log(|| Record::Block(block.clone()));
         let hash = self.chain.add_block(block).map_err(|reason| RpcError::new(RPC_MISC_ERROR, reason))?;
         self.chain.connect_tip(&hash, undo);
-        self.announce(hash);
+        self.notify(self.block_tx_notifications(&hash));
+        self.notify(self.tip_notification(hash));
         self.update_mempool(Vec::new());
         Ok(hash)
     }
@@ -247,15 +274,19 @@ impl NodeState {
         if entry.height == 0 {
             return Err(RpcError::new(RPC_INVALID_PARAMETER, "The genesis block cannot be invalidated"));
         }
-        let mut disconnected = Vec::new();
+        // As bitcoind's `InvalidateBlock`: the mempool is brought in line after each block
+        // disconnected (its transactions going back), before a new best chain is looked for.
+        let mut disconnected = 0;
         while self.chain.is_active(hash) {
             let gone = self.chain.disconnect_tip();
-            if disconnected.len() < MAX_INVALIDATE_RESURRECT {
-                disconnected.push(self.block_txs(&gone));
-            }
+            self.notify(self.block_tx_notifications(&gone));
+            disconnected += 1;
+            let resurrected =
+                if disconnected <= MAX_INVALIDATE_RESURRECT { self.block_txs(&gone).1 } else { Vec::new() };
+            self.update_mempool(resurrected);
         }
         self.chain.mark_invalid(hash);
-        self.activate_best_chain(disconnected);
+        self.activate_best_chain(Vec::new());
         self.log(|| Record::Invalidate(*hash));
         Ok(())
     }
@@ -282,9 +313,12 @@ impl NodeState {
     /// Announces new tips as bitcoind does: each connected block holding more work than the tip
     /// had when this began (so a reorg announces the blocks past the old tip's work, not the ones
     /// that only catch up with it), and the final tip if a connection brought it there without
-    /// it being announced (a branch that failed to connect part-way).
+    /// it being announced (a branch that failed to connect part-way). The transactions of
+    /// disconnected blocks are announced as they go, those of connected blocks and the tips once
+    /// the mempool is updated (after the transactions going back to it), in bitcoind's order.
     fn activate_best_chain(&mut self, mut disconnected: Disconnected) -> HashMap<BlockHash, String> {
         let mut failures = HashMap::new();
+        let mut connected = Vec::new();
         let (start_tip, start_work) = (self.chain.tip().hash, self.chain.tip().chainwork);
         let (mut announced, mut last_connected) = (None, None);
         loop {
@@ -295,6 +329,7 @@ impl NodeState {
             let fork = self.chain.fork_point(&best);
             while self.chain.tip().hash != fork {
                 let gone = self.chain.disconnect_tip();
+                self.notify(self.block_tx_notifications(&gone));
                 disconnected.push(self.block_txs(&gone));
             }
             for hash in self.chain.path_from(&fork, &best) {
@@ -302,9 +337,10 @@ impl NodeState {
                 match check_block(&self.chain, block) {
                     Ok(undo) => {
                         self.chain.connect_tip(&hash, undo);
+                        connected.extend(self.block_tx_notifications(&hash));
                         last_connected = Some(hash);
                         if self.chain.tip().chainwork > start_work {
-                            self.announce(hash);
+                            connected.extend(self.tip_notification(hash));
                             announced = Some(hash);
                         }
                     }
@@ -319,15 +355,17 @@ impl NodeState {
         }
         let tip = self.chain.tip().hash;
         if tip != start_tip && last_connected == Some(tip) && announced != Some(tip) {
-            self.announce(tip);
+            connected.extend(self.tip_notification(tip));
         }
         disconnected.sort_by_key(|(height, _)| *height);
         self.update_mempool(disconnected.into_iter().flat_map(|(_, txs)| txs).collect());
+        self.notify(connected);
         failures
     }
 
     /// Re-checks the mempool against the active chain, after `resurrected` transactions (from
-    /// disconnected blocks, parents first). Mined and conflicting transactions drop out.
+    /// disconnected blocks, parents first). Mined and conflicting transactions drop out; the
+    /// resurrected ones accepted are announced (ZMQ `rawtx`), as new mempool entries.
     fn update_mempool(&mut self, resurrected: Vec<Transaction>) {
         let old = self.mempool.drain_ordered();
         let opts = AcceptOptions { bypass_limits: true, allow_replacement: false, fees: self.fees };
@@ -335,11 +373,14 @@ impl NodeState {
         let now = unix_now();
         let candidates = resurrected
             .into_iter()
-            .map(|tx| (tx, now, height))
-            .chain(old.into_iter().map(|e| (e.tx, e.time, e.height)));
-        for (tx, time, height) in candidates {
+            .map(|tx| (tx, now, height, true))
+            .chain(old.into_iter().map(|e| (e.tx, e.time, e.height, false)));
+        for (tx, time, height, is_new) in candidates {
             match check_mempool_accept(&self.chain, &self.mempool, &tx, opts) {
                 Ok(accepted) => {
+                    if is_new {
+                        self.notify_tx(&tx);
+                    }
                     self.mempool.insert(tx, accepted.fee, time, height);
                 }
                 Err(reject) => {
@@ -348,4 +389,9 @@ impl NodeState {
             }
         }
     }
+}
+
+/// A transaction's ZMQ `rawtx` notification.
+fn tx_notification(tx: &Transaction) -> Notification {
+    Notification::Tx(bitcoin::consensus::serialize(tx))
 }

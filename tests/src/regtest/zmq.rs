@@ -1,19 +1,38 @@
-//! The node's ZMQ block publisher, as bitcoind's `-zmqpubhashblock=<endpoint>` and
-//! `-zmqpubrawblock=<endpoint>` given the same endpoint.
+//! The node's ZMQ publisher, as bitcoind's `-zmqpubhashblock=<endpoint>`,
+//! `-zmqpubrawblock=<endpoint>` and `-zmqpubrawtx=<endpoint>` given the same endpoint.
 //!
 //! # Messages
 //!
-//! Each message is bitcoind's three parts: the topic (`b"hashblock"` or `b"rawblock"`), the body
-//! (the block hash, 32 bytes in display order: the bytes of the hex bitcoind prints; or the
-//! whole block, consensus-encoded) and a 4-byte little-endian sequence number, per topic, that
-//! starts at 0 when the node starts (again after [`come_back`](super::RegtestNode::come_back),
-//! as after a bitcoind restart) and counts every message published on the topic, heard or not.
+//! Each message is bitcoind's three parts: the topic, the body, and a 4-byte little-endian
+//! sequence number, per topic, that starts at 0 when the node starts (again after
+//! [`come_back`](super::RegtestNode::come_back), as after a bitcoind restart) and counts every
+//! message published on the topic, heard or not:
 //!
-//! A message goes out when the chain tip moves forward, as bitcoind's `UpdatedBlockTip` does:
-//! for every mined or submitted block that extends the tip, and, in a reorg, for each block of
-//! the new branch once it holds more work than the old tip (so disconnecting a block announces
-//! nothing, and replacing 2 blocks by 3 announces the third only). See
-//! `NodeState::activate_best_chain`.
+//! * `[b"hashblock", block hash (32 bytes in display order: the bytes of the hex bitcoind
+//!   prints), sequence]`,
+//! * `[b"rawblock", block (consensus-encoded), sequence]`,
+//! * `[b"rawtx", transaction (consensus-encoded, with its witnesses), sequence]`.
+//!
+//! `hashblock` and `rawblock` go out when the chain tip moves forward, as bitcoind's
+//! `UpdatedBlockTip` does: for every mined or submitted block that extends the tip, and, in a
+//! reorg, for each block of the new branch once it holds more work than the old tip (so
+//! disconnecting a block announces nothing, and replacing 2 blocks by 3 announces the third
+//! only). See `NodeState::activate_best_chain`.
+//!
+//! `rawtx` goes out, as bitcoind's notifier does, for
+//!
+//! * every transaction accepted to the mempool (`sendrawtransaction`, and transactions of
+//!   disconnected blocks that go back to the mempool), but not for one already there, nor for
+//!   those a replacement or a block evicts;
+//! * every transaction of every block connected to the active chain, coinbase first, in block
+//!   order, whether or not it was in the mempool (a reorg connects each block of the new
+//!   branch);
+//! * every transaction of every block disconnected from it (`invalidateblock`, reorgs), in
+//!   block order: a `rawtx` is a transaction whose status changed, not a new one.
+//!
+//! A block's `rawtx` messages come before its `hashblock` and `rawblock`. In a reorg the order is
+//! bitcoind's: the disconnected blocks' transactions, then those going back to the mempool, then
+//! the connected blocks' transactions and the new tips.
 //!
 //! # The wire
 //!
@@ -44,6 +63,10 @@ use tokio_util::task::TaskTracker;
 pub const HASHBLOCK: &str = "hashblock";
 /// The topic of whole blocks.
 pub const RAWBLOCK: &str = "rawblock";
+/// The topic of whole transactions.
+pub const RAWTX: &str = "rawtx";
+/// Every topic published, in `getzmqnotifications`' order.
+pub const TOPICS: [&str; 3] = [HASHBLOCK, RAWBLOCK, RAWTX];
 
 /// Messages a subscriber may fall behind by before it loses some (bitcoind's default
 /// `-zmqpubhashblockhwm`).
@@ -57,8 +80,23 @@ const FLAG_MORE: u8 = 0x01;
 const FLAG_LONG: u8 = 0x02;
 const FLAG_COMMAND: u8 = 0x04;
 
-/// Where the node's state sends every block to announce: its hash and its consensus encoding.
-pub(crate) type BlockListener = mpsc::UnboundedSender<(BlockHash, Arc<Vec<u8>>)>;
+/// What the node's state tells the publisher to announce.
+#[derive(Debug)]
+pub(crate) enum Notification {
+    /// A new tip (`hashblock` and `rawblock`): its hash and consensus encoding.
+    Block { hash: BlockHash, raw: Arc<Vec<u8>> },
+    /// A transaction (`rawtx`), consensus-encoded: accepted to the mempool, or in a block
+    /// connected or disconnected.
+    Tx(Vec<u8>),
+}
+
+/// Where the node's state sends its notifications.
+pub(crate) type Notifier = mpsc::UnboundedSender<Notification>;
+
+/// The three parts of the `rawtx` message for a transaction's consensus encoding.
+pub fn rawtx_message(tx: &[u8], sequence: u32) -> [Vec<u8>; 3] {
+    [RAWTX.as_bytes().to_vec(), tx.to_vec(), sequence.to_le_bytes().to_vec()]
+}
 
 /// The three parts of the `rawblock` message for a block's consensus encoding.
 pub fn rawblock_message(block: &[u8], sequence: u32) -> [Vec<u8>; 3] {
@@ -84,20 +122,21 @@ pub fn loopback_port(endpoint: &str) -> Result<u16, String> {
     port.parse().map_err(|_| format!("`{endpoint}`: bad port `{port}`"))
 }
 
-/// Publishes every hash received on `blocks` to the subscribers accepted on `listener`, until
-/// `stop` fires; then closes the listener and every connection before returning.
-/// `subscriptions` counts the subscriptions received that cover `hashblock` or `rawblock` (an
-/// empty one, to every topic, does).
+/// Publishes every notification received on `notifications` to the subscribers accepted on
+/// `listener`, until `stop` fires; then closes the listener and every connection before
+/// returning. `subscriptions` counts the subscriptions received that cover one of the
+/// [`TOPICS`] (an empty one, to every topic, does; so does `raw`, once).
 pub(crate) async fn publish(
     listener: TcpListener,
-    mut blocks: mpsc::UnboundedReceiver<(BlockHash, Arc<Vec<u8>>)>,
+    mut notifications: mpsc::UnboundedReceiver<Notification>,
     subscriptions: Arc<watch::Sender<u64>>,
     stop: CancellationToken,
 ) {
     let stop = stop.child_token();
     let connections = TaskTracker::new();
     let mut outlets: Vec<Outlet> = Vec::new();
-    let (mut hash_sequence, mut raw_sequence): (u32, u32) = (0, 0);
+    // Each topic counts its own messages.
+    let (mut hash_sequence, mut raw_sequence, mut tx_sequence): (u32, u32, u32) = (0, 0, 0);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -111,14 +150,22 @@ pub(crate) async fn publish(
                 }
                 Err(error) => tracing::warn!(%error, "ZMQ publisher: accept failed"),
             },
-            block = blocks.recv() => {
-                let Some((hash, raw)) = block else { break };
+            notification = notifications.recv() => {
+                let Some(notification) = notification else { break };
                 outlets.retain(|outlet| !outlet.queue.is_closed());
                 // No subscriber: nobody hears it, and the sequences move on all the same.
-                send(&mut outlets, HASHBLOCK, || hashblock_message(&hash, hash_sequence));
-                hash_sequence = hash_sequence.wrapping_add(1);
-                send(&mut outlets, RAWBLOCK, || rawblock_message(&raw, raw_sequence));
-                raw_sequence = raw_sequence.wrapping_add(1);
+                match notification {
+                    Notification::Block { hash, raw } => {
+                        send(&mut outlets, HASHBLOCK, || hashblock_message(&hash, hash_sequence));
+                        hash_sequence = hash_sequence.wrapping_add(1);
+                        send(&mut outlets, RAWBLOCK, || rawblock_message(&raw, raw_sequence));
+                        raw_sequence = raw_sequence.wrapping_add(1);
+                    }
+                    Notification::Tx(raw) => {
+                        send(&mut outlets, RAWTX, || rawtx_message(&raw, tx_sequence));
+                        tx_sequence = tx_sequence.wrapping_add(1);
+                    }
+                }
             }
         }
     }
@@ -257,7 +304,7 @@ async fn read_subscriptions(
         };
         match update {
             Some((true, topic)) => {
-                let covers = [HASHBLOCK, RAWBLOCK].iter().any(|t| t.as_bytes().starts_with(&topic));
+                let covers = TOPICS.iter().any(|t| t.as_bytes().starts_with(&topic));
                 topics.lock().unwrap_or_else(|e| e.into_inner()).push(topic);
                 // Counted once the subscription is in force.
                 if covers {
