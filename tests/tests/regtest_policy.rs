@@ -181,7 +181,7 @@ async fn a_mined_competing_spend_evicts_the_mempool_transaction() -> anyhow::Res
         let refused = bitcoind.send_raw_transaction(&competing).await.expect_err("a conflict");
         assert_eq!(refused.rpc_error().map(|e| (e.code, e.message.as_str())), Some((-26, "txn-mempool-conflict")));
         let hash = bitcoind.mine_block_with(std::slice::from_ref(&competing)).await?;
-        assert_eq!(bitcoind.block(&hash).await?.txdata[1..], [competing.clone()]);
+        assert_eq!(&bitcoind.block(&hash).await?.txdata[1..], std::slice::from_ref(&competing));
         assert_eq!(bitcoind.tx_confirmations(&competing.compute_txid()).await?, Some(1));
         for evicted in [&in_mempool, &child] {
             assert!(!bitcoind.mempool_contains(&evicted.compute_txid()).await?);
