@@ -129,3 +129,45 @@ async fn the_cheaters_sweep_buried_first_ends_the_tracker_as_lost_and_refunds_th
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_penalty_refused_for_its_fee_for_150_blocks_is_sent_and_buried_once_fees_drop() {
+    bounded(async {
+        let mut s = scene(&[]).await;
+        if s.bitcoind.is_real() {
+            eprintln!("skipped: a fee spike at runtime needs the in-process regtest node");
+            return;
+        }
+        let (_, dispute, penalty) = s.channel(4).await;
+        let (status, _) = s.user.try_add_appointment_delayed(&dispute.compute_txid(), &penalty, 200).await.unwrap();
+        assert_eq!(status, 200);
+        // Fees spike above the penalty's 3 sat/vB before the dispute is mined.
+        s.bitcoind.set_min_relay_fee(10_000).await.unwrap();
+        s.bitcoind.mine_block_with(std::slice::from_ref(&dispute)).await.unwrap();
+        let tracker = s.tower.wait_for_tracker(&dispute.compute_txid(), &s.user.user_id, "refused").await;
+        assert_eq!(tracker["at_risk"], true, "{tracker}");
+        // 150 blocks of refusals: the old rule gave up after 100; this tower keeps trying.
+        s.mine(150).await;
+        let tracker = s.tower.tracker(&dispute.compute_txid(), &s.user.user_id).await.expect("still tracked");
+        assert_eq!(
+            (tracker["status"].as_str(), tracker["at_risk"].as_bool()),
+            (Some("refused"), Some(true)),
+            "{tracker}"
+        );
+        assert!(!s.bitcoind.mempool_contains(&penalty.compute_txid()).await.unwrap());
+        assert!(s.tower.info().await["n_trackers_at_risk"].as_u64() >= Some(1));
+        // Fees drop: the next block's retry gets the penalty in, the one after mines it.
+        s.bitcoind.set_min_relay_fee(1_000).await.unwrap();
+        s.mine(1).await;
+        s.in_mempool(&penalty).await;
+        s.mine(1).await;
+        s.tower.wait_for_tracker(&dispute.compute_txid(), &s.user.user_id, "confirmed").await;
+        s.mine(100).await;
+        s.user.wait_until_gone(&dispute.compute_txid()).await;
+        let info = s.tower.info().await;
+        assert_eq!((info["n_penalties_won"].as_u64(), info["n_penalties_lost"].as_u64()), (Some(1), Some(0)), "{info}");
+        assert_eq!(info["n_trackers_at_risk"].as_u64(), Some(0), "{info}");
+        assert_eq!(s.bitcoind.tx_confirmations(&penalty.compute_txid()).await.unwrap(), Some(101));
+    })
+    .await;
+}

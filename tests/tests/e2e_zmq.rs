@@ -2,12 +2,14 @@
 //! notifications. Polling is slowed to once an hour (`--pollingdelta 3600`: one poll at start,
 //! then none within the test), so ZMQ is the only thing that can make the tower notice a block;
 //! through a reorg and a bitcoind restart too. The latency from `mine` returning to the tower's
-//! "block connected" line is printed (informational: not asserted).
+//! "block connected" line is printed (informational: not asserted). With `--zmqpubrawtx` and
+//! mempool polling off, a dispute entering the mempool is answered over ZMQ alone.
 
 use std::time::{Duration, Instant};
 
 use teos_tests::backend::Bitcoind;
-use teos_tests::tower::TowerProcess;
+use teos_tests::tower::{eventually, TowerProcess, TowerUser};
+use teos_tests::wallet::{commitment_tx, penalty_tx, Funding};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(170);
 
@@ -141,6 +143,44 @@ async fn whole_blocks_come_over_zmq_rawblock_and_missing_ones_over_rpc() {
             let height = height + 1 + i as u32;
             wait_logged(&mut tower, &format!("block connected height={height} hash={hash} breaches=0 source=\"rpc\""));
         }
+        assert_eq!(tower.stop().code(), Some(0));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dispute_heard_over_zmq_rawtx_is_answered_with_mempool_polling_off() {
+    bounded(async {
+        let bitcoind = Bitcoind::start_with_zmq().await.unwrap();
+        let mut funding = Funding::new();
+        funding.mine(&bitcoind, 101).await.unwrap();
+        let endpoint = bitcoind.zmq_hashblock_endpoint().expect("ZMQ enabled");
+        let dir = tempfile::tempdir().unwrap();
+        // Blocks by polling (once an hour), the mempool by ZMQ alone: never polled.
+        let args = ["--pollingdelta", "3600", "--mempoolpoll", "0", "--zmqpubrawtx", &endpoint];
+        let mut tower = TowerProcess::start(&bitcoind, &dir.path().join("teos"), &args);
+        wait_logged(&mut tower, "ZMQ rawtx feed connected");
+        subscribed(&bitcoind, 1).await;
+
+        let user = TowerUser::new(7, &tower.api_url);
+        assert_eq!(user.register().await.0, 200);
+        let coin = funding.next_coin(&bitcoind).await.unwrap();
+        let dispute = commitment_tx(&coin, 2, 2, 9).unwrap();
+        let penalty = penalty_tx(&dispute, 0, 3).unwrap();
+        assert_eq!(user.add_appointment(&dispute.compute_txid(), &penalty).await.0, 200);
+
+        let sent = Instant::now();
+        bitcoind.send_raw_transaction(&dispute).await.unwrap();
+        let txid = penalty.compute_txid();
+        eventually(&format!("penalty {txid} in bitcoind's mempool"), || async {
+            bitcoind.mempool_contains(&txid).await.unwrap().then_some(())
+        })
+        .await;
+        println!("dispute sent -> penalty in the mempool over ZMQ rawtx: {:.1} ms", sent.elapsed().as_secs_f64() * 1e3);
+        // No block was mined: the tower still watches, and both confirm in the next block.
+        assert_eq!(user.get_appointment(&dispute.compute_txid()).await.1["status"], "being_watched");
+        bitcoind.mine(1).await.unwrap();
+        assert_eq!(bitcoind.tx_confirmations(&txid).await.unwrap(), Some(1));
         assert_eq!(tower.stop().code(), Some(0));
     })
     .await;
