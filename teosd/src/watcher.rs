@@ -323,9 +323,8 @@ impl ChainListener for Watcher {
     /// only the first page of users at a locator is read: existence is all that is asked).
     fn mempool_interest(&self, txids: &[Txid]) -> Result<Vec<Txid>, ChainError> {
         let locators: Vec<Locator> = txids.iter().map(Locator::from_txid).collect();
-        let (matches, _) = self.store.appointments_at_page(&locators, None, BREACH_CHUNK)?;
-        let found: std::collections::HashSet<Locator> = matches.into_iter().map(|(locator, _, _)| locator).collect();
-        Ok(txids.iter().filter(|txid| found.contains(&Locator::from_txid(txid))).copied().collect())
+        let held: std::collections::HashSet<Locator> = self.store.locators_held(&locators)?.into_iter().collect();
+        Ok(txids.iter().filter(|txid| held.contains(&Locator::from_txid(txid))).copied().collect())
     }
 
     /// Disputes seen unconfirmed: their penalties are decrypted, checked and sent at once (the

@@ -279,3 +279,21 @@ async fn mempool_transactions_of_no_appointment_cost_a_probe_and_nothing_more() 
     assert!(s.broadcaster.sent().is_empty());
     assert!(s.appointment(&user(1), &dispute).is_some());
 }
+
+#[tokio::test]
+async fn a_crowded_locator_in_the_mempool_hides_no_other_dispute() {
+    let s = scene().await;
+    // The crowded dispute's locator sorts first, so a page of matches would be all of it.
+    let (mut a, mut b) = (channel(1), channel(2));
+    if Locator::from_txid(&a.0.compute_txid()) > Locator::from_txid(&b.0.compute_txid()) {
+        std::mem::swap(&mut a, &mut b);
+    }
+    crowd(&s, BREACH_CHUNK as u32 + 1, &a.0, &a.1);
+    s.register(&user(1));
+    s.add_appointment(&user(1), &b.0, &b.1);
+    s.chain.add_to_mempool(a.0.clone());
+    s.chain.add_to_mempool(b.0.clone());
+    s.sync().await;
+    assert_eq!(s.broadcaster.sends_of(&b.1.compute_txid()), 1, "the lone dispute is answered too");
+    assert!(s.broadcaster.sends_of(&a.1.compute_txid()) >= 1);
+}

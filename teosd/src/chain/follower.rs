@@ -156,6 +156,9 @@ impl ChainFollower {
         mut rawtx: Option<tokio::sync::mpsc::Receiver<bitcoin::Transaction>>,
         shutdown: CancellationToken,
     ) -> Result<(), ChainError> {
+        if rawtx.is_some() {
+            self.mempool.set_fed();
+        }
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -127,6 +127,13 @@ pub trait Kv: Send + Sync + std::fmt::Debug {
     fn scan_prefixes(&self, cf: Cf, prefixes: &[&[u8]], after: Option<&[u8]>, limit: usize)
         -> Result<Entries, KvError>;
 
+    /// For each of `prefixes` (in order), whether some key starts with it: one probe each,
+    /// whatever the number of keys under a prefix (a mempool's transactions against the stored
+    /// locators).
+    fn prefixes_present(&self, cf: Cf, prefixes: &[&[u8]]) -> Result<Vec<bool>, KvError> {
+        prefixes.iter().map(|prefix| Ok(!self.scan(cf, prefix, prefix, 1)?.is_empty())).collect()
+    }
+
     /// Rewrites the stored data compactly now rather than in the background later (after a bulk
     /// load). Changes no content.
     fn compact(&self) -> Result<(), KvError>;

@@ -397,6 +397,19 @@ impl Store {
         Ok(self.appointments_at_page(locators, None, usize::MAX)?.0)
     }
 
+    /// Those of `locators` at which some appointment is stored (one probe each, however many users
+    /// share a locator), in the order given.
+    pub fn locators_held(&self, locators: &[Locator]) -> Result<Vec<Locator>, StoreError> {
+        // Probed in key order: neighbouring probes share blocks, as a block's sorted probes do.
+        let mut sorted: Vec<&[u8]> = locators.iter().map(|l| l.as_bytes().as_slice()).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let present = self.kv.prefixes_present(Cf::Appointments, &sorted)?;
+        let held: std::collections::HashSet<&[u8]> =
+            sorted.into_iter().zip(present).filter(|(_, held)| *held).map(|(p, _)| p).collect();
+        Ok(locators.iter().filter(|l| held.contains(l.as_bytes().as_slice())).copied().collect())
+    }
+
     /// Up to `limit` appointments at any of `locators` after the cursor `after`, in key order, in
     /// one pass over the store (a block's transactions, a page at a time); and the cursor of the
     /// next page, if the page is full.

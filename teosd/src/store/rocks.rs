@@ -247,6 +247,22 @@ impl Kv for RocksKv {
         self.probe_sorted(cf, &sorted, after, limit)
     }
 
+    fn prefixes_present(&self, cf: Cf, prefixes: &[&[u8]]) -> Result<Vec<bool>, KvError> {
+        if prefixes.iter().any(|p| Some(p.len()) != cf.prefix_len()) {
+            return prefixes.iter().map(|p| Ok(!self.scan(cf, p, p, 1)?.is_empty())).collect();
+        }
+        let mut read = ReadOptions::default();
+        read.set_prefix_same_as_start(true);
+        let mut iter = self.db.raw_iterator_cf_opt(self.handle(cf), read);
+        let mut present = Vec::with_capacity(prefixes.len());
+        for prefix in prefixes {
+            iter.seek(prefix);
+            present.push(iter.key().is_some_and(|k| k.starts_with(prefix)));
+            iter.status().map_err(backend)?;
+        }
+        Ok(present)
+    }
+
     fn compact(&self) -> Result<(), KvError> {
         for cf in Cf::ALL {
             self.db.compact_range_cf(self.handle(cf), None::<&[u8]>, None::<&[u8]>);

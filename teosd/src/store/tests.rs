@@ -87,6 +87,10 @@ fn appointments_by_user_and_locator() {
         assert!(at_seven.contains(&(bob, appointment(locator(7), b"c"))));
         assert!(store.appointments_at(&locator(9)).unwrap().is_empty());
         assert_eq!(store.user_locators(&alice).unwrap(), vec![locator(7), locator(8)]);
+        // One probe per locator, in the order asked, whoever holds it and however many do.
+        let asked = [locator(9), locator(8), locator(7), locator(6), locator(7)];
+        assert_eq!(store.locators_held(&asked).unwrap(), vec![locator(8), locator(7), locator(7)]);
+        assert!(store.locators_held(&[]).unwrap().is_empty());
 
         // An update overwrites in place; a delete removes both the row and the user's index.
         let mut batch = store.batch();

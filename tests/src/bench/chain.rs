@@ -18,8 +18,8 @@ use crate::wallet::{commitment_tx, penalty_tx, spend_tx, split_tx, Funding, Utxo
 /// Transactions in the benchmark's big blocks (besides the coinbase).
 pub const BLOCK_TXS: usize = 2000;
 
-/// Registers `user` and hands the tower an appointment for `penalty` of `dispute`.
-async fn appoint(
+/// Hands the tower, for the registered `user`, an appointment for `penalty` of `dispute`.
+pub async fn appoint(
     http: &reqwest::Client,
     api_url: &str,
     user: &BenchUser,

@@ -68,7 +68,10 @@ impl Daemon {
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TEOS_")) {
             cmd.env_remove(key);
         }
-        cmd.env("RUST_LOG", "warn,teosd=info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "warn,teosd=info,teosd::chain::mempool=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let spawned = Instant::now();
         let mut child = cmd.spawn().context("spawning teosd")?;
         let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;

@@ -8,12 +8,14 @@
 //! * [`chain`]: block processing time and breach-to-response latency.
 //! * [`attack`]: honest throughput and latency while strangers attack the public API.
 //! * [`bounded`]: what one block or one request costs when an abuser shapes the store.
+//! * [`mempool`]: a dispute in the mempool answered, and what a big mempool costs to watch.
 
 pub mod api;
 pub mod attack;
 pub mod bounded;
 pub mod chain;
 pub mod daemon;
+pub mod mempool;
 pub mod store;
 
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! same as JSON. Run it through `./scripts/bench` (release build); see `docs/performance.md`.
 //!
 //! ```text
-//! teos-bench [--full] [--only load|attacks|bounded|sizes|blocks|reaction] [--out <path.json>]
+//! teos-bench [--full] [--only load|attacks|bounded|mempool|sizes|blocks|reaction] [--out <path.json>]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -18,7 +18,8 @@ use teos_tests::bench::attack::{honest_under, Attack, ATTACKS};
 use teos_tests::bench::bounded;
 use teos_tests::bench::chain::{block_processing, reaction, wait_subscribed, BlockPoint, BLOCK_TXS};
 use teos_tests::bench::daemon::{teosd_path, Daemon};
-use teos_tests::bench::store::{measure, SizePoint};
+use teos_tests::bench::mempool;
+use teos_tests::bench::store::{fill, measure, SizePoint};
 use teos_tests::bench::{loadavg, median, percentile, Figure, BLOB_SIZE};
 use teos_tests::wallet::Funding;
 
@@ -75,7 +76,7 @@ impl Plan {
 struct Args {
     full: bool,
     out: PathBuf,
-    /// Only this section (load, attacks, sizes, blocks, reaction), if given.
+    /// Only this one of [`SECTIONS`], if given.
     only: Option<String>,
 }
 
@@ -84,6 +85,9 @@ impl Args {
         self.only.as_deref().is_none_or(|only| only == section)
     }
 }
+
+/// The sections `--only` can pick.
+const SECTIONS: [&str; 7] = ["load", "attacks", "bounded", "mempool", "sizes", "blocks", "reaction"];
 
 fn parse_args() -> Result<Args> {
     let mut args = Args { full: false, out: PathBuf::from("target/bench/latest.json"), only: None };
@@ -97,15 +101,12 @@ fn parse_args() -> Result<Args> {
                 None => bail!("--out needs a path"),
             },
             "--only" => match it.next() {
-                Some(section)
-                    if ["load", "attacks", "bounded", "sizes", "blocks", "reaction"].contains(&section.as_str()) =>
-                {
-                    args.only = Some(section)
-                }
-                _ => bail!("--only needs one of: load, attacks, bounded, sizes, blocks, reaction"),
+                Some(section) if SECTIONS.contains(&section.as_str()) => args.only = Some(section),
+                _ => bail!("--only needs one of: {}", SECTIONS.join(", ")),
             },
             "-h" | "--help" => {
-                println!("teos-bench [--full] [--only load|attacks|bounded|sizes|blocks|reaction] [--out <path.json>]  (see docs/performance.md)");
+                let sections = SECTIONS.join("|");
+                println!("teos-bench [--full] [--only {sections}] [--out <path.json>]  (see docs/performance.md)");
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}` (try --help)"),
@@ -281,6 +282,66 @@ async fn bounded_figures(bitcoind: &Bitcoind, funding: &mut Funding, root: &Path
     figures
 }
 
+/// A dispute in the mempool answered over ZMQ rawtx, and what a big mempool costs to watch, on a
+/// tower holding `stored` appointments.
+async fn mempool_figures(
+    bitcoind: &Bitcoind,
+    funding: &mut Funding,
+    root: &Path,
+    stored: usize,
+    trials: usize,
+) -> Vec<Figure> {
+    const MEMPOOL: usize = 50_000;
+    let datadir = fresh(root, "mempool");
+    let filled = async {
+        Daemon::start(bitcoind, &datadir, &[]).await?.stop()?;
+        let dir = datadir.clone();
+        tokio::task::spawn_blocking(move || fill(&dir, stored, 601)).await??;
+        mempool::run(bitcoind, funding, &datadir, trials, MEMPOOL).await
+    };
+    let m = match filled.await {
+        Ok(m) => m,
+        Err(e) => return vec![Figure::not_measured("mempool watching", "", format!("failed: {e:#}"))],
+    };
+    let reaction = |what: &str, mut r: mempool::Reactions| {
+        let med = median(&mut r.penalty_ms);
+        let max = percentile(&r.penalty_ms, 100.0);
+        let floor = median(&mut r.dispute_ms);
+        let note = format!(
+            "{} trials; node's mempool checked every 0.2 ms; the node's own sendrawtransaction of the dispute: median {floor:.2} ms",
+            r.penalty_ms.len()
+        );
+        [
+            Figure::new(format!("dispute in mempool -> penalty accepted, ZMQ rawtx, {what}: median"), med, "ms", note)
+                .at_most(50.0, "< 50 ms"),
+            Figure::new(format!("dispute in mempool -> penalty accepted, ZMQ rawtx, {what}: max"), max, "ms", "")
+                .at_most(50.0, "< 50 ms"),
+            Figure::new(
+                format!("that median / the node accepting the dispute, {what}"),
+                med / floor,
+                "x",
+                "the penalty's way: ZMQ to teosd, probe, decrypt, sendrawtransaction",
+            ),
+        ]
+    };
+    let mut figures = Vec::new();
+    figures.extend(reaction("empty mempool", m.reaction_empty));
+    figures.extend(reaction(&format!("{} tx mempool", m.mempool_size), m.reaction_full));
+    let per_mempool_tx = m.probe_ms * 1000.0 / m.polled_new as f64;
+    let per_block_tx = m.block_scan_ms * 1000.0 / m.block_txs as f64;
+    figures.push(Figure::new(
+        format!("probe per mempool tx / per block tx, {} stored", stored),
+        per_mempool_tx / per_block_tx,
+        "x",
+        format!(
+            "polls finding {} new txs (the first poll left out): probes {:.1} ms ({per_mempool_tx:.2} us/tx), \
+             whole polls {:.1} ms; a {}-tx block's scan {:.1} ms ({per_block_tx:.2} us/tx)",
+            m.polled_new, m.probe_ms, m.poll_ms, m.block_txs, m.block_scan_ms
+        ),
+    ));
+    figures
+}
+
 /// Honest throughput and p99 under each attack, against the same run without one.
 async fn attack_figures(bitcoind: &Bitcoind, root: &Path, requests: usize) -> Vec<Figure> {
     let mut figures = Vec::new();
@@ -418,6 +479,11 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
     if args.runs("bounded") {
         eprintln!("bounded work per block and per request ...");
         figures.extend(bounded_figures(&bitcoind, &mut funding, root.path()).await);
+    }
+    if args.runs("mempool") {
+        let stored = 1_000_000;
+        eprintln!("mempool watching, {stored} stored ...");
+        figures.extend(mempool_figures(&bitcoind, &mut funding, root.path(), stored, plan.reaction_trials * 3).await);
     }
     let sizes = if args.runs("sizes") || args.runs("blocks") { plan.sizes.clone() } else { Vec::new() };
 
