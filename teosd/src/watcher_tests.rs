@@ -155,15 +155,21 @@ async fn more_users_at_a_locator_than_one_chunk_all_get_trackers_and_the_partial
     assert_eq!(s.store.partial_block().unwrap(), None);
 }
 
+/// A chunk and five users at `dispute`, mined: the first chunk commits, then the store fails (the
+/// rest of the block, and its own batch). Returns the users.
+async fn crash_after_the_first_chunk(s: &Scene, dispute: &Transaction, penalty: &Transaction) -> Vec<UserId> {
+    let users = crowd(s, BREACH_CHUNK as u32 + 5, dispute, penalty);
+    s.kv.fail_after(1);
+    s.chain.mine(vec![dispute.clone()]);
+    assert!(s.follower.sync_round().await.is_err());
+    users
+}
+
 #[tokio::test]
 async fn a_crash_after_a_chunk_replays_the_rest_without_sending_the_committed_chunk_again() {
     let s = scene().await;
     let (dispute, penalty) = channel(1);
-    let users = crowd(&s, BREACH_CHUNK as u32 + 5, &dispute, &penalty);
-    // The first chunk commits; then the store fails (the rest of the block, and its own batch).
-    s.kv.fail_after(1);
-    s.chain.mine(vec![dispute.clone()]);
-    assert!(s.follower.sync_round().await.is_err());
+    let users = crash_after_the_first_chunk(&s, &dispute, &penalty).await;
     let done = users.iter().filter(|u| s.tracker(u, &dispute).is_some()).count();
     assert_eq!(done, BREACH_CHUNK);
     assert_eq!(s.store.partial_block().unwrap().map(|(h, _)| h), Some(1));
@@ -182,10 +188,7 @@ async fn a_crash_after_a_chunk_replays_the_rest_without_sending_the_committed_ch
 async fn a_partly_processed_block_that_left_the_chain_meanwhile_is_undone_before_the_new_one() {
     let s = scene().await;
     let (dispute, penalty) = channel(1);
-    let users = crowd(&s, BREACH_CHUNK as u32 + 5, &dispute, &penalty);
-    s.kv.fail_after(1);
-    s.chain.mine(vec![dispute.clone()]);
-    assert!(s.follower.sync_round().await.is_err());
+    let users = crash_after_the_first_chunk(&s, &dispute, &penalty).await;
     // While the tower is down the dispute's block is replaced by one without it.
     s.kv.set_failing(false);
     s.chain.disconnect_tip();

@@ -18,6 +18,27 @@ use teosd::protocol::{encrypt_penalty, sign_message, Appointment, Locator};
 
 use crate::backend::{free_port, Bitcoind};
 
+/// A regtest node with 101 blocks mined (mature coins to spend, in `funding`) and a tower with
+/// `extra` options following it from a fresh data directory in `dir`.
+#[derive(Debug)]
+pub struct Fixture {
+    pub bitcoind: Bitcoind,
+    pub funding: crate::wallet::Funding,
+    pub tower: TowerProcess,
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub async fn start(extra: &[&str]) -> Fixture {
+        let bitcoind = Bitcoind::start().await.expect("bitcoind");
+        let mut funding = crate::wallet::Funding::new();
+        funding.mine(&bitcoind, 101).await.expect("mining");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tower = TowerProcess::start(&bitcoind, &dir.path().join("teos"), extra);
+        Fixture { bitcoind, funding, tower, dir }
+    }
+}
+
 /// How long to wait for one expected log line.
 pub const LOG_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -363,23 +384,22 @@ impl TowerUser {
         penalty: &Transaction,
         to_self_delay: u32,
     ) -> Result<(u16, Value), reqwest::Error> {
-        let appointment = Appointment {
+        self.try_send(Appointment {
             locator: Locator::from_txid(dispute_txid),
             encrypted_blob: encrypt_penalty(penalty, dispute_txid),
             to_self_delay,
-        };
-        let signature = sign_message(&appointment.signed_bytes(), &self.secret);
-        let body = json!({"appointment": {
-            "locator": appointment.locator.to_string(),
-            "encrypted_blob": hex::encode(&appointment.encrypted_blob),
-            "to_self_delay": appointment.to_self_delay}, "signature": signature});
-        self.try_post("/add_appointment", body).await
+        })
+        .await
     }
 
     /// `POST /add_appointment` of `blob` at `locator` (any bytes: the tower cannot tell until a
     /// dispute with that locator is mined).
     pub async fn try_add_blob(&self, locator: Locator, blob: Vec<u8>) -> Result<(u16, Value), reqwest::Error> {
-        let appointment = Appointment { locator, encrypted_blob: blob, to_self_delay: 42 };
+        self.try_send(Appointment { locator, encrypted_blob: blob, to_self_delay: 42 }).await
+    }
+
+    /// `POST /add_appointment` of `appointment`, signed by this user.
+    async fn try_send(&self, appointment: Appointment) -> Result<(u16, Value), reqwest::Error> {
         let signature = sign_message(&appointment.signed_bytes(), &self.secret);
         let body = json!({"appointment": {
             "locator": appointment.locator.to_string(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bitcoin::Transaction;
 use teos_tests::backend::Bitcoind;
-use teos_tests::tower::{TowerProcess, TowerUser};
+use teos_tests::tower::{Fixture, TowerProcess, TowerUser};
 use teos_tests::wallet::{commitment_tx, penalty_tx, Funding};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(170);
@@ -20,11 +20,7 @@ struct Scene {
 }
 
 async fn scene(extra: &[&str]) -> Scene {
-    let bitcoind = Bitcoind::start().await.expect("bitcoind");
-    let mut funding = Funding::new();
-    funding.mine(&bitcoind, 101).await.expect("mining");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let tower = TowerProcess::start(&bitcoind, &dir.path().join("teos"), extra);
+    let Fixture { bitcoind, funding, tower, dir } = Fixture::start(extra).await;
     Scene { bitcoind, funding, tower, _dir: dir }
 }
 

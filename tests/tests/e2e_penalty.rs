@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bitcoin::Transaction;
 use teos_tests::backend::Bitcoind;
-use teos_tests::tower::{eventually, TowerProcess, TowerUser};
+use teos_tests::tower::{eventually, Fixture, TowerProcess, TowerUser};
 use teos_tests::wallet::{commitment_tx, penalty_tx, spend_tx, Funding, Utxo};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(170);
@@ -26,11 +26,7 @@ struct Scene {
 }
 
 async fn scene(extra: &[&str]) -> Scene {
-    let bitcoind = Bitcoind::start().await.expect("bitcoind");
-    let mut funding = Funding::new();
-    funding.mine(&bitcoind, 101).await.expect("mining");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let tower = TowerProcess::start(&bitcoind, &dir.path().join("teos"), extra);
+    let Fixture { bitcoind, funding, tower, dir } = Fixture::start(extra).await;
     let user = TowerUser::new(21, &tower.api_url);
     assert_eq!(user.register().await.0, 200);
     Scene { bitcoind, funding, tower, user, _dir: dir }
