@@ -11,6 +11,11 @@
 //!   holds [`PENDING_PER_IP`] connections that never completed a request: attackers holding
 //!   connections open from many addresses cannot churn the table (each eviction costs a task and a
 //!   connection), while a client that actually uses the tower always finds a place;
+//! - a connection refused because its address is over its cap, or holds [`PENDING_PER_IP`]
+//!   never-served connections at the total cap, is held open unread for [`TARPIT_HOLD`] before it
+//!   is closed (at most [`TARPIT_MAX`] at once; beyond that, closed at once): a client that
+//!   reopens what we close would otherwise make us accept and close tens of thousands of
+//!   connections a second. One refused because every connection is busy is closed at once;
 //! - a request head must arrive within `header_timeout` of the connection opening or of its last
 //!   answer (hyper's header-read timer also runs while a keep-alive connection idles), else the
 //!   connection is closed;
@@ -52,6 +57,23 @@ pub struct ConnectionLimits {
 /// At the total cap, connections from an address holding this many that never completed a request
 /// are closed rather than evicting another.
 pub const PENDING_PER_IP: usize = 4;
+
+/// How long a connection refused for its address's sake is held before it is closed.
+pub const TARPIT_HOLD: Duration = Duration::from_secs(1);
+
+/// Refused connections held at once, at most (each holds a file descriptor).
+pub const TARPIT_MAX: usize = 1024;
+
+/// Why a connection gets no place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Its address holds its cap of connections.
+    AddressCap,
+    /// At the total cap, its address holds [`PENDING_PER_IP`] never-served connections.
+    AddressPending,
+    /// At the total cap, every connection is busy.
+    AllBusy,
+}
 
 /// What the public API sends as a body: warp's, or a stream a route asked for.
 pub type ApiBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
@@ -162,19 +184,19 @@ impl Slots {
     }
 
     /// A place for a connection from `ip`, evicting the longest-idle connection at the total cap;
-    /// `None` if `ip` is at its own cap, or every connection is busy.
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+    /// refused if `ip` is at its own cap, or every connection is busy.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
         let mut occupancy = self.occupancy();
         let from_ip = occupancy.by_ip.get(&ip).copied().unwrap_or(0);
         if self.max_per_ip > 0 && from_ip >= self.max_per_ip {
-            return None;
+            return Err(Refused::AddressCap);
         }
         if occupancy.connections.len() >= self.max_total {
             let pending = occupancy.connections.values().filter(|c| c.ip == ip && c.served == 0).count();
             if pending >= PENDING_PER_IP {
-                return None;
+                return Err(Refused::AddressPending);
             }
-            let victim = occupancy.eviction_candidate()?;
+            let victim = occupancy.eviction_candidate().ok_or(Refused::AllBusy)?;
             if let Some(evicted) = occupancy.remove(victim) {
                 evicted.close.cancel();
             }
@@ -185,7 +207,7 @@ impl Slots {
         let connection = Connection { ip, busy: 0, idle_since: Instant::now(), served: 0, close: close.clone() };
         occupancy.connections.insert(id, connection);
         *occupancy.by_ip.entry(ip).or_default() += 1;
-        Some(Slot { slots: self.clone(), id, close })
+        Ok(Slot { slots: self.clone(), id, close })
     }
 
     /// Marks connection `id` busy (a request arrived) or idle again (`busy = false`).
@@ -223,6 +245,7 @@ pub async fn serve<F>(
     let slots = Slots::new(limits.max_connections, per_ip);
     let graceful = GracefulShutdown::new();
     let mut refused = 0u64;
+    let tarpit = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -236,13 +259,18 @@ pub async fn serve<F>(
                 }
             },
         };
-        let Some(slot) = slots.take(peer.ip()) else {
-            refused += 1;
-            if refused.is_power_of_two() {
-                tracing::warn!(%peer, refused, "public API: connection over the caps closed");
+        let slot = match slots.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(%peer, refused, ?why, "public API: connection over the caps closed");
+                }
+                if why != Refused::AllBusy {
+                    hold_then_close(stream, &tarpit, shutdown.clone());
+                }
+                continue;
             }
-            drop(stream);
-            continue;
         };
         let _ = stream.set_nodelay(true);
         let service = TimedService {
@@ -269,6 +297,25 @@ pub async fn serve<F>(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Keeps a refused connection open, unread, for [`TARPIT_HOLD`] (or until shutdown), if fewer
+/// than [`TARPIT_MAX`] are held; else closes it now.
+fn hold_then_close(stream: tokio::net::TcpStream, held: &Arc<std::sync::atomic::AtomicUsize>, stop: CancellationToken) {
+    use std::sync::atomic::Ordering;
+    if held.fetch_add(1, Ordering::Relaxed) >= TARPIT_MAX {
+        held.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let held = held.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(TARPIT_HOLD) => {}
+            _ = stop.cancelled() => {}
+        }
+        drop(stream);
+        held.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// warp's service with the peer's address added to each request, the request timeout around each
@@ -328,7 +375,7 @@ mod tests {
         let slots = Slots::new(10, 2);
         let a1 = slots.take(ip("10.0.0.1")).expect("first from a");
         let _a2 = slots.take(ip("10.0.0.1")).expect("second from a");
-        assert!(slots.take(ip("10.0.0.1")).is_none(), "a third from one address");
+        assert_eq!(slots.take(ip("10.0.0.1")).err(), Some(Refused::AddressCap), "a third from one address");
         drop(a1);
         let _a3 = slots.take(ip("10.0.0.1")).expect("a place came back");
         assert_eq!(slots.occupancy().by_ip.get(&ip("10.0.0.1")), Some(&2));
@@ -367,14 +414,14 @@ mod tests {
         let slots = Slots::new(PENDING_PER_IP + 1, 0);
         let held: Vec<Slot> = (0..PENDING_PER_IP).map(|_| slots.take(ip("10.0.9.9")).unwrap()).collect();
         let _other = slots.take(ip("10.0.0.1")).unwrap();
-        assert!(slots.take(ip("10.0.9.9")).is_none());
-        assert!(slots.take(ip("10.0.0.2")).is_some(), "another address evicts one of them");
+        assert_eq!(slots.take(ip("10.0.9.9")).err(), Some(Refused::AddressPending));
+        assert!(slots.take(ip("10.0.0.2")).is_ok(), "another address evicts one of them");
         assert!(held[0].close.is_cancelled());
         let slots = Slots::new(1, 0);
         let only = slots.take(ip("10.0.0.1")).unwrap();
         slots.mark(only.id, true);
-        assert!(slots.take(ip("10.0.0.2")).is_none());
+        assert_eq!(slots.take(ip("10.0.0.2")).err(), Some(Refused::AllBusy));
         slots.mark(only.id, false);
-        assert!(slots.take(ip("10.0.0.2")).is_some(), "idle again: it can be evicted");
+        assert!(slots.take(ip("10.0.0.2")).is_ok(), "idle again: it can be evicted");
     }
 }
