@@ -332,6 +332,9 @@ impl Kv for FailingKv {
     ) -> Result<crate::store::Entries, KvError> {
         self.inner.scan_prefixes(cf, prefixes, after, limit)
     }
+    fn prefixes_present(&self, cf: crate::store::Cf, prefixes: &[&[u8]]) -> Result<Vec<bool>, KvError> {
+        self.inner.prefixes_present(cf, prefixes)
+    }
     fn compact(&self) -> Result<(), KvError> {
         self.inner.compact()
     }

@@ -101,19 +101,20 @@ impl ChainFollower {
     /// Shows the listeners unconfirmed transactions that came whole (ZMQ `rawtx`), those not seen
     /// before.
     pub(super) async fn mempool_arrived(&self, txs: Vec<Transaction>) -> Result<(), ChainError> {
-        let fresh: Vec<Transaction> = {
+        // Each txid hashed once: the feed carries every transaction bitcoind accepts.
+        let fresh: Vec<(Txid, Transaction)> = {
             let mut seen = self.mempool.seen();
             if seen.len() + txs.len() > MAX_SEEN {
                 seen.clear();
             }
-            txs.into_iter().filter(|tx| seen.insert(tx.compute_txid())).collect()
+            txs.into_iter().map(|tx| (tx.compute_txid(), tx)).filter(|(txid, _)| seen.insert(*txid)).collect()
         };
         if fresh.is_empty() {
             return Ok(());
         }
         let wanted: HashSet<Txid> =
-            self.mempool_interest(fresh.iter().map(Transaction::compute_txid).collect()).await?.into_iter().collect();
-        let txs = fresh.into_iter().filter(|tx| wanted.contains(&tx.compute_txid())).collect();
+            self.mempool_interest(fresh.iter().map(|(txid, _)| *txid).collect()).await?.into_iter().collect();
+        let txs = fresh.into_iter().filter(|(txid, _)| wanted.contains(txid)).map(|(_, tx)| tx).collect();
         self.show_mempool(txs).await
     }
 
