@@ -43,6 +43,40 @@ pub struct RegisterRequest {
     pub user_id: Vec<u8>,
 }
 
+/// `POST /register` as the tower reads it: `user_id` from a rust-teos client, `public_key` from a
+/// python-teos one (`user_id` wins if both are given).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RegisterBody {
+    /// 33-byte compressed public key (rust-teos).
+    #[serde(default, deserialize_with = "optional_hex")]
+    pub user_id: Option<Vec<u8>>,
+    /// 33-byte compressed public key (python-teos).
+    #[serde(default, deserialize_with = "optional_hex")]
+    pub public_key: Option<Vec<u8>>,
+}
+
+fn optional_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    hex_bytes::deserialize(d).map(Some)
+}
+
+/// Reply to `POST /register` for a python-teos client (its fields; the key is echoed twice, as
+/// python-teos did). Its signature covers the 41-byte python receipt (no start height).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonRegisterResponse {
+    /// The key sent.
+    #[serde(with = "hex_bytes")]
+    pub public_key: Vec<u8>,
+    /// The registered key.
+    #[serde(with = "hex_bytes")]
+    pub user_id: Vec<u8>,
+    /// Slots now available.
+    pub available_slots: u32,
+    /// Height the subscription ends.
+    pub subscription_expiry: u32,
+    /// The tower's signature over `user_id ‖ available_slots ‖ subscription_expiry`.
+    pub subscription_signature: String,
+}
+
 /// Reply to `POST /register`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterResponse {
@@ -156,6 +190,44 @@ pub struct GetSubscriptionInfoResponse {
     pub locators: Vec<[u8; 16]>,
 }
 
+/// A python-teos triggered appointment: the tracker with its locator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonTrackerJson {
+    /// The appointment's locator.
+    #[serde(with = "hex_bytes")]
+    pub locator: Vec<u8>,
+    /// The dispute txid, display order.
+    pub dispute_txid: String,
+    /// The penalty txid, display order.
+    pub penalty_txid: String,
+    /// The penalty, consensus hex.
+    pub penalty_rawtx: String,
+}
+
+/// Either form of a python-teos user's appointment data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PythonAppointmentData {
+    /// Still watched.
+    Appointment(AppointmentJson),
+    /// Triggered.
+    Tracker(PythonTrackerJson),
+}
+
+/// Reply to `POST /get_appointment` for a python-teos client: 200 with `being_watched` or
+/// `dispute_responded` and the data, or 404 with `not_found` and no data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonGetAppointmentResponse {
+    /// The locator asked about.
+    #[serde(with = "hex_bytes")]
+    pub locator: Vec<u8>,
+    /// `being_watched`, `dispute_responded` or `not_found`.
+    pub status: String,
+    /// The data, unless not found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment: Option<PythonAppointmentData>,
+}
+
 /// Every error body: `{"error": <text>, "error_code": <code>}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
@@ -179,5 +251,17 @@ mod tests {
         let info =
             GetSubscriptionInfoResponse { available_slots: 1, subscription_expiry: 2, locators: vec![[0xcd; 16]] };
         assert_eq!(serde_json::to_value(&info).unwrap()["locators"], json!(["cd".repeat(16)]));
+    }
+
+    #[test]
+    fn a_registration_names_its_key_either_way() {
+        let rust: RegisterBody = serde_json::from_value(json!({"user_id": "ab"})).unwrap();
+        assert_eq!((rust.user_id, rust.public_key), (Some(vec![0xab]), None));
+        let python: RegisterBody = serde_json::from_value(json!({"public_key": "CD"})).unwrap();
+        assert_eq!((python.user_id, python.public_key), (None, Some(vec![0xcd])));
+        let neither: RegisterBody = serde_json::from_value(json!({})).unwrap();
+        assert_eq!((neither.user_id, neither.public_key), (None, None));
+        let err = serde_json::from_value::<RegisterBody>(json!({"public_key": null})).unwrap_err().to_string();
+        assert!(err.starts_with("invalid type: null, expected a hex encoded string"), "{err}");
     }
 }

@@ -13,7 +13,7 @@ use crate::chain::{BlockBatch, ChainError, ChainListener, ConnectedBlock};
 /// so that no block's batch grows with it.
 pub const EXPIRIES_PER_BLOCK: usize = 1000;
 use crate::config::Policy;
-use crate::protocol::{recover_signer, UserId};
+use crate::protocol::{recover_signer, Dialect, UserId};
 use crate::store::{Batch, Store, StoreError, UserRecord};
 
 /// Why a subscription request failed.
@@ -31,6 +31,12 @@ pub enum SubscriptionError {
     /// The user's subscription has ended.
     #[error("Your subscription expired at {0}")]
     Expired(u32),
+    /// The user registered with the other client dialect (a user keeps the one it started with).
+    #[error("This user registered as a {registered}-teos client; register with the same request field as before")]
+    OtherDialect {
+        /// The dialect it registered with.
+        registered: Dialect,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -59,10 +65,14 @@ impl Gatekeeper {
 
     /// Registers `user` at `height`, or renews it: a renewal adds the configured slots and
     /// extends the expiry from the later of the old expiry and `height`, so both strictly grow.
-    /// A renewal past `max_slots_per_user` is refused, and so is a new user past `max_users`.
-    pub fn register(&self, user: &UserId, height: u32) -> Result<UserRecord, SubscriptionError> {
+    /// A renewal past `max_slots_per_user` is refused, and so is a new user past `max_users`, and
+    /// a renewal in another dialect than the user's.
+    pub fn register(&self, user: &UserId, height: u32, dialect: Dialect) -> Result<UserRecord, SubscriptionError> {
         let old = self.store.user(user)?;
         let new = match old {
+            Some(old) if old.dialect != dialect => {
+                return Err(SubscriptionError::OtherDialect { registered: old.dialect });
+            }
             Some(old) => self.renewed(old, height)?,
             None => {
                 self.reserve_user()?;
@@ -75,6 +85,7 @@ impl Gatekeeper {
                     subscription_start: height,
                     subscription_expiry: height.saturating_add(self.policy.subscription_duration),
                     number,
+                    dialect,
                 }
             }
         };
@@ -229,7 +240,7 @@ mod tests {
         let s = Scene::new(Arc::new(FakeChain::new())).await;
         let expiry = s.register(&user(1)).subscription_expiry;
         s.mine_empty(expiry + 1).await;
-        let renewed = s.watcher.gatekeeper().register(&user(1), s.height()).unwrap();
+        let renewed = s.watcher.gatekeeper().register(&user(1), s.height(), crate::protocol::Dialect::Rust).unwrap();
         assert!(renewed.subscription_expiry > s.height() + policy().expiry_delta);
         s.mine_empty(policy().expiry_delta + 1).await;
         assert_eq!(s.user(&user(1)), Some(renewed));

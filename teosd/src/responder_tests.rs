@@ -318,7 +318,19 @@ fn a_penalty_spending_another_transaction_is_not_this_disputes() {
     let (dispute, penalty) = channel(1);
     let txid = dispute.compute_txid();
     let unrelated = spending(OutPoint { txid: bitcoin::hashes::Hash::all_zeros(), vout: 7 });
-    assert_eq!(crate::watcher::penalty_for(&crate::protocol::encrypt_penalty(&penalty, &txid), &txid), Ok(penalty));
-    let err = crate::watcher::penalty_for(&crate::protocol::encrypt_penalty(&unrelated, &txid), &txid).unwrap_err();
+    assert_eq!(
+        crate::watcher::penalty_for(
+            &crate::protocol::encrypt_penalty(&penalty, &txid),
+            &txid,
+            crate::protocol::Dialect::Rust
+        ),
+        Ok(penalty)
+    );
+    let err = crate::watcher::penalty_for(
+        &crate::protocol::encrypt_penalty(&unrelated, &txid),
+        &txid,
+        crate::protocol::Dialect::Rust,
+    )
+    .unwrap_err();
     assert!(err.contains("spends no output"), "{err}");
 }

@@ -23,7 +23,7 @@ use crate::chain::{
 };
 use crate::config::Policy;
 use crate::locks::UserLocks;
-use crate::protocol::{encrypt_penalty, Appointment, Locator, TowerSigner, UserId};
+use crate::protocol::{encrypt_penalty_as, Appointment, Dialect, TowerSigner, UserId};
 use crate::store::{Kv, KvError, MemoryKv, Op, PenaltyStatus, Store, StoredAppointment, TrackerRecord, UserRecord};
 use crate::watcher::Watcher;
 
@@ -432,18 +432,34 @@ impl Scene {
         assert_eq!(self.height(), self.chain.height(), "the tower follows the chain");
     }
 
-    /// Registers `user` at the tower's height.
+    /// Registers `user` (a rust-teos client) at the tower's height.
     pub fn register(&self, user: &UserId) -> UserRecord {
-        self.watcher.gatekeeper().register(user, self.height()).expect("register")
+        self.register_as(user, Dialect::Rust)
+    }
+
+    /// Registers `user`, a `dialect` client, at the tower's height.
+    pub fn register_as(&self, user: &UserId, dialect: Dialect) -> UserRecord {
+        self.watcher.gatekeeper().register(user, self.height(), dialect).expect("register")
     }
 
     /// Stores `user`'s appointment for `penalty` (encrypted under `dispute`'s txid), as an
     /// accepted request would, charging a slot; returns whether a late check was queued.
     pub fn add_appointment(&self, user: &UserId, dispute: &Transaction, penalty: &Transaction) -> bool {
+        self.add_appointment_as(user, dispute, penalty, Dialect::Rust)
+    }
+
+    /// [`Scene::add_appointment`] as a `dialect` client builds it (its locator and blob key).
+    pub fn add_appointment_as(
+        &self,
+        user: &UserId,
+        dispute: &Transaction,
+        penalty: &Transaction,
+        dialect: Dialect,
+    ) -> bool {
         let txid = dispute.compute_txid();
         let appointment = Appointment {
-            locator: Locator::from_txid(&txid),
-            encrypted_blob: encrypt_penalty(penalty, &txid),
+            locator: dialect.locator(&txid),
+            encrypted_blob: encrypt_penalty_as(penalty, &txid, dialect),
             to_self_delay: 42,
         };
         self.store_appointment(user, appointment)
@@ -453,22 +469,21 @@ impl Scene {
     pub fn store_appointment(&self, user: &UserId, appointment: Appointment) -> bool {
         let _guard = self.locks.lock(user);
         let record = self.watcher.gatekeeper().subscription(user, self.height()).expect("subscribed");
-        let receipt = self
-            .watcher
-            .store_appointment(user, &record, appointment, "signature".into(), self.height())
-            .expect("stored");
+        let receipt =
+            self.watcher.store_appointment(user, &record, appointment, "y".repeat(104), self.height()).expect("stored");
         receipt.late_dispute
     }
 
-    /// `user`'s tracker at `dispute`'s locator.
+    /// `user`'s tracker at `dispute`'s locator (in the user's dialect).
     pub fn tracker(&self, user: &UserId, dispute: &Transaction) -> Option<TrackerRecord> {
-        self.store.tracker(&Locator::from_txid(&dispute.compute_txid()), user).expect("store")
+        let dialect = self.user(user).map_or(Dialect::Rust, |r| r.dialect);
+        self.store.tracker(&dialect.locator(&dispute.compute_txid()), user).expect("store")
     }
 
-    /// `user`'s appointment at `dispute`'s locator.
+    /// `user`'s appointment at `dispute`'s locator (in the user's dialect).
     pub fn appointment(&self, user: &UserId, dispute: &Transaction) -> Option<StoredAppointment> {
         let record = self.store.user(user).expect("store")?;
-        self.store.appointment(&Locator::from_txid(&dispute.compute_txid()), &record).expect("store")
+        self.store.appointment(&record.dialect.locator(&dispute.compute_txid()), &record).expect("store")
     }
 
     /// `user`'s subscription.

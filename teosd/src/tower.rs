@@ -10,7 +10,7 @@ use crate::chain::ChainStatus;
 use crate::disk::DiskReserve;
 use crate::gatekeeper::SubscriptionError;
 use crate::locks::UserLocks;
-use crate::protocol::{registration_receipt_bytes, Appointment, Locator, UserId};
+use crate::protocol::{Appointment, Dialect, Locator, UserId};
 use crate::store::StoreError;
 use crate::watcher::{AppointmentError, AppointmentReceipt, AppointmentState, Watcher};
 
@@ -32,6 +32,9 @@ pub enum RequestError {
     /// The subscription has ended.
     #[error("Your subscription expired at {0}")]
     Expired(u32),
+    /// A registration in the other dialect than the user's.
+    #[error("{0}")]
+    OtherDialect(String),
     /// The appointment itself was refused: inspection (blob, `to_self_delay`), already
     /// triggered, or not found.
     #[error(transparent)]
@@ -61,6 +64,7 @@ impl RequestError {
             SubscriptionError::TowerFull => RequestError::TowerFull,
             SubscriptionError::Unauthenticated => unauthenticated,
             SubscriptionError::Expired(at) => RequestError::Expired(at),
+            e @ SubscriptionError::OtherDialect { .. } => RequestError::OtherDialect(e.to_string()),
             SubscriptionError::Store(e) => e.into(),
         }
     }
@@ -85,7 +89,7 @@ pub struct RegistrationReceipt {
     pub subscription_start: u32,
     /// Expiry height.
     pub subscription_expiry: u32,
-    /// The tower's signature over the receipt.
+    /// The tower's signature over the receipt (in the user's dialect's layout).
     pub signature: String,
 }
 
@@ -95,6 +99,8 @@ pub struct RegistrationReceipt {
 pub struct SubscriptionInfo {
     /// The user.
     pub user: UserId,
+    /// Its dialect.
+    pub dialect: Dialect,
     /// Slots left.
     pub available_slots: u32,
     /// Expiry height.
@@ -150,22 +156,22 @@ impl Tower {
         .map_err(|e| RequestError::Internal(format!("request task failed: {e}")))?
     }
 
-    /// Registers or renews `user`.
-    pub async fn register(&self, user: UserId) -> Result<RegistrationReceipt, RequestError> {
+    /// Registers or renews `user`, a `dialect` client.
+    pub async fn register(&self, user: UserId, dialect: Dialect) -> Result<RegistrationReceipt, RequestError> {
         self.disk.check()?;
         self.blocking(move |watcher, locks, height| {
             let _guard = locks.lock(&user);
             let record = watcher
                 .gatekeeper()
-                .register(&user, height)
+                .register(&user, height, dialect)
                 .map_err(|e| RequestError::from_subscription(e, RequestError::UserNotFound))?;
-            let receipt = registration_receipt_bytes(
+            let receipt = dialect.registration_receipt(
                 &user,
                 record.available_slots,
                 record.subscription_start,
                 record.subscription_expiry,
             );
-            tracing::info!(user_id = %user, slots = record.available_slots, expiry = record.subscription_expiry, "user registered");
+            tracing::info!(user_id = %user, %dialect, slots = record.available_slots, expiry = record.subscription_expiry, "user registered");
             Ok(RegistrationReceipt {
                 user,
                 available_slots: record.available_slots,
@@ -208,16 +214,23 @@ impl Tower {
         })
     }
 
-    /// The state of the signer's appointment at `locator`.
-    pub async fn get_appointment(&self, locator: Locator, signature: String) -> Result<AppointmentState, RequestError> {
+    /// The state of the signer's appointment at `locator` (`None`: it has none there), and the
+    /// signer's dialect (the reply's shape depends on it).
+    pub async fn get_appointment(
+        &self,
+        locator: Locator,
+        signature: String,
+    ) -> Result<(Dialect, Option<AppointmentState>), RequestError> {
         self.blocking(move |watcher, _, height| {
             let msg = format!("get appointment {locator}");
             let refuse = |e| RequestError::from_subscription(e, RequestError::UserUnauthenticated);
             let (user, record) =
                 watcher.gatekeeper().authenticate(msg.as_bytes(), &signature, height).map_err(refuse)?;
-            watcher
-                .appointment_state(&user, &record, &locator)
-                .map_err(|e| RequestError::from_appointment(e, RequestError::UserUnauthenticated))
+            match watcher.appointment_state(&user, &record, &locator) {
+                Ok(state) => Ok((record.dialect, Some(state))),
+                Err(AppointmentError::NotFound) => Ok((record.dialect, None)),
+                Err(e) => Err(RequestError::from_appointment(e, RequestError::UserUnauthenticated)),
+            }
         })
         .await
     }
@@ -230,6 +243,7 @@ impl Tower {
                 watcher.gatekeeper().authenticate(b"get subscription info", &signature, height).map_err(refuse)?;
             Ok(SubscriptionInfo {
                 user,
+                dialect: record.dialect,
                 available_slots: record.available_slots,
                 subscription_expiry: record.subscription_expiry,
             })

@@ -11,7 +11,7 @@ use bitcoin::{Transaction, Txid};
 
 use crate::chain::{BlockBatch, ChainError, ChainListener, ConnectedBlock, Revisit};
 use crate::gatekeeper::{Gatekeeper, SubscriptionError};
-use crate::protocol::{appointment_receipt_bytes, decrypt_penalty, Appointment, Locator, TowerSigner, UserId};
+use crate::protocol::{decrypt_penalty_as, Appointment, Dialect, Locator, TowerSigner, UserId};
 use crate::responder::{Breach, Responder};
 use crate::store::{RecentHit, Store, StoreError, StoredAppointment, UserRecord};
 
@@ -163,6 +163,11 @@ impl Watcher {
             return Err(AppointmentError::AlreadyTriggered);
         }
         let cost = u32::from(self.store.appointment(&locator, record)?.is_none());
+        // Built before anything is written: a signature that does not decode is refused.
+        let receipt = record
+            .dialect
+            .appointment_receipt(&signature, height)
+            .ok_or(AppointmentError::Subscription(SubscriptionError::Unauthenticated))?;
         let mut batch = self.store.batch();
         let charged = self.gatekeeper.charge(&mut batch, user, record, cost)?;
         let stored = StoredAppointment { appointment, user_signature: signature, start_block: height };
@@ -170,13 +175,12 @@ impl Watcher {
         // A dispute already mined: the chain follower answers it (durably queued with the receipt).
         // The hold on the recent-block index lasts until the commit (see `store::recent`).
         let recent = self.store.recent();
-        let hits = recent.blocks_with(&locator);
+        let hits: Vec<_> = self.dialects().iter().flat_map(|d| recent.blocks_with(&locator, *d)).collect();
         for hit in &hits {
             batch.put_late_check(&locator, user, hit);
         }
         self.store.commit(batch)?;
         drop(recent);
-        let receipt = appointment_receipt_bytes(&stored.user_signature, height);
         Ok(AppointmentReceipt {
             late_dispute: !hits.is_empty(),
             locator,
@@ -207,9 +211,10 @@ impl Watcher {
     }
 }
 
-/// The penalty in `blob` for the dispute `dispute_txid`, or why there is none.
-pub fn penalty_for(blob: &[u8], dispute_txid: &Txid) -> Result<Transaction, String> {
-    let penalty = decrypt_penalty(blob, dispute_txid).map_err(|e| e.to_string())?;
+/// The penalty in `blob` (made by a client of `dialect`) for the dispute `dispute_txid`, or why
+/// there is none.
+pub fn penalty_for(blob: &[u8], dispute_txid: &Txid, dialect: Dialect) -> Result<Transaction, String> {
+    let penalty = decrypt_penalty_as(blob, dispute_txid, dialect).map_err(|e| e.to_string())?;
     if !penalty.input.iter().any(|i| i.previous_output.txid == *dispute_txid) {
         return Err("the penalty spends no output of the dispute".into());
     }
@@ -225,17 +230,17 @@ impl Watcher {
         &self,
         matches: Vec<(Locator, UserId, StoredAppointment)>,
         block: &ConnectedBlock,
-        by_locator: &HashMap<Locator, usize>,
+        by_locator: &HashMap<Locator, (usize, Dialect)>,
         batch: &mut BlockBatch<'_>,
     ) -> Result<Vec<Breach>, ChainError> {
         let mut breaches = Vec::new();
         for (locator, user, stored) in matches {
-            let Some(&index) = by_locator.get(&locator) else { continue };
+            let Some(&(index, dialect)) = by_locator.get(&locator) else { continue };
             if self.store.has_tracker(&locator, &user)? {
                 continue;
             }
             let dispute_txid = block.txids[index];
-            if let Some(penalty) = self.checked_penalty(&user, &locator, &stored, &dispute_txid, batch)? {
+            if let Some(penalty) = self.checked_penalty(&user, &locator, &stored, &dispute_txid, dialect, batch)? {
                 let to_self_delay = stored.appointment.to_self_delay;
                 breaches.push((index, Breach { locator, user, dispute_txid, penalty, to_self_delay }));
             }
@@ -244,17 +249,18 @@ impl Watcher {
         Ok(breaches.into_iter().map(|(_, breach)| breach).collect())
     }
 
-    /// The penalty of `stored` for the dispute `txid`; if it has none, the appointment is dropped
-    /// in `batch` (without a refund) and the reason logged.
+    /// The penalty of `stored` (a `dialect` client's) for the dispute `txid`; if it has none, the
+    /// appointment is dropped in `batch` (without a refund) and the reason logged.
     fn checked_penalty(
         &self,
         user: &UserId,
         locator: &Locator,
         stored: &StoredAppointment,
         txid: &Txid,
+        dialect: Dialect,
         batch: &mut BlockBatch<'_>,
     ) -> Result<Option<Transaction>, ChainError> {
-        match penalty_for(&stored.appointment.encrypted_blob, txid) {
+        match penalty_for(&stored.appointment.encrypted_blob, txid, dialect) {
             Ok(penalty) => Ok(Some(penalty)),
             Err(reason) => {
                 tracing::warn!(user_id = %user, %locator, dispute_txid = %txid, reason, "breach seen but the appointment is invalid: dropped");
@@ -276,16 +282,32 @@ impl Watcher {
         batch: &mut BlockBatch<'_>,
     ) -> Result<Option<Breach>, ChainError> {
         // The recent index compares 8 bytes of the locator; here all 16 are.
-        let Some((_, dispute_txid)) = block.transaction_with(&locator) else { return Ok(None) };
+        let found = self.dialects().iter().find_map(|d| block.transaction_with(&locator, *d).map(|(_, t)| (t, *d)));
+        let Some((dispute_txid, dialect)) = found else { return Ok(None) };
         batch.lock_user(&user);
         let Some(record) = self.store.user(&user)? else { return Ok(None) };
         if self.store.has_tracker(&locator, &user)? {
             return Ok(None);
         }
         let Some(stored) = self.store.appointment(&locator, &record)? else { return Ok(None) };
-        let penalty = self.checked_penalty(&user, &locator, &stored, &dispute_txid, batch)?;
+        let penalty = self.checked_penalty(&user, &locator, &stored, &dispute_txid, dialect, batch)?;
         let to_self_delay = stored.appointment.to_self_delay;
         Ok(penalty.map(|penalty| Breach { locator, user, dispute_txid, penalty, to_self_delay }))
+    }
+}
+
+impl Watcher {
+    /// The byte orders blocks are searched in: python-teos's only once a python-teos user has
+    /// registered (a tower without one pays nothing for them). An appointment is matched in
+    /// either order and its blob decrypted with the key of the order it matched in, whatever its
+    /// user's dialect: a python-teos user who works around its client's byte order (reference
+    /// §10) is answered too, and no one can be harmed by it (a locator is the user's own choice).
+    fn dialects(&self) -> &'static [Dialect] {
+        if self.store.has_python_users() {
+            &Dialect::ALL
+        } else {
+            &Dialect::ALL[..1]
+        }
     }
 }
 
@@ -296,8 +318,16 @@ impl ChainListener for Watcher {
     /// to the Responder, and a page followed by another is committed on its own (a checkpoint),
     /// so memory stays bounded however many users wait at one locator.
     fn block_connected(&self, block: &ConnectedBlock, batch: &mut BlockBatch<'_>) -> Result<(), ChainError> {
-        let locators = block.locators();
-        let by_locator: HashMap<Locator, usize> = locators.iter().enumerate().map(|(i, l)| (*l, i)).collect();
+        let mut locators = Vec::with_capacity(block.txids.len() * self.dialects().len());
+        let mut by_locator = HashMap::with_capacity(locators.capacity());
+        for &dialect in self.dialects() {
+            for (index, locator) in block.locators(dialect).into_iter().enumerate() {
+                by_locator.entry(locator).or_insert_with(|| {
+                    locators.push(locator);
+                    (index, dialect)
+                });
+            }
+        }
         let mut cursor = None;
         loop {
             let (page, next) = self.store.appointments_at_page(&locators, cursor.as_ref(), BREACH_CHUNK)?;
@@ -322,18 +352,20 @@ impl ChainListener for Watcher {
     /// The unconfirmed transactions whose locator some appointment has (one pass over the store;
     /// only the first page of users at a locator is read: existence is all that is asked).
     fn mempool_interest(&self, txids: &[Txid]) -> Result<Vec<Txid>, ChainError> {
-        let locators: Vec<Locator> = txids.iter().map(Locator::from_txid).collect();
+        let dialects = self.dialects();
+        let locators: Vec<Locator> = dialects.iter().flat_map(|d| txids.iter().map(|txid| d.locator(txid))).collect();
         let held: std::collections::HashSet<Locator> = self.store.locators_held(&locators)?.into_iter().collect();
-        Ok(txids.iter().filter(|txid| held.contains(&Locator::from_txid(txid))).copied().collect())
+        let wanted = |txid: &&Txid| dialects.iter().any(|d| held.contains(&d.locator(txid)));
+        Ok(txids.iter().filter(wanted).copied().collect())
     }
 
     /// Disputes seen unconfirmed: their penalties are decrypted, checked and sent at once (the
     /// penalty relays as the dispute's child). Nothing is written: an invalid appointment is
     /// dropped, and a valid one tracked, by the block that confirms the dispute, if one does.
     fn mempool_transactions(&self, txs: &[Transaction]) -> Result<(), ChainError> {
-        for tx in txs {
+        for (tx, &dialect) in txs.iter().flat_map(|tx| self.dialects().iter().map(move |d| (tx, d))) {
             let txid = tx.compute_txid();
-            let locator = Locator::from_txid(&txid);
+            let locator = dialect.locator(&txid);
             let mut cursor = None;
             loop {
                 let (page, next) = self.store.appointments_at_page(&[locator], cursor.as_ref(), BREACH_CHUNK)?;
@@ -342,7 +374,7 @@ impl ChainListener for Watcher {
                     if self.store.has_tracker(&locator, &user)? {
                         continue;
                     }
-                    if let Ok(penalty) = penalty_for(&stored.appointment.encrypted_blob, &txid) {
+                    if let Ok(penalty) = penalty_for(&stored.appointment.encrypted_blob, &txid, dialect) {
                         penalties.push((locator, user, penalty));
                     }
                 }

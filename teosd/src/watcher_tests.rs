@@ -7,7 +7,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::OutPoint;
 
 use super::*;
-use crate::protocol::encrypt_penalty;
+use crate::protocol::{encrypt_penalty, Dialect};
 use crate::store::PenaltyStatus;
 use crate::test_utils::{channel, policy, spending, user, FakeChain, Scene};
 
@@ -299,4 +299,80 @@ async fn a_crowded_locator_in_the_mempool_hides_no_other_dispute() {
     s.sync().await;
     assert_eq!(s.broadcaster.sends_of(&b.1.compute_txid()), 1, "the lone dispute is answered too");
     assert!(s.broadcaster.sends_of(&a.1.compute_txid()) >= 1);
+}
+
+/// A python-teos user (display byte order) and a rust-teos user, both breached in one block.
+#[tokio::test]
+async fn python_and_rust_users_breached_in_the_same_block_are_both_answered() {
+    let s = scene().await;
+    s.register(&user(1));
+    s.register_as(&user(2), Dialect::Python);
+    let ((rust_dispute, rust_penalty), (python_dispute, python_penalty)) = (channel(1), channel(2));
+    s.add_appointment(&user(1), &rust_dispute, &rust_penalty);
+    s.add_appointment_as(&user(2), &python_dispute, &python_penalty, Dialect::Python);
+    s.mine(vec![rust_dispute.clone(), python_dispute.clone()]).await;
+    assert_eq!(s.tracker(&user(1), &rust_dispute).unwrap().dispute_height, 1);
+    assert_eq!(s.tracker(&user(2), &python_dispute).unwrap().dispute_height, 1);
+    assert_eq!(s.broadcaster.sent(), vec![rust_penalty.compute_txid(), python_penalty.compute_txid()]);
+}
+
+#[tokio::test]
+async fn python_locators_are_searched_only_once_a_python_user_registered_and_from_then_on() {
+    let s = scene().await;
+    s.register(&user(1));
+    let (dispute, penalty) = channel(1);
+    // A python-ordered appointment on a tower with no python user: not looked for.
+    s.add_appointment_as(&user(1), &dispute, &penalty, Dialect::Python);
+    s.mine(vec![dispute.clone()]).await;
+    assert!(s.broadcaster.sent().is_empty());
+    assert!(!s.store.has_python_users());
+
+    s.register_as(&user(2), Dialect::Python);
+    let s = s.restart();
+    assert!(s.store.has_python_users(), "remembered across restarts");
+    let (dispute, penalty) = channel(2);
+    s.add_appointment_as(&user(2), &dispute, &penalty, Dialect::Python);
+    s.mine(vec![dispute.clone()]).await;
+    assert_eq!(s.broadcaster.sent(), vec![penalty.compute_txid()]);
+}
+
+#[tokio::test]
+async fn a_late_python_appointment_is_answered_and_a_reorged_python_dispute_is_answered_again() {
+    let s = scene().await;
+    s.register_as(&user(1), Dialect::Python);
+    let (dispute, penalty) = channel(1);
+    s.mine(vec![dispute.clone()]).await;
+    assert!(s.add_appointment_as(&user(1), &dispute, &penalty, Dialect::Python), "a late check is queued");
+    s.sync().await;
+    assert_eq!(s.tracker(&user(1), &dispute).expect("answered").dispute_height, 1);
+
+    s.chain.disconnect_tip();
+    s.chain.mine_empty(2);
+    s.sync().await;
+    assert!(s.tracker(&user(1), &dispute).is_none());
+    assert!(s.appointment(&user(1), &dispute).is_some(), "watched again");
+    s.mine(vec![dispute.clone()]).await;
+    assert_eq!(s.tracker(&user(1), &dispute).unwrap().dispute_height, 3);
+}
+
+#[tokio::test]
+async fn a_python_dispute_in_the_mempool_gets_its_penalty_sent_at_once() {
+    let s = scene().await;
+    s.register_as(&user(1), Dialect::Python);
+    let (dispute, penalty) = channel(1);
+    s.add_appointment_as(&user(1), &dispute, &penalty, Dialect::Python);
+    s.chain.add_to_mempool(dispute.clone());
+    s.sync().await;
+    assert_eq!(s.broadcaster.sent(), vec![penalty.compute_txid()]);
+}
+
+#[tokio::test]
+async fn a_user_keeps_the_dialect_it_registered_with() {
+    let s = scene().await;
+    s.register_as(&user(1), Dialect::Python);
+    let gatekeeper = s.watcher.gatekeeper();
+    let refused = gatekeeper.register(&user(1), s.height(), Dialect::Rust).unwrap_err();
+    assert!(matches!(refused, SubscriptionError::OtherDialect { registered: Dialect::Python }), "{refused:?}");
+    let renewed = gatekeeper.register(&user(1), s.height(), Dialect::Python).unwrap();
+    assert_eq!(renewed.dialect, Dialect::Python);
 }

@@ -43,7 +43,13 @@ fn write_forever(store: &Store, t: u8) {
     let mut seq = old.map_or(0, |r| r.available_slots + 1);
     loop {
         let number = u32::from(t) + 1;
-        let record = UserRecord { available_slots: seq, subscription_start: 0, subscription_expiry: seq, number };
+        let record = UserRecord {
+            available_slots: seq,
+            subscription_start: 0,
+            subscription_expiry: seq,
+            number,
+            dialect: Default::default(),
+        };
         let mut batch = store.batch();
         batch.put_user(&me, old.as_ref(), &record);
         batch.put_appointment(&me, &record, &stored(t, seq));

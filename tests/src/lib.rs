@@ -7,10 +7,12 @@
 //! * [`rpc_client`]: the tests' JSON-RPC client: any credentials, raw HTTP replies, the node's
 //!   error objects (why it is not teosd's client: see its docs).
 //! * [`bench`]: the benchmark harness behind the `teos-bench` binary (`scripts/bench`).
+//! * [`python_client`]: a python-teos client (`teos_client.py`'s dialect), for the tests.
 //! * [`wallet`]: anyone-can-spend outputs, coinbase funding, commitment and penalty transactions.
 
 pub mod backend;
 pub mod bench;
+pub mod python_client;
 pub mod regtest;
 pub mod rpc_client;
 pub mod tower;

@@ -352,6 +352,11 @@ impl TowerUser {
         self.try_post(path, body).await.expect("tower answers")
     }
 
+    /// POSTs any JSON `body` to `path` (for requests no client would make).
+    pub async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post(path, body).await
+    }
+
     async fn try_post(&self, path: &str, body: Value) -> Result<(u16, Value), reqwest::Error> {
         let response = self.http.post(format!("{}{path}", self.api_url)).json(&body).send().await?;
         let status = response.status().as_u16();

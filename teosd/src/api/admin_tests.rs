@@ -62,7 +62,13 @@ fn tracker(seed: u8) -> TrackerRecord {
 }
 
 fn record(slots: u32) -> UserRecord {
-    UserRecord { available_slots: slots, subscription_start: 100, subscription_expiry: 4420, number: 0 }
+    UserRecord {
+        available_slots: slots,
+        subscription_start: 100,
+        subscription_expiry: 4420,
+        number: 0,
+        dialect: Default::default(),
+    }
 }
 
 impl Harness {

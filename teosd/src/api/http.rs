@@ -12,7 +12,8 @@ use serde::Serialize;
 use teos_proto::errors as codes;
 use teos_proto::http::{
     AddAppointmentRequest, AddAppointmentResponse, ApiError, AppointmentData, AppointmentJson, GetAppointmentRequest,
-    GetAppointmentResponse, GetSubscriptionInfoRequest, RegisterRequest, RegisterResponse, TrackerJson,
+    GetAppointmentResponse, GetSubscriptionInfoRequest, PythonAppointmentData, PythonGetAppointmentResponse,
+    PythonRegisterResponse, PythonTrackerJson, RegisterBody, RegisterResponse, TrackerJson,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,7 @@ use warp::{Filter, Rejection, Reply};
 use super::admission::{Action, Admission, RateLimits, RetryAfter};
 use super::server::{ConnectionLimits, PeerAddr, StreamedBody};
 use crate::health::HealthCheck;
-use crate::protocol::{Appointment, Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
+use crate::protocol::{Appointment, Dialect, Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 use crate::tower::{RequestError, SubscriptionInfo, Tower};
 use crate::watcher::{AppointmentError, AppointmentState};
 
@@ -110,6 +111,7 @@ fn request_error_reply(e: RequestError) -> WireError {
         | RequestError::UserUnauthenticated
         | RequestError::UserNotFound
         | RequestError::Expired(_) => (StatusCode::UNAUTHORIZED, codes::INVALID_SIGNATURE_OR_SUBSCRIPTION_ERROR),
+        RequestError::OtherDialect(_) => (StatusCode::BAD_REQUEST, codes::INVALID_REQUEST_FORMAT),
         RequestError::Appointment(e) => match e {
             AppointmentError::EmptyBlob => (StatusCode::BAD_REQUEST, codes::EMPTY_FIELD),
             AppointmentError::BlobTooBig { .. } => (StatusCode::BAD_REQUEST, codes::APPOINTMENT_FIELD_TOO_BIG),
@@ -146,8 +148,16 @@ pub(super) fn request_timeout_reply() -> Response {
     reply
 }
 
-/// Parses a JSON body, mapping serde's complaints to the reference tower's codes.
+/// Parses a JSON body, mapping serde's complaints to the reference tower's codes. The body must
+/// be a JSON object (serde would read an array positionally, python-teos refused anything but a
+/// dictionary): anything else is 400 with code 6.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => {}
+        Some(_) => {
+            return Err(bad_request(codes::INVALID_REQUEST_FORMAT, "Invalid request content: not a JSON object"))
+        }
+    }
     serde_json::from_slice(body).map_err(|e| {
         let message = e.to_string();
         if message.starts_with("missing field") {
@@ -200,22 +210,38 @@ where
     answer.unwrap_or_else(WireError::into_response)
 }
 
-async fn register(tower: Tower, request: RegisterRequest) -> Result<Response, WireError> {
-    check_field("user_id", &request.user_id, USER_ID_LEN)?;
-    let user = UserId::from_slice(&request.user_id).map_err(|_| {
+/// `{"user_id"}` registers a rust-teos client, `{"public_key"}` a python-teos one; each gets the
+/// reply (and the signed receipt) its client checks.
+async fn register(tower: Tower, request: RegisterBody) -> Result<Response, WireError> {
+    let (field, key, dialect) = match (request.user_id, request.public_key) {
+        (Some(key), _) => ("user_id", key, Dialect::Rust),
+        (None, Some(key)) => ("public_key", key, Dialect::Python),
+        (None, None) => return Err(bad_request(codes::MISSING_FIELD, "missing field `user_id`")),
+    };
+    check_field(field, &key, USER_ID_LEN)?;
+    let user = UserId::from_slice(&key).map_err(|_| {
         bad_request(
             codes::WRONG_FIELD_FORMAT,
             "Provided public key does not match expected format (33-byte compressed key)",
         )
     })?;
-    let receipt = tower.register(user).await.map_err(request_error_reply)?;
-    Ok(ok_json(&RegisterResponse {
-        user_id: receipt.user.to_bytes().to_vec(),
-        available_slots: receipt.available_slots,
-        subscription_start: receipt.subscription_start,
-        subscription_expiry: receipt.subscription_expiry,
-        subscription_signature: receipt.signature,
-    }))
+    let receipt = tower.register(user, dialect).await.map_err(request_error_reply)?;
+    Ok(match dialect {
+        Dialect::Rust => ok_json(&RegisterResponse {
+            user_id: receipt.user.to_bytes().to_vec(),
+            available_slots: receipt.available_slots,
+            subscription_start: receipt.subscription_start,
+            subscription_expiry: receipt.subscription_expiry,
+            subscription_signature: receipt.signature,
+        }),
+        Dialect::Python => ok_json(&PythonRegisterResponse {
+            public_key: key,
+            user_id: receipt.user.to_bytes().to_vec(),
+            available_slots: receipt.available_slots,
+            subscription_expiry: receipt.subscription_expiry,
+            subscription_signature: receipt.signature,
+        }),
+    })
 }
 
 async fn add_appointment(tower: Tower, request: AddAppointmentRequest) -> Result<Response, WireError> {
@@ -239,8 +265,40 @@ async fn add_appointment(tower: Tower, request: AddAppointmentRequest) -> Result
 async fn get_appointment(tower: Tower, request: GetAppointmentRequest) -> Result<Response, WireError> {
     let locator = locator_from(&request.locator)?;
     check_signature(&request.signature)?;
-    let state = tower.get_appointment(locator, request.signature).await.map_err(request_error_reply)?;
-    Ok(ok_json(&appointment_state_json(state)))
+    match tower.get_appointment(locator, request.signature).await.map_err(request_error_reply)? {
+        (Dialect::Rust, Some(state)) => Ok(ok_json(&appointment_state_json(state))),
+        (Dialect::Rust, None) => Err(request_error_reply(RequestError::Appointment(AppointmentError::NotFound))),
+        (Dialect::Python, state) => Ok(python_appointment_reply(locator, state)),
+    }
+}
+
+/// python-teos's `get_appointment` reply: 200 `{"locator", "status", "appointment"}`, or 404
+/// `{"locator", "status": "not_found"}`.
+fn python_appointment_reply(locator: Locator, state: Option<AppointmentState>) -> Response {
+    let (status, appointment) = match state {
+        None => ("not_found", None),
+        Some(AppointmentState::BeingWatched(a)) => (
+            "being_watched",
+            Some(PythonAppointmentData::Appointment(AppointmentJson {
+                locator: a.locator.as_bytes().to_vec(),
+                encrypted_blob: a.encrypted_blob,
+                to_self_delay: a.to_self_delay,
+            })),
+        ),
+        Some(AppointmentState::DisputeResponded { dispute_txid, penalty }) => (
+            "dispute_responded",
+            Some(PythonAppointmentData::Tracker(PythonTrackerJson {
+                locator: locator.as_bytes().to_vec(),
+                dispute_txid: dispute_txid.to_string(),
+                penalty_txid: penalty.compute_txid().to_string(),
+                penalty_rawtx: serialize_hex(&penalty),
+            })),
+        ),
+    };
+    let http_status = if appointment.is_some() { StatusCode::OK } else { StatusCode::NOT_FOUND };
+    let body =
+        PythonGetAppointmentResponse { locator: locator.as_bytes().to_vec(), status: status.into(), appointment };
+    warp::reply::with_status(warp::reply::json(&body), http_status).into_response()
 }
 
 fn appointment_state_json(state: AppointmentState) -> GetAppointmentResponse {
@@ -267,6 +325,7 @@ fn appointment_state_json(state: AppointmentState) -> GetAppointmentResponse {
 /// `get_subscription_info`, once the user is authenticated and within its own rate: the JSON
 /// body `{"available_slots", "subscription_expiry", "locators": [...]}` is streamed, a page of
 /// locators read from the store at a time, so its memory is bounded however many the user has.
+/// A python-teos user's list is named `appointments`, as python-teos's user record names it.
 async fn get_subscription_info(
     tower: Tower,
     admission: Arc<Admission>,
@@ -283,8 +342,12 @@ const LOCATORS_PER_CHUNK: usize = 4096;
 
 fn streamed_subscription_info(tower: Tower, info: SubscriptionInfo) -> Response {
     use futures_util::StreamExt;
+    let list = match info.dialect {
+        Dialect::Rust => "locators",
+        Dialect::Python => "appointments",
+    };
     let head = format!(
-        "{{\"available_slots\":{},\"subscription_expiry\":{},\"locators\":[",
+        "{{\"available_slots\":{},\"subscription_expiry\":{},\"{list}\":[",
         info.available_slots, info.subscription_expiry
     );
     // State: the last locator sent (`None` before the first), or done.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bitcoin::{Block, BlockHash, Transaction, Txid};
 
 use crate::locks::{HeldLocks, UserLocks};
-use crate::protocol::{Locator, UserId};
+use crate::protocol::{Dialect, Locator, UserId};
 use crate::store::{Batch, Store, StoreError};
 
 /// A checked block of the best chain, with its transaction ids computed once.
@@ -41,15 +41,15 @@ impl ConnectedBlock {
         self.positions.get(txid).copied()
     }
 
-    /// The block's transaction whose locator is `locator` (all 16 bytes compared).
-    pub fn transaction_with(&self, locator: &Locator) -> Option<(&Transaction, Txid)> {
-        let index = self.txids.iter().position(|txid| Locator::from_txid(txid) == *locator)?;
+    /// The block's transaction whose locator in `dialect` is `locator` (all 16 bytes compared).
+    pub fn transaction_with(&self, locator: &Locator, dialect: Dialect) -> Option<(&Transaction, Txid)> {
+        let index = self.txids.iter().position(|txid| dialect.locator(txid) == *locator)?;
         Some((&self.block.txdata[index], self.txids[index]))
     }
 
-    /// The locators of the block's transactions, in block order.
-    pub fn locators(&self) -> Vec<Locator> {
-        self.txids.iter().map(Locator::from_txid).collect()
+    /// The locators of the block's transactions in `dialect`, in block order.
+    pub fn locators(&self, dialect: Dialect) -> Vec<Locator> {
+        self.txids.iter().map(|txid| dialect.locator(txid)).collect()
     }
 }
 

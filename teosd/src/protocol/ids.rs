@@ -86,6 +86,11 @@ impl Locator {
         Locator(bytes)
     }
 
+    /// The locator with these bytes.
+    pub fn from_array(bytes: [u8; LOCATOR_LEN]) -> Self {
+        Locator(bytes)
+    }
+
     /// Parses exactly 16 bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, IdError> {
         <[u8; LOCATOR_LEN]>::try_from(bytes)

@@ -4,15 +4,17 @@
 
 mod appointment;
 mod crypto;
+mod dialect;
 mod ids;
 mod receipts;
 mod signing;
 
 pub use appointment::{Appointment, Uuid};
-pub use crypto::{decrypt_penalty, encrypt_penalty, DecryptError};
+pub use crypto::{decrypt_penalty, decrypt_penalty_as, encrypt_penalty, encrypt_penalty_as, DecryptError};
+pub use dialect::Dialect;
 pub use ids::{IdError, Locator, TowerId, UserId, LOCATOR_LEN, USER_ID_LEN};
 pub use receipts::{appointment_receipt_bytes, registration_receipt_bytes};
-pub use signing::{recover_signer, sign_message, SignatureError, TowerSigner, SIGNATURE_ZBASE32_LEN};
+pub use signing::{recover_signer, sign_message, zbase32, SignatureError, TowerSigner, SIGNATURE_ZBASE32_LEN};
 
 #[cfg(test)]
 mod vectors;

@@ -29,6 +29,16 @@ pub fn recover_signer(msg: &[u8], signature: &str) -> Result<UserId, SignatureEr
     message_signing::recover_pk(msg, signature).map(UserId).map_err(|_| SignatureError)
 }
 
+/// The zbase32 encoding of signatures (alphabet `ybndrfg8ejkmcpqxot1uwisza345h769`).
+pub fn zbase32() -> &'static data_encoding::Encoding {
+    static ZBASE32: std::sync::OnceLock<data_encoding::Encoding> = std::sync::OnceLock::new();
+    ZBASE32.get_or_init(|| {
+        let mut spec = data_encoding::Specification::new();
+        spec.symbols.push_str("ybndrfg8ejkmcpqxot1uwisza345h769");
+        spec.encoding().unwrap_or_else(|e| unreachable!("the zbase32 alphabet is a valid specification: {e}"))
+    })
+}
+
 /// The tower's signing identity. Its secret never appears in `Debug` output.
 #[derive(Clone)]
 pub struct TowerSigner {

@@ -71,7 +71,14 @@ fn display_order_key_does_not_reproduce_vector() {
     let reversed = Txid::from_byte_array(*key_txid().as_byte_array()).to_string();
     let display_as_internal =
         Txid::from_str(&hex::encode(hex::decode(&reversed).unwrap().into_iter().rev().collect::<Vec<_>>())).unwrap();
-    assert_ne!(hex::encode(crypto::encrypt_bytes(&plaintext, &display_as_internal)), CIPHERTEXT);
+    let display_keyed = crypto::encrypt_bytes(&plaintext, &display_as_internal, super::Dialect::Rust);
+    assert_ne!(hex::encode(&display_keyed), CIPHERTEXT);
+    // python-teos keys by the display order (reference-tower.md §3.3): exactly that key.
+    assert_eq!(crypto::encrypt_bytes(&plaintext, &key_txid(), super::Dialect::Python), display_keyed);
+    let penalty: Transaction = deserialize(&plaintext).unwrap();
+    let blob = crate::protocol::encrypt_penalty_as(&penalty, &key_txid(), super::Dialect::Python);
+    assert_eq!(crate::protocol::decrypt_penalty_as(&blob, &key_txid(), super::Dialect::Python).unwrap(), penalty);
+    assert_eq!(decrypt_penalty(&blob, &key_txid()), Err(DecryptError::WrongKey));
 }
 
 #[test]
@@ -101,11 +108,11 @@ fn decrypt_rejects_short_blobs() {
 fn decrypt_rejects_trailing_bytes_and_garbage() {
     let mut plaintext = hex::decode(PLAINTEXT).unwrap();
     plaintext.push(0);
-    let blob = crypto::encrypt_bytes(&plaintext, &key_txid());
+    let blob = crypto::encrypt_bytes(&plaintext, &key_txid(), super::Dialect::Rust);
     assert!(matches!(decrypt_penalty(&blob, &key_txid()), Err(DecryptError::NotATransaction(_))));
-    let blob = crypto::encrypt_bytes(b"not a transaction", &key_txid());
+    let blob = crypto::encrypt_bytes(b"not a transaction", &key_txid(), super::Dialect::Rust);
     assert!(matches!(decrypt_penalty(&blob, &key_txid()), Err(DecryptError::NotATransaction(_))));
-    let blob = crypto::encrypt_bytes(&[], &key_txid());
+    let blob = crypto::encrypt_bytes(&[], &key_txid(), super::Dialect::Rust);
     assert!(matches!(decrypt_penalty(&blob, &key_txid()), Err(DecryptError::NotATransaction(_))));
 }
 

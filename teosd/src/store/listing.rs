@@ -236,7 +236,13 @@ mod tests {
     }
 
     fn record(slots: u32) -> UserRecord {
-        UserRecord { available_slots: slots, subscription_start: 100, subscription_expiry: 600, number: 1 }
+        UserRecord {
+            available_slots: slots,
+            subscription_start: 100,
+            subscription_expiry: 600,
+            number: 1,
+            dialect: Default::default(),
+        }
     }
 
     /// `user(n)`'s record, numbered `n`, registered in `store`.

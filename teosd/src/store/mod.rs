@@ -13,7 +13,7 @@ mod rocks;
 mod trackers;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bitcoin::hashes::Hash;
@@ -27,7 +27,7 @@ pub use records::{DecodeError, PenaltyStatus, StoredAppointment, TrackerRecord, 
 pub use rocks::{OpenError, RocksKv};
 pub use trackers::TrackerEvent;
 
-use crate::protocol::{Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
+use crate::protocol::{Dialect, Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 
 /// The layout version this build reads and writes (and upgrades version 2 to, at open).
 pub const SCHEMA_VERSION: u32 = 3;
@@ -37,6 +37,9 @@ const META_TOWER_KEY: &[u8] = b"tower_key/";
 const META_TIP: &[u8] = b"tip";
 const META_PARTIAL_BLOCK: &[u8] = b"partial_block";
 const META_OUTCOMES: &[u8] = b"penalty_outcomes";
+/// Present once a python-teos user has registered: from then on blocks are also searched for
+/// python-teos locators (see `protocol::Dialect`).
+const META_PYTHON_USERS: &[u8] = b"python_users";
 
 /// Store errors. None of them is ever answered by resetting data.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +129,8 @@ pub struct AppointmentsCursor(Vec<u8>);
 #[derive(Debug, Default)]
 pub struct Batch {
     ops: Vec<Op>,
+    /// Registers the store's first python-teos user (perhaps).
+    adds_python_user: bool,
 }
 
 impl Batch {
@@ -140,6 +145,10 @@ impl Batch {
         }
         self.ops.push(Op::Put(Cf::UsersByExpiry, expiry_key(new.subscription_expiry, user), Vec::new()));
         self.ops.push(Op::Put(Cf::Users, user.to_bytes().to_vec(), new.encode()));
+        if old.is_none() && new.dialect == Dialect::Python {
+            self.ops.push(Op::Put(Cf::Meta, META_PYTHON_USERS.to_vec(), Vec::new()));
+            self.adds_python_user = true;
+        }
     }
 
     /// Writes (or overwrites) `user`'s appointment at its locator (`record` is the user's).
@@ -222,6 +231,7 @@ pub struct Store {
     kv: Arc<dyn Kv>,
     recent: Arc<recent::RecentIndex>,
     next_user_number: Arc<AtomicU64>,
+    python_users: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -253,7 +263,8 @@ impl Store {
         let recent = Arc::new(recent::RecentIndex::load(kv.as_ref())?);
         let next_user_number =
             Arc::new(AtomicU64::new(highest_user_number(kv.as_ref())?.map_or(1, |n| u64::from(n) + 1)));
-        Ok(Store { kv, recent, next_user_number })
+        let python_users = Arc::new(AtomicBool::new(kv.get(Cf::Meta, META_PYTHON_USERS)?.is_some()));
+        Ok(Store { kv, recent, next_user_number, python_users })
     }
 
     /// A number for a new user, never given to a user that is stored (a removed user's number
@@ -284,10 +295,20 @@ impl Store {
         Batch::default()
     }
 
+    /// Whether a python-teos user ever registered here: if not, blocks are searched for rust-teos
+    /// locators only.
+    pub fn has_python_users(&self) -> bool {
+        self.python_users.load(Ordering::Acquire)
+    }
+
     /// Applies the batch atomically; returns once it is durable.
     pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
+        }
+        if batch.adds_python_user {
+            // Before the write: searching for python locators too is harmless, missing them is not.
+            self.python_users.store(true, Ordering::Release);
         }
         Ok(self.kv.write(batch.ops)?)
     }

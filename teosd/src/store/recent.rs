@@ -3,7 +3,8 @@
 //!
 //! On disk, `recent_blocks` holds one record per block (height → block hash ‖ txids), written in
 //! the block's own batch. In memory, each recent block keeps the sorted first 8 bytes of its
-//! transactions' locators: 8 bytes per transaction, so an appointment's probe is one binary search
+//! transactions' locators, in each dialect's byte order (rust-teos and python-teos, see
+//! `protocol::Dialect`): 16 bytes per transaction, so an appointment's probe is one binary search
 //! per recent block and no store read. A probe that hits queues a late check; the Watcher answers
 //! it when the follower shows it that block again, comparing all 16 bytes there.
 //!
@@ -21,7 +22,7 @@ use bitcoin::{BlockHash, Txid};
 use super::kv::{Cf, Kv, Op};
 use super::records::be_u32;
 use super::{appointment_key, corrupt, Batch, Store, StoreError};
-use crate::protocol::{Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
+use crate::protocol::{Dialect, Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 
 /// A recent block holding a transaction with a given locator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +36,8 @@ pub struct RecentHit {
 #[derive(Debug)]
 struct IndexedBlock {
     hash: BlockHash,
-    /// First 8 bytes of each transaction's locator, sorted.
-    prefixes: Vec<u64>,
+    /// First 8 bytes of each transaction's locator, sorted: rust-teos locators, then python-teos.
+    prefixes: [Vec<u64>; 2],
 }
 
 type Blocks = BTreeMap<u32, IndexedBlock>;
@@ -53,9 +54,18 @@ fn short(locator: &Locator) -> u64 {
 }
 
 fn index_block(hash: BlockHash, txids: impl Iterator<Item = Txid>) -> IndexedBlock {
-    let mut prefixes: Vec<u64> = txids.map(|txid| short(&Locator::from_txid(&txid))).collect();
-    prefixes.sort_unstable();
-    IndexedBlock { hash, prefixes }
+    let (mut rust, mut python): (Vec<u64>, Vec<u64>) =
+        txids.map(|txid| (short(&Dialect::Rust.locator(&txid)), short(&Dialect::Python.locator(&txid)))).unzip();
+    rust.sort_unstable();
+    python.sort_unstable();
+    IndexedBlock { hash, prefixes: [rust, python] }
+}
+
+fn form(dialect: Dialect) -> usize {
+    match dialect {
+        Dialect::Rust => 0,
+        Dialect::Python => 1,
+    }
 }
 
 fn decode_record(height: u32, bytes: &[u8]) -> Result<(BlockHash, impl Iterator<Item = Txid> + '_), StoreError> {
@@ -102,13 +112,13 @@ pub struct RecentGuard<'a> {
 }
 
 impl RecentGuard<'_> {
-    /// The recent blocks that may hold a transaction with `locator` (8 of its 16 bytes are
-    /// compared here; the late check compares the rest).
-    pub fn blocks_with(&self, locator: &Locator) -> Vec<RecentHit> {
+    /// The recent blocks that may hold a transaction with `locator` in `dialect`'s byte order (8
+    /// of its 16 bytes are compared here; the late check compares the rest).
+    pub fn blocks_with(&self, locator: &Locator, dialect: Dialect) -> Vec<RecentHit> {
         let wanted = short(locator);
         self.blocks
             .iter()
-            .filter(|(_, block)| block.prefixes.binary_search(&wanted).is_ok())
+            .filter(|(_, block)| block.prefixes[form(dialect)].binary_search(&wanted).is_ok())
             .map(|(&height, block)| RecentHit { height, block_hash: block.hash })
             .collect()
     }

@@ -5,7 +5,7 @@ use bitcoin::consensus::{deserialize, serialize};
 use bitcoin::hashes::Hash;
 use bitcoin::{Transaction, Txid};
 
-use crate::protocol::{Appointment, Locator};
+use crate::protocol::{zbase32, Appointment, Dialect, Locator};
 
 /// A value did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +25,9 @@ pub(crate) fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {
     bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes)
 }
 
+/// The 17th byte of a python-teos user's record.
+const DIALECT_PYTHON: u8 = 1;
+
 /// A user's subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserRecord {
@@ -37,26 +40,37 @@ pub struct UserRecord {
     /// The user's number in this store (given at first registration): appointments are keyed
     /// by it rather than by the 33-byte user id.
     pub number: u32,
+    /// The client family it registered with (kept for life).
+    pub dialect: Dialect,
 }
 
 impl UserRecord {
-    /// `slots ‖ start ‖ expiry ‖ number`, u32 big-endian each.
+    /// `slots ‖ start ‖ expiry ‖ number`, u32 big-endian each, then `0x01` for a python-teos user
+    /// (a rust-teos user's record has no 17th byte, as before dialects existed).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16);
+        let mut out = Vec::with_capacity(17);
         out.extend_from_slice(&self.available_slots.to_be_bytes());
         out.extend_from_slice(&self.subscription_start.to_be_bytes());
         out.extend_from_slice(&self.subscription_expiry.to_be_bytes());
         out.extend_from_slice(&self.number.to_be_bytes());
+        if self.dialect == Dialect::Python {
+            out.push(DIALECT_PYTHON);
+        }
         out
     }
 
     /// Inverse of [`UserRecord::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        match (bytes.len(), be_u32(bytes, 0), be_u32(bytes, 4), be_u32(bytes, 8), be_u32(bytes, 12)) {
-            (16, Some(available_slots), Some(subscription_start), Some(subscription_expiry), Some(number)) => {
-                Ok(UserRecord { available_slots, subscription_start, subscription_expiry, number })
+        let dialect = match bytes.get(16..) {
+            Some([]) => Dialect::Rust,
+            Some([DIALECT_PYTHON]) => Dialect::Python,
+            _ => return Err(err("user", format!("{} bytes, expected 16 or 16 and a dialect", bytes.len()))),
+        };
+        match (be_u32(bytes, 0), be_u32(bytes, 4), be_u32(bytes, 8), be_u32(bytes, 12)) {
+            (Some(available_slots), Some(subscription_start), Some(subscription_expiry), Some(number)) => {
+                Ok(UserRecord { available_slots, subscription_start, subscription_expiry, number, dialect })
             }
-            (len, ..) => Err(err("user", format!("{len} bytes, expected 16"))),
+            _ => Err(err("user", format!("{} bytes, expected 16", bytes.len()))),
         }
     }
 }
@@ -66,15 +80,6 @@ impl UserRecord {
 const SIG_RAW: u8 = 0;
 const SIG_TEXT: u8 = 1;
 const SIG_RAW_LEN: usize = 65;
-
-fn zbase32() -> &'static data_encoding::Encoding {
-    static ZBASE32: std::sync::OnceLock<data_encoding::Encoding> = std::sync::OnceLock::new();
-    ZBASE32.get_or_init(|| {
-        let mut spec = data_encoding::Specification::new();
-        spec.symbols.push_str("ybndrfg8ejkmcpqxot1uwisza345h769");
-        spec.encoding().unwrap_or_else(|e| unreachable!("the zbase32 alphabet is a valid specification: {e}"))
-    })
-}
 
 fn encode_signature(signature: &str, out: &mut Vec<u8>) {
     if let Ok(raw) = zbase32().decode(signature.as_bytes()) {
@@ -272,9 +277,20 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_reject_garbage() {
-        let user = UserRecord { available_slots: 1, subscription_start: 2, subscription_expiry: 3, number: 4 };
+        let user = UserRecord {
+            available_slots: 1,
+            subscription_start: 2,
+            subscription_expiry: 3,
+            number: 4,
+            dialect: Dialect::Rust,
+        };
+        assert_eq!(user.encode().len(), 16, "a rust user's record is as before dialects");
         assert_eq!(UserRecord::decode(&user.encode()), Ok(user));
+        let python = UserRecord { dialect: Dialect::Python, ..user };
+        assert_eq!(UserRecord::decode(&python.encode()), Ok(python));
         assert!(UserRecord::decode(&[0; 15]).is_err());
+        assert!(UserRecord::decode(&[0; 18]).is_err());
+        assert!(UserRecord::decode(&[[0; 16].as_slice(), &[2]].concat()).is_err());
         let locator = Locator::from_slice(&[9; 16]).unwrap();
         let stored = StoredAppointment {
             appointment: Appointment { locator, encrypted_blob: vec![1, 2, 3], to_self_delay: 42 },

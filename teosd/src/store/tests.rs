@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 
 use super::*;
-use crate::protocol::Appointment;
+use crate::protocol::{Appointment, Dialect};
 
 fn user(n: u8) -> UserId {
     let sk = SecretKey::from_slice(&[n.max(1); 32]).unwrap();
@@ -25,7 +25,13 @@ fn appointment(loc: Locator, blob: &[u8]) -> StoredAppointment {
 }
 
 fn record(slots: u32, expiry: u32) -> UserRecord {
-    UserRecord { available_slots: slots, subscription_start: 100, subscription_expiry: expiry, number: 1 }
+    UserRecord {
+        available_slots: slots,
+        subscription_start: 100,
+        subscription_expiry: expiry,
+        number: 1,
+        dialect: Dialect::Rust,
+    }
 }
 
 /// The record of `user(n)`, numbered `n`.
@@ -341,28 +347,31 @@ fn recent_blocks_are_indexed_probed_and_reloaded() {
     }
     let of = |t: &bitcoin::Txid| Locator::from_txid(t);
     let hit_a = RecentHit { height: 10, block_hash: hash_a };
-    assert_eq!(store.recent().blocks_with(&of(&block_a[1])), vec![hit_a]);
-    assert_eq!(store.recent().blocks_with(&of(&block_b[0])), vec![RecentHit { height: 11, block_hash: hash_b }]);
-    assert!(store.recent().blocks_with(&locator(7)).is_empty());
+    assert_eq!(store.recent().blocks_with(&of(&block_a[1]), Dialect::Rust), vec![hit_a]);
+    assert_eq!(
+        store.recent().blocks_with(&of(&block_b[0]), Dialect::Rust),
+        vec![RecentHit { height: 11, block_hash: hash_b }]
+    );
+    assert!(store.recent().blocks_with(&locator(7), Dialect::Rust).is_empty());
     // Only 8 of the 16 bytes are in memory: the Watcher compares the rest in the block itself.
     let mut near = *of(&block_a[0]).as_bytes();
     near[15] ^= 1;
     let near = Locator::from_slice(&near).unwrap();
-    assert_eq!(store.recent().blocks_with(&near), vec![hit_a]);
+    assert_eq!(store.recent().blocks_with(&near, Dialect::Rust), vec![hit_a]);
     // Reopened: the index is rebuilt from the records.
     drop(store);
     let store = Store::open(&path, 8).unwrap();
-    assert_eq!(store.recent().blocks_with(&of(&block_a[0])), vec![hit_a]);
+    assert_eq!(store.recent().blocks_with(&of(&block_a[0]), Dialect::Rust), vec![hit_a]);
     assert_eq!(store.recent_blocks_below(11), vec![10]);
     // Leaving the window: the record goes in a batch, then the index entry.
     let mut batch = store.batch();
     batch.delete_recent_block(10);
     store.commit(batch).unwrap();
     store.unindex_recent_blocks(None, 11);
-    assert!(store.recent().blocks_with(&of(&block_a[0])).is_empty());
-    assert_eq!(store.recent().blocks_with(&of(&block_b[0])).len(), 1);
+    assert!(store.recent().blocks_with(&of(&block_a[0]), Dialect::Rust).is_empty());
+    assert_eq!(store.recent().blocks_with(&of(&block_b[0]), Dialect::Rust).len(), 1);
     store.unindex_recent_blocks(Some(11), 0);
-    assert!(store.recent().blocks_with(&of(&block_b[0])).is_empty());
+    assert!(store.recent().blocks_with(&of(&block_b[0]), Dialect::Rust).is_empty());
 }
 
 #[test]
@@ -380,11 +389,11 @@ fn a_held_recent_guard_keeps_new_blocks_out_until_released() {
     // Still held: the block cannot be indexed (what an appointment between probe and commit sees).
     let waited = finished.recv_timeout(std::time::Duration::from_millis(100));
     assert!(waited.is_err(), "indexed while a guard was held");
-    assert!(guard.blocks_with(&Locator::from_txid(&txid(1, 0))).is_empty());
+    assert!(guard.blocks_with(&Locator::from_txid(&txid(1, 0)), Dialect::Rust).is_empty());
     drop(guard);
     finished.recv_timeout(std::time::Duration::from_secs(10)).expect("indexed once released");
     indexer.join().unwrap();
-    assert_eq!(store.recent().blocks_with(&Locator::from_txid(&txid(1, 0))).len(), 1);
+    assert_eq!(store.recent().blocks_with(&Locator::from_txid(&txid(1, 0)), Dialect::Rust).len(), 1);
 }
 
 #[test]

@@ -112,8 +112,13 @@ pub async fn crowd(bitcoind: &Bitcoind, funding: &mut Funding, datadir: &Path, u
         user_signature: "x".repeat(104),
         start_block: tip,
     };
-    let record =
-        UserRecord { available_slots: 9999, subscription_start: tip, subscription_expiry: tip + 4320, number: 0 };
+    let record = UserRecord {
+        available_slots: 9999,
+        subscription_start: tip,
+        subscription_expiry: tip + 4320,
+        number: 0,
+        dialect: Default::default(),
+    };
     let dir = datadir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         with_store(&dir, |store| put_users(store, user_ids(800, users), record, Some(&stored)))
@@ -147,7 +152,13 @@ pub async fn subscription(bitcoind: &Bitcoind, datadir: &Path, n: usize) -> Resu
     let tip = created(bitcoind, datadir).await?;
     let user = BenchUser::new(801, 0);
     let id: UserId = user.user_id.parse()?;
-    let record = UserRecord { available_slots: 1, subscription_start: tip, subscription_expiry: tip + 4320, number: 0 };
+    let record = UserRecord {
+        available_slots: 1,
+        subscription_start: tip,
+        subscription_expiry: tip + 4320,
+        number: 0,
+        dialect: Default::default(),
+    };
     let dir = datadir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         with_store(&dir, |store| {
@@ -208,7 +219,13 @@ pub async fn expiry_wave(bitcoind: &Bitcoind, funding: &mut Funding, datadir: &P
     let tip = created(bitcoind, datadir).await?;
     // teosd's default expiry_delta is 6: users whose subscription ended 6 blocks before the next
     // block are removed in it.
-    let record = UserRecord { available_slots: 1, subscription_start: 1, subscription_expiry: tip + 1 - 6, number: 0 };
+    let record = UserRecord {
+        available_slots: 1,
+        subscription_start: 1,
+        subscription_expiry: tip + 1 - 6,
+        number: 0,
+        dialect: Default::default(),
+    };
     let dir = datadir.to_path_buf();
     tokio::task::spawn_blocking(move || with_store(&dir, |store| put_users(store, user_ids(802, n), record, None)))
         .await??;

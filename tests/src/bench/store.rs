@@ -71,6 +71,7 @@ pub fn fill(datadir: &Path, n: usize, seed: u64) -> Result<Duration> {
             subscription_start: tip,
             subscription_expiry: tip + 4320,
             number: store.new_user_number().ok_or_else(|| anyhow!("user numbers exhausted"))?,
+            dialect: Default::default(),
         };
         batch.put_user(&user, None, &record);
         for _ in 0..count {
