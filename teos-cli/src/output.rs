@@ -193,6 +193,67 @@ pub async fn all_appointments(
     list.end("no appointments")
 }
 
+/// `backup`.
+pub fn backup(out: &mut impl Write, format: Format, backup: &pb::BackupResponse) -> Result<(), CliError> {
+    if format == Format::Json {
+        return json(out, backup);
+    }
+    writeln!(out, "backup in   {} (on the tower's machine)", backup.dir)?;
+    writeln!(out, "chain tip   {} {}", backup.tip_height, display_txid(&backup.tip_hash))?;
+    writeln!(out, "size        {:.1} MiB", backup.size_bytes as f64 / (1024.0 * 1024.0))?;
+    writeln!(out, "also copied {}", backup.files.join(", "))?;
+    Ok(())
+}
+
+/// `deleteuser`.
+pub fn deleted_user(out: &mut impl Write, format: Format, deleted: &pb::DeleteUserResponse) -> Result<(), CliError> {
+    if format == Format::Json {
+        return json(out, deleted);
+    }
+    writeln!(
+        out,
+        "user {} deleted: {} appointments removed, {} trackers kept until they end",
+        hex::encode(&deleted.user_id),
+        deleted.appointments_deleted,
+        deleted.trackers_kept
+    )?;
+    Ok(())
+}
+
+/// `banuser`.
+pub fn banned_user(out: &mut impl Write, format: Format, banned: &pb::BanUserResponse) -> Result<(), CliError> {
+    if format == Format::Json {
+        return json(out, banned);
+    }
+    let already = if banned.already_banned { " (already banned)" } else { "" };
+    let registered = if banned.registered { "" } else { " (not registered)" };
+    writeln!(out, "user {} banned{already}{registered}", hex::encode(&banned.user_id))?;
+    Ok(())
+}
+
+/// `unbanuser`.
+pub fn unbanned_user(out: &mut impl Write, format: Format, unbanned: &pb::UnbanUserResponse) -> Result<(), CliError> {
+    if format == Format::Json {
+        return json(out, unbanned);
+    }
+    writeln!(out, "user {} unbanned", hex::encode(&unbanned.user_id))?;
+    Ok(())
+}
+
+/// `getbannedusers`.
+pub fn banned_users(out: &mut impl Write, format: Format, banned: &pb::GetBannedUsersResponse) -> Result<(), CliError> {
+    if format == Format::Json {
+        return json(out, banned);
+    }
+    if banned.banned_users.is_empty() {
+        writeln!(out, "no banned users")?;
+    }
+    for user in &banned.banned_users {
+        writeln!(out, "{} banned at {}", hex::encode(&user.user_id), user.banned_at)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
