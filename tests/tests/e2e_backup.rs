@@ -18,7 +18,11 @@ async fn bounded(test: impl std::future::Future<Output = ()>) {
 }
 
 /// A commitment-shaped dispute spending a fresh coin, and its penalty.
-async fn channel(funding: &mut Funding, bitcoind: &teos_tests::backend::Bitcoind, n: u64) -> (Transaction, Transaction) {
+async fn channel(
+    funding: &mut Funding,
+    bitcoind: &teos_tests::backend::Bitcoind,
+    n: u64,
+) -> (Transaction, Transaction) {
     let coin = funding.next_coin(bitcoind).await.expect("coin");
     let dispute = commitment_tx(&coin, 2, 2, n).expect("commitment");
     let penalty = penalty_tx(&dispute, 0, 3).expect("penalty");

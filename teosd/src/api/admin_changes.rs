@@ -53,8 +53,7 @@ impl AdminService {
         let admin = admin_subject(&request);
         let data_dir = self.data_dir.clone().ok_or(AdminError::NotAvailable("backups"))?;
         let dir = std::path::PathBuf::from(&request.get_ref().dir);
-        crate::backup::check_target(&dir, &data_dir)?;
-        tracing::info!(action = "backup", dir = %dir.display(), %admin, "admin: backup started");
+        // The target is checked by `create`, on the blocking pool (file system calls).
         let network = network_dir_name(self.network);
         let backup = self.blocking(move |store| Ok(crate::backup::create(store, &data_dir, network, &dir)?)).await?;
         let (tip_height, tip_hash) = match backup.tip {
