@@ -320,4 +320,40 @@ mod tests {
         assert!(text.contains("admin gRPC    [::1]:8814"), "{text}");
         assert!(text.contains("bitcoind      UNREACHABLE"), "{text}");
     }
+
+    #[test]
+    fn backups_show_the_tip_hash_in_display_order_or_null() {
+        let mut hash = vec![0u8; 32];
+        hash[0] = 0xbb;
+        let mut response = pb::BackupResponse {
+            dir: "/var/lib/teos-backups/today".into(),
+            tip_height: 7,
+            tip_hash: hash,
+            size_bytes: 1,
+            files: vec!["ca.pem".into()],
+        };
+        let mut out = Vec::new();
+        backup(&mut out, Format::Json, &response).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["tip_hash"], format!("{}bb", "00".repeat(31)), "display order: reversed");
+        response.tip_hash.clear();
+        let mut out = Vec::new();
+        backup(&mut out, Format::Json, &response).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["tip_hash"], serde_json::Value::Null);
+        assert_eq!(value["files"], json!(["ca.pem"]));
+    }
+
+    #[test]
+    fn banned_users_print_as_json_with_hex_ids_or_as_lines() {
+        let response =
+            pb::GetBannedUsersResponse { banned_users: vec![pb::BannedUser { user_id: vec![2; 33], banned_at: 150 }] };
+        let mut out = Vec::new();
+        banned_users(&mut out, Format::Json, &response).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value, json!({"banned_users": [{"user_id": "02".repeat(33), "banned_at": 150}]}));
+        let mut out = Vec::new();
+        banned_users(&mut out, Format::Human, &response).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{} banned at 150\n", "02".repeat(33)));
+    }
 }
