@@ -22,6 +22,11 @@ const FIELD_ATTRIBUTES: &[(&str, &str)] = &[
     (".teos.v2.GetTowerInfoResponse.tower_id", HEX),
     (".teos.v2.GetUsersResponse.user_ids", HEX_LIST),
     (".teos.v2.GetUserResponse.locators", HEX_LIST),
+    (".teos.v2.BackupResponse.tip_hash", r#"#[serde(serialize_with = "crate::json::optional_txid")]"#),
+    (".teos.v2.DeleteUserResponse.user_id", HEX),
+    (".teos.v2.BanUserResponse.user_id", HEX),
+    (".teos.v2.UnbanUserResponse.user_id", HEX),
+    (".teos.v2.BannedUser.user_id", HEX),
 ];
 
 /// The messages teos-cli prints. `AppointmentData` (a oneof flattened next to `user_id`) has a
@@ -36,6 +41,12 @@ const SERIALIZED: &[&str] = &[
     ".teos.v2.GetUsersResponse",
     ".teos.v2.GetUserResponse",
     ".teos.v2.StopResponse",
+    ".teos.v2.BackupResponse",
+    ".teos.v2.DeleteUserResponse",
+    ".teos.v2.BanUserResponse",
+    ".teos.v2.UnbanUserResponse",
+    ".teos.v2.BannedUser",
+    ".teos.v2.GetBannedUsersResponse",
 ];
 
 const HEX: &str = r#"#[serde(serialize_with = "crate::json::hex")]"#;

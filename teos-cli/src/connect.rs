@@ -55,7 +55,9 @@ fn chain(e: &dyn std::error::Error) -> String {
 fn status_error(status: Status) -> CliError {
     let message = status.message().to_string();
     match (status.code(), status.source().map(chain)) {
-        (Code::InvalidArgument | Code::NotFound, _) => CliError::Failed(message),
+        (Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition, _) => {
+            CliError::Failed(message)
+        }
         // No answer from the tower: the connection failed under the request.
         (_, Some(cause)) if cause.contains("tcp connect") => {
             CliError::Failed(format!("Could not connect to tower. Is teosd running? ({cause})"))
@@ -128,6 +130,32 @@ impl Tower {
     pub async fn appointments(&mut self, locator: Vec<u8>) -> Result<pb::GetAppointmentsResponse, CliError> {
         let request = pb::GetAppointmentsRequest { locator };
         Ok(self.client.get_appointments(request).await.map_err(status_error)?.into_inner())
+    }
+
+    /// `backup`.
+    pub async fn backup(&mut self, dir: String) -> Result<pb::BackupResponse, CliError> {
+        Ok(self.client.backup(pb::BackupRequest { dir }).await.map_err(status_error)?.into_inner())
+    }
+
+    /// `delete_user`.
+    pub async fn delete_user(&mut self, user_id: Vec<u8>) -> Result<pb::DeleteUserResponse, CliError> {
+        Ok(self.client.delete_user(pb::DeleteUserRequest { user_id }).await.map_err(status_error)?.into_inner())
+    }
+
+    /// `ban_user`.
+    pub async fn ban_user(&mut self, user_id: Vec<u8>) -> Result<pb::BanUserResponse, CliError> {
+        Ok(self.client.ban_user(pb::BanUserRequest { user_id }).await.map_err(status_error)?.into_inner())
+    }
+
+    /// `unban_user`.
+    pub async fn unban_user(&mut self, user_id: Vec<u8>) -> Result<pb::UnbanUserResponse, CliError> {
+        Ok(self.client.unban_user(pb::UnbanUserRequest { user_id }).await.map_err(status_error)?.into_inner())
+    }
+
+    /// `get_banned_users`.
+    pub async fn banned_users(&mut self) -> Result<pb::GetBannedUsersResponse, CliError> {
+        let response = self.client.get_banned_users(pb::GetBannedUsersRequest {}).await.map_err(status_error)?;
+        Ok(response.into_inner())
     }
 
     /// `stop`.

@@ -71,6 +71,34 @@ enum Command {
     /// Shuts the tower down gracefully (as SIGTERM does).
     #[command(name = "stop")]
     Stop,
+    /// Backs the running tower up: a consistent copy of its store, its TLS files and teos.toml,
+    /// into a new directory ON THE TOWER'S MACHINE (see docs/operations.md to restore).
+    #[command(name = "backup")]
+    Backup {
+        /// Absolute path on the tower's machine: a new directory, or an empty one.
+        dir: String,
+    },
+    /// Deletes a user and all their appointments (penalties already being followed run to their end).
+    #[command(name = "deleteuser")]
+    DeleteUser {
+        /// The user's id: a 33-byte compressed public key in hex.
+        user_id: String,
+    },
+    /// Bans a user: every request of theirs is refused until unbanned; their appointments stay watched.
+    #[command(name = "banuser")]
+    BanUser {
+        /// The user's id: a 33-byte compressed public key in hex.
+        user_id: String,
+    },
+    /// Lifts a user's ban.
+    #[command(name = "unbanuser")]
+    UnbanUser {
+        /// The user's id: a 33-byte compressed public key in hex.
+        user_id: String,
+    },
+    /// Every banned user, with the height they were banned at.
+    #[command(name = "getbannedusers")]
+    GetBannedUsers,
     /// Prints a completion script for a shell, e.g. `teos-cli completions bash > /etc/bash_completion.d/teos-cli`.
     #[command(name = "completions")]
     Completions {
@@ -132,6 +160,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::GetUser { user_id } => Some(pb::GetUserRequest { user_id: settings::parse_user_id(user_id)? }),
         _ => None,
     };
+    let user_id = match &cli.command {
+        Command::DeleteUser { user_id } | Command::BanUser { user_id } | Command::UnbanUser { user_id } => {
+            settings::parse_user_id(user_id)?
+        }
+        _ => Vec::new(),
+    };
     let locator = match &cli.command {
         Command::GetAppointments { locator } => settings::parse_locator(locator)?,
         _ => Vec::new(),
@@ -153,6 +187,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             tower.stop().await?;
             writeln!(out, "Shutting down tower")?;
         }
+        Command::Backup { dir } => output::backup(&mut out, format, &tower.backup(dir).await?)?,
+        Command::DeleteUser { .. } => output::deleted_user(&mut out, format, &tower.delete_user(user_id).await?)?,
+        Command::BanUser { .. } => output::banned_user(&mut out, format, &tower.ban_user(user_id).await?)?,
+        Command::UnbanUser { .. } => output::unbanned_user(&mut out, format, &tower.unban_user(user_id).await?)?,
+        Command::GetBannedUsers => output::banned_users(&mut out, format, &tower.banned_users().await?)?,
         Command::Completions { .. } => {}
     }
     Ok(out.flush()?)

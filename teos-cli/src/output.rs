@@ -193,6 +193,67 @@ pub async fn all_appointments(
     list.end("no appointments")
 }
 
+/// `backup`.
+pub fn backup(out: &mut impl Write, format: Format, backup: &pb::BackupResponse) -> Result<(), CliError> {
+    if format == Format::Json {
+        return json(out, backup);
+    }
+    writeln!(out, "backup in   {} (on the tower's machine)", backup.dir)?;
+    writeln!(out, "chain tip   {} {}", backup.tip_height, display_txid(&backup.tip_hash))?;
+    writeln!(out, "size        {:.1} MiB", backup.size_bytes as f64 / (1024.0 * 1024.0))?;
+    writeln!(out, "also copied {}", backup.files.join(", "))?;
+    Ok(())
+}
+
+/// `deleteuser`.
+pub fn deleted_user(out: &mut impl Write, format: Format, deleted: &pb::DeleteUserResponse) -> Result<(), CliError> {
+    if format == Format::Json {
+        return json(out, deleted);
+    }
+    writeln!(
+        out,
+        "user {} deleted: {} appointments removed, {} trackers kept until they end",
+        hex::encode(&deleted.user_id),
+        deleted.appointments_deleted,
+        deleted.trackers_kept
+    )?;
+    Ok(())
+}
+
+/// `banuser`.
+pub fn banned_user(out: &mut impl Write, format: Format, banned: &pb::BanUserResponse) -> Result<(), CliError> {
+    if format == Format::Json {
+        return json(out, banned);
+    }
+    let already = if banned.already_banned { " (already banned)" } else { "" };
+    let registered = if banned.registered { "" } else { " (not registered)" };
+    writeln!(out, "user {} banned{already}{registered}", hex::encode(&banned.user_id))?;
+    Ok(())
+}
+
+/// `unbanuser`.
+pub fn unbanned_user(out: &mut impl Write, format: Format, unbanned: &pb::UnbanUserResponse) -> Result<(), CliError> {
+    if format == Format::Json {
+        return json(out, unbanned);
+    }
+    writeln!(out, "user {} unbanned", hex::encode(&unbanned.user_id))?;
+    Ok(())
+}
+
+/// `getbannedusers`.
+pub fn banned_users(out: &mut impl Write, format: Format, banned: &pb::GetBannedUsersResponse) -> Result<(), CliError> {
+    if format == Format::Json {
+        return json(out, banned);
+    }
+    if banned.banned_users.is_empty() {
+        writeln!(out, "no banned users")?;
+    }
+    for user in &banned.banned_users {
+        writeln!(out, "{} banned at {}", hex::encode(&user.user_id), user.banned_at)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -258,5 +319,41 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("admin gRPC    [::1]:8814"), "{text}");
         assert!(text.contains("bitcoind      UNREACHABLE"), "{text}");
+    }
+
+    #[test]
+    fn backups_show_the_tip_hash_in_display_order_or_null() {
+        let mut hash = vec![0u8; 32];
+        hash[0] = 0xbb;
+        let mut response = pb::BackupResponse {
+            dir: "/var/lib/teos-backups/today".into(),
+            tip_height: 7,
+            tip_hash: hash,
+            size_bytes: 1,
+            files: vec!["ca.pem".into()],
+        };
+        let mut out = Vec::new();
+        backup(&mut out, Format::Json, &response).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["tip_hash"], format!("{}bb", "00".repeat(31)), "display order: reversed");
+        response.tip_hash.clear();
+        let mut out = Vec::new();
+        backup(&mut out, Format::Json, &response).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["tip_hash"], serde_json::Value::Null);
+        assert_eq!(value["files"], json!(["ca.pem"]));
+    }
+
+    #[test]
+    fn banned_users_print_as_json_with_hex_ids_or_as_lines() {
+        let response =
+            pb::GetBannedUsersResponse { banned_users: vec![pb::BannedUser { user_id: vec![2; 33], banned_at: 150 }] };
+        let mut out = Vec::new();
+        banned_users(&mut out, Format::Json, &response).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value, json!({"banned_users": [{"user_id": "02".repeat(33), "banned_at": 150}]}));
+        let mut out = Vec::new();
+        banned_users(&mut out, Format::Human, &response).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{} banned at 150\n", "02".repeat(33)));
     }
 }

@@ -1,10 +1,12 @@
 //! The Gatekeeper: subscriptions. Registers and renews users, authenticates signed requests and
 //! charges slots. Plain logic over the store; callers serialise work per user (see
 //! [`crate::locks::UserLocks`]). On the chain side, at each block, it gives back the slots of
-//! completed trackers and removes the users whose grace period ended.
+//! completed trackers and removes the users whose grace period ended. For the operator it bans,
+//! unbans and deletes users.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::chain::{BlockBatch, ChainError, ChainListener, ConnectedBlock};
 
@@ -13,7 +15,7 @@ use crate::chain::{BlockBatch, ChainError, ChainListener, ConnectedBlock};
 /// so that no block's batch grows with it.
 pub const EXPIRIES_PER_BLOCK: usize = 1000;
 use crate::config::Policy;
-use crate::protocol::{recover_signer, Dialect, UserId};
+use crate::protocol::{recover_signer, Dialect, Locator, UserId};
 use crate::store::{Batch, Store, StoreError, UserRecord};
 
 /// Why a subscription request failed.
@@ -37,6 +39,9 @@ pub enum SubscriptionError {
         /// The dialect it registered with.
         registered: Dialect,
     },
+    /// The operator banned the user: every request of theirs is refused.
+    #[error("This user is banned from the tower")]
+    Banned,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -49,13 +54,26 @@ pub struct Gatekeeper {
     policy: Policy,
     /// Registered users: counted at start, then kept up to date (for the user cap).
     users: Arc<AtomicU64>,
+    /// Banned users: loaded at start, then changed with the store (an operator's short list).
+    banned: Arc<RwLock<HashSet<UserId>>>,
+}
+
+/// What deleting a user removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeletedUser {
+    /// Appointments removed (triggered ones included: their trackers stay).
+    pub appointments: u64,
+    /// Trackers kept: they are followed to their end.
+    pub trackers_kept: u64,
 }
 
 impl Gatekeeper {
-    /// A gatekeeper over `store` applying `policy` (counts the registered users: a key scan).
+    /// A gatekeeper over `store` applying `policy` (counts the registered users: a key scan; and
+    /// loads the banned users).
     pub fn new(store: Store, policy: Policy) -> Result<Self, StoreError> {
         let users = Arc::new(AtomicU64::new(store.count_users()?));
-        Ok(Gatekeeper { store, policy, users })
+        let banned = store.banned_users()?.into_iter().map(|(user, _)| user).collect();
+        Ok(Gatekeeper { store, policy, users, banned: Arc::new(RwLock::new(banned)) })
     }
 
     /// How many users are registered.
@@ -63,11 +81,73 @@ impl Gatekeeper {
         self.users.load(Ordering::Relaxed)
     }
 
+    /// Whether the operator banned `user`.
+    pub fn is_banned(&self, user: &UserId) -> bool {
+        self.banned.read().unwrap_or_else(|p| p.into_inner()).contains(user)
+    }
+
+    /// Bans `user` (registered or not) from `height` on: its requests are refused from now on;
+    /// its appointments stay watched. Returns false if it was banned already (nothing changes).
+    /// The caller holds the user's lock, so that no request of the user is half-way through.
+    pub fn ban(&self, user: &UserId, height: u32) -> Result<bool, StoreError> {
+        if self.is_banned(user) {
+            return Ok(false);
+        }
+        let mut batch = self.store.batch();
+        batch.put_ban(user, height);
+        self.store.commit(batch)?;
+        self.banned.write().unwrap_or_else(|p| p.into_inner()).insert(*user);
+        Ok(true)
+    }
+
+    /// Lifts `user`'s ban; false if it was not banned.
+    pub fn unban(&self, user: &UserId) -> Result<bool, StoreError> {
+        if !self.is_banned(user) {
+            return Ok(false);
+        }
+        let mut batch = self.store.batch();
+        batch.delete_ban(user);
+        self.store.commit(batch)?;
+        self.banned.write().unwrap_or_else(|p| p.into_inner()).remove(user);
+        Ok(true)
+    }
+
+    /// Deletes `user` with all its appointments in one batch, as an expiry does: its trackers
+    /// stay until they end (they owe it nothing back: a refund to a removed user is dropped). A
+    /// ban is not lifted. `None` if it is not registered. The caller holds the user's lock.
+    pub fn delete_user(&self, user: &UserId) -> Result<Option<DeletedUser>, StoreError> {
+        let Some(record) = self.store.user(user)? else { return Ok(None) };
+        let mut batch = self.store.batch();
+        let locators = self.remove_user(&mut batch, user, &record)?;
+        let mut trackers_kept = 0;
+        for locator in &locators {
+            trackers_kept += u64::from(self.store.has_tracker(locator, user)?);
+        }
+        self.store.commit(batch)?;
+        let appointments = locators.len() as u64;
+        self.users.fetch_sub(1, Ordering::Relaxed);
+        Ok(Some(DeletedUser { appointments, trackers_kept }))
+    }
+
+    /// Adds to `batch` the removal of `user` and its appointments (not its trackers); returns the
+    /// appointments' locators.
+    fn remove_user(&self, batch: &mut Batch, user: &UserId, record: &UserRecord) -> Result<Vec<Locator>, StoreError> {
+        let locators = self.store.user_locators(user)?;
+        for locator in &locators {
+            batch.delete_appointment(user, record, locator);
+        }
+        batch.delete_user(user, record);
+        Ok(locators)
+    }
+
     /// Registers `user` at `height`, or renews it: a renewal adds the configured slots and
     /// extends the expiry from the later of the old expiry and `height`, so both strictly grow.
     /// A renewal past `max_slots_per_user` is refused, and so is a new user past `max_users`, and
     /// a renewal in another dialect than the user's.
     pub fn register(&self, user: &UserId, height: u32, dialect: Dialect) -> Result<UserRecord, SubscriptionError> {
+        if self.is_banned(user) {
+            return Err(SubscriptionError::Banned);
+        }
         let old = self.store.user(user)?;
         let new = match old {
             Some(old) if old.dialect != dialect => {
@@ -134,8 +214,11 @@ impl Gatekeeper {
         Ok((user, self.subscription(&user, height)?))
     }
 
-    /// `user`'s subscription, if it is registered and not expired at `height`.
+    /// `user`'s subscription, if it is registered, not banned and not expired at `height`.
     pub fn subscription(&self, user: &UserId, height: u32) -> Result<UserRecord, SubscriptionError> {
+        if self.is_banned(user) {
+            return Err(SubscriptionError::Banned);
+        }
         let record = self.store.user(user)?.ok_or(SubscriptionError::Unauthenticated)?;
         if height >= record.subscription_expiry {
             return Err(SubscriptionError::Expired(record.subscription_expiry));
@@ -191,10 +274,7 @@ impl ChainListener for Gatekeeper {
         for (_, user) in expiring {
             // Re-read under the lock: renewed meanwhile, it stays.
             let Some(record) = self.store.user(&user)?.filter(expired) else { continue };
-            for locator in self.store.user_locators(&user)? {
-                batch.writes().delete_appointment(&user, &record, &locator);
-            }
-            batch.writes().delete_user(&user, &record);
+            self.remove_user(batch.writes(), &user, &record)?;
             let (expiry, users) = (record.subscription_expiry, self.users.clone());
             batch.after_commit(move || {
                 users.fetch_sub(1, Ordering::Relaxed);

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod backup;
 pub mod bitcoind;
 pub mod chain;
 pub mod config;
@@ -93,10 +94,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let health = HealthCheck::new(follower.status(), disk.clone(), config.limits.max_blocks_behind);
     let tower = Tower::new(watcher, locks, follower.status(), Some(follower.waker()), disk);
-    let tower_id = tower.tower_id();
     let http_stop = CancellationToken::new();
-    start_public_api(&config, tower, health.clone(), &tasks, http_stop.clone()).await?;
-    start_admin_api(&config, &store, tower_id, health, &tasks, shutdown.clone()).await?;
+    start_public_api(&config, tower.clone(), health.clone(), &tasks, http_stop.clone()).await?;
+    start_admin_api(&config, &store, tower, health, &tasks, shutdown.clone()).await?;
     let chain_stop = CancellationToken::new();
     let gave_up = start_chain(&config, follower.clone(), &bitcoind, &tasks, chain_stop.clone(), shutdown.clone());
     tasks.close();
@@ -307,7 +307,7 @@ async fn start_public_api(
 async fn start_admin_api(
     config: &Config,
     store: &Store,
-    tower_id: protocol::TowerId,
+    tower: Tower,
     health: HealthCheck,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
@@ -323,8 +323,16 @@ async fn start_admin_api(
         .with_context(|| format!("binding the admin gRPC API to {}", config.admin_grpc_addr))?;
     let addr = listener.local_addr().context("reading the admin API address")?;
     let addresses = api::admin::ServedAddresses { public_http: config.public_http_addr, admin_grpc: addr };
-    let service =
-        api::admin::AdminService::new(store.clone(), tower_id, config.network, addresses, health, shutdown.clone());
+    let service = api::admin::AdminService::new(
+        store.clone(),
+        tower.tower_id(),
+        config.network,
+        addresses,
+        health,
+        shutdown.clone(),
+    )
+    .with_tower(tower)
+    .with_data_dir(config.data_dir.clone());
     tasks.spawn(async move {
         if let Err(e) = api::admin::serve(listener, &tls, service, shutdown).await {
             tracing::error!(error = %e, "the admin gRPC API failed");

@@ -8,10 +8,11 @@ use tokio::sync::{watch, Notify};
 
 use crate::chain::ChainStatus;
 use crate::disk::DiskReserve;
-use crate::gatekeeper::SubscriptionError;
+use crate::gatekeeper::{DeletedUser, Gatekeeper, SubscriptionError};
 use crate::locks::UserLocks;
 use crate::protocol::{Appointment, Dialect, Locator, UserId};
 use crate::store::StoreError;
+use crate::task::TaskFailed;
 use crate::watcher::{AppointmentError, AppointmentReceipt, AppointmentState, Watcher};
 
 /// Why a user's request was refused. The APIs map each to their wire errors.
@@ -35,6 +36,9 @@ pub enum RequestError {
     /// A registration in the other dialect than the user's.
     #[error("{0}")]
     OtherDialect(String),
+    /// The operator banned the user.
+    #[error("This user is banned from the tower")]
+    Banned,
     /// The appointment itself was refused: inspection (blob, `to_self_delay`), already
     /// triggered, or not found.
     #[error(transparent)]
@@ -65,6 +69,7 @@ impl RequestError {
             SubscriptionError::Unauthenticated => unauthenticated,
             SubscriptionError::Expired(at) => RequestError::Expired(at),
             e @ SubscriptionError::OtherDialect { .. } => RequestError::OtherDialect(e.to_string()),
+            SubscriptionError::Banned => RequestError::Banned,
             SubscriptionError::Store(e) => e.into(),
         }
     }
@@ -259,5 +264,43 @@ impl Tower {
         limit: usize,
     ) -> Result<Vec<Locator>, RequestError> {
         self.blocking(move |watcher, _, _| Ok(watcher.store().user_locators_page(&user, after.as_ref(), limit)?)).await
+    }
+
+    /// Runs the operator's `work` on the blocking pool under `user`'s lock, so that it comes
+    /// wholly before or after any request of that user (and any block's pass over it).
+    async fn for_user<T: Send + 'static>(
+        &self,
+        user: UserId,
+        work: impl FnOnce(&Gatekeeper, u32) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<Result<T, StoreError>, TaskFailed> {
+        let (watcher, locks, height) = (self.watcher.clone(), self.locks.clone(), self.height());
+        crate::task::blocking(move || {
+            let _turn = locks.priority().request();
+            let _guard = locks.lock(&user);
+            work(watcher.gatekeeper(), height)
+        })
+        .await
+    }
+
+    /// Bans `user` (see [`Gatekeeper::ban`]); false if it was banned already.
+    pub async fn ban_user(&self, user: UserId) -> Result<Result<bool, StoreError>, TaskFailed> {
+        self.for_user(user, move |gatekeeper, height| gatekeeper.ban(&user, height)).await
+    }
+
+    /// Lifts `user`'s ban; false if it was not banned.
+    pub async fn unban_user(&self, user: UserId) -> Result<Result<bool, StoreError>, TaskFailed> {
+        self.for_user(user, move |gatekeeper, _| gatekeeper.unban(&user)).await
+    }
+
+    /// Deletes `user` and its appointments (its trackers run to their end); `None` if it is not
+    /// registered.
+    pub async fn delete_user(&self, user: UserId) -> Result<Result<Option<DeletedUser>, StoreError>, TaskFailed> {
+        self.for_user(user, move |gatekeeper, _| gatekeeper.delete_user(&user)).await
+    }
+
+    /// Whether `user` is registered (for the operator's report of a ban).
+    pub async fn is_registered(&self, user: UserId) -> Result<Result<bool, StoreError>, TaskFailed> {
+        let watcher = self.watcher.clone();
+        crate::task::blocking(move || Ok(watcher.store().user(&user)?.is_some())).await
     }
 }

@@ -2,6 +2,8 @@
 //! registered with an appointment over HTTP, then every `teos-cli` command against the admin gRPC
 //! API (mutual TLS): output and exit codes, clients without the tower's client certificate
 //! refused, and `teos-cli stop` ending teosd with exit code 0. Readiness is read from teosd's log.
+//! Then user administration: a ban refusing a user's requests with code 7 (across a restart) until
+//! lifted, and a deletion that leaves the user's responding tracker to run to its end.
 
 use std::path::Path;
 use std::process::Output;
@@ -13,7 +15,8 @@ use serde_json::Value;
 use teos_proto::admin::private_tower_services_client::PrivateTowerServicesClient;
 use teos_proto::admin::GetTowerInfoRequest;
 use teos_tests::backend::Bitcoind;
-use teos_tests::tower::{TowerProcess, TowerUser};
+use teos_tests::tower::{Fixture, TowerProcess, TowerUser};
+use teos_tests::wallet::{commitment_tx, penalty_tx};
 use teosd::protocol::Locator;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
@@ -164,4 +167,106 @@ async fn refuses_clients_without_the_tower_certificate(datadir: &Path, port: u16
     std::fs::write(impostor.join("ca.pem"), &ca).unwrap();
     let line = failure(&cli(impostor, port, &["gettowerinfo"]).await);
     assert!(line.starts_with("teos-cli: "), "{line}");
+}
+
+/// A commitment-shaped dispute spending a fresh coin, and its penalty.
+async fn channel(fixture: &mut Fixture, n: u64) -> (Transaction, Transaction) {
+    let coin = fixture.funding.next_coin(&fixture.bitcoind).await.expect("coin");
+    let dispute = commitment_tx(&coin, 2, 2, n).expect("commitment");
+    let penalty = penalty_tx(&dispute, 0, 3).expect("penalty");
+    (dispute, penalty)
+}
+
+/// What the public API answers a banned user: 401 with error_code 7, the code the CLN plugin
+/// treats as a subscription error (it keeps the appointment pending).
+fn refused_as_banned((status, body): (u16, Value)) {
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body, serde_json::json!({"error": "This user is banned from the tower", "error_code": 7}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_operator_bans_unbans_and_deletes_users_and_a_deleted_users_penalty_runs_to_its_end() {
+    bounded(async {
+        let mut fixture = Fixture::start(&[]).await;
+        let (datadir, port) = (fixture.tower.datadir.clone(), fixture.tower.rpc_port);
+        let (user, other) = (TowerUser::new(41, &fixture.tower.api_url), TowerUser::new(42, &fixture.tower.api_url));
+        for u in [&user, &other] {
+            assert_eq!(u.register().await.0, 200);
+        }
+        let (breached, breached_penalty) = channel(&mut fixture, 1).await;
+        let (watched, watched_penalty) = channel(&mut fixture, 2).await;
+        let (late, late_penalty) = channel(&mut fixture, 3).await;
+        for (dispute, penalty) in [(&breached, &breached_penalty), (&watched, &watched_penalty)] {
+            assert_eq!(user.add_appointment(&dispute.compute_txid(), penalty).await.0, 200);
+        }
+        assert_eq!(other.add_appointment(&watched.compute_txid(), &watched_penalty).await.0, 200);
+        let tip = fixture.bitcoind.tip().await.expect("tip").0;
+        fixture.tower.wait_for_height(tip).await;
+
+        // Ban: every request of the user is refused with code 7; other users are served.
+        let banned = json(&cli(&datadir, port, &["banuser", &user.user_id]).await);
+        assert_eq!(banned, serde_json::json!({"user_id": user.user_id, "already_banned": false, "registered": true}));
+        refused_as_banned(user.add_appointment(&late.compute_txid(), &late_penalty).await);
+        refused_as_banned(user.get_appointment(&watched.compute_txid()).await);
+        refused_as_banned(user.subscription_info().await);
+        refused_as_banned(user.register().await);
+        assert_eq!(other.subscription_info().await.0, 200);
+        let listed = json(&cli(&datadir, port, &["getbannedusers"]).await);
+        assert_eq!(listed, serde_json::json!({"banned_users": [{"user_id": user.user_id, "banned_at": tip}]}));
+        let ban_line = fixture.tower.wait_for("admin: user banned");
+        assert!(ban_line.contains(&user.user_id) && ban_line.contains("CN=teos grpc Client"), "{ban_line}");
+
+        // The ban survives a restart.
+        assert!(fixture.tower.stop().success());
+        fixture.tower.restart();
+        refused_as_banned(user.add_appointment(&late.compute_txid(), &late_penalty).await);
+
+        // Unban: served again.
+        let unbanned = json(&cli(&datadir, port, &["unbanuser", &user.user_id]).await);
+        assert_eq!(unbanned, serde_json::json!({"user_id": user.user_id}));
+        assert_eq!(user.add_appointment(&late.compute_txid(), &late_penalty).await.0, 200);
+        assert_eq!(json(&cli(&datadir, port, &["getbannedusers"]).await), serde_json::json!({"banned_users": []}));
+        assert_eq!(failure(&cli(&datadir, port, &["unbanuser", &user.user_id]).await), "teos-cli: User is not banned");
+
+        // A breach: the tower is responding when the user is deleted.
+        fixture.bitcoind.mine_block_with(std::slice::from_ref(&breached)).await.expect("mining the dispute");
+        fixture.tower.wait_for_tracker(&breached.compute_txid(), &user.user_id, "broadcast").await;
+        let deleted = json(&cli(&datadir, port, &["deleteuser", &user.user_id]).await);
+        assert_eq!(
+            deleted,
+            serde_json::json!({"user_id": user.user_id, "appointments_deleted": 3, "trackers_kept": 1})
+        );
+        assert!(fixture.tower.logged("admin: user deleted"), "{}", fixture.tower.tail());
+        assert_eq!(json(&cli(&datadir, port, &["getusers"]).await), serde_json::json!({"user_ids": [other.user_id]}));
+        assert_eq!(failure(&cli(&datadir, port, &["getuser", &user.user_id]).await), "teos-cli: User not found");
+        assert_eq!(failure(&cli(&datadir, port, &["deleteuser", &user.user_id]).await), "teos-cli: User not found");
+        // Its watched appointments are gone (the other user's at the same locator stays); the
+        // user itself is unknown to the public API now.
+        let at_watched = json(
+            &cli(&datadir, port, &["getappointments", &Locator::from_txid(&watched.compute_txid()).to_string()]).await,
+        );
+        let owners: Vec<&Value> =
+            at_watched["appointments"].as_array().unwrap().iter().map(|a| &a["user_id"]).collect();
+        assert_eq!(owners, vec![&Value::from(other.user_id.clone())], "{at_watched}");
+        let at_late = json(
+            &cli(&datadir, port, &["getappointments", &Locator::from_txid(&late.compute_txid()).to_string()]).await,
+        );
+        assert_eq!(at_late, serde_json::json!({"appointments": []}));
+        assert_eq!(user.get_appointment(&watched.compute_txid()).await.0, 401);
+
+        // The tracker kept is followed to its end: confirmed, then buried 100 deep and counted won.
+        fixture.funding.mine(&fixture.bitcoind, 1).await.expect("mining");
+        fixture.tower.wait_for_tracker(&breached.compute_txid(), &user.user_id, "confirmed").await;
+        fixture.funding.mine(&fixture.bitcoind, 100).await.expect("mining");
+        fixture.tower.wait_for_height(fixture.bitcoind.tip().await.expect("tip").0).await;
+        assert!(fixture.tower.tracker(&breached.compute_txid(), &user.user_id).await.is_none());
+        assert_eq!(fixture.tower.info().await["n_penalties_won"], 1);
+        assert_eq!(
+            fixture.bitcoind.tx_confirmations(&breached_penalty.compute_txid()).await.expect("confirmations"),
+            Some(101)
+        );
+        // The other user's appointment at the shared locator is still watched.
+        assert_eq!(other.get_appointment(&watched.compute_txid()).await.1["status"], "being_watched");
+    })
+    .await;
 }

@@ -6,6 +6,7 @@
 //! messages live at the bottom of this file, so the core never sees prost types.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use crate::protocol::{IdError, Locator, TowerId, UserId};
 use crate::responder::{self, Responder};
 use crate::store::{PenaltyStatus, Store, StoreError, StoredAppointment, TrackerRecord, UserRecord};
 use crate::tls::TlsMaterial;
+use crate::tower::Tower;
 
 /// Entries read from the store per step of a streamed listing.
 const LIST_PAGE: usize = 256;
@@ -62,6 +64,15 @@ pub enum AdminError {
     /// No such user.
     #[error("User not found")]
     UserNotFound,
+    /// Unban of a user that is not banned.
+    #[error("User is not banned")]
+    NotBanned,
+    /// A backup was refused or failed.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+    /// This service was built without what the request needs (tests only: teosd gives it all).
+    #[error("not available: {0}")]
+    NotAvailable(&'static str),
     /// The store failed (logged; the client hears only that it did).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -77,7 +88,9 @@ impl From<AdminError> for Status {
     fn from(e: AdminError) -> Self {
         match e {
             AdminError::InvalidUserId(_) | AdminError::InvalidLocator(_) => Status::invalid_argument(e.to_string()),
-            AdminError::UserNotFound => Status::not_found(e.to_string()),
+            AdminError::UserNotFound | AdminError::NotBanned => Status::not_found(e.to_string()),
+            AdminError::Backup(e) => changes::backup_status(e),
+            AdminError::NotAvailable(_) => Status::failed_precondition(e.to_string()),
             AdminError::Store(e) => {
                 tracing::error!(error = %e, "store failure while serving an admin request");
                 Status::internal("the tower could not read its store")
@@ -100,6 +113,10 @@ pub struct AdminService {
     addresses: ServedAddresses,
     health: HealthCheck,
     shutdown: CancellationToken,
+    /// For the changes to users (under their locks, with the Gatekeeper's in-memory state).
+    tower: Option<Tower>,
+    /// The data directory, for backups.
+    data_dir: Option<PathBuf>,
 }
 
 impl AdminService {
@@ -113,7 +130,17 @@ impl AdminService {
         health: HealthCheck,
         shutdown: CancellationToken,
     ) -> Self {
-        AdminService { store, tower_id, network, addresses, health, shutdown }
+        AdminService { store, tower_id, network, addresses, health, shutdown, tower: None, data_dir: None }
+    }
+
+    /// Lets the service ban, unban and delete users through `tower`.
+    pub fn with_tower(self, tower: Tower) -> Self {
+        AdminService { tower: Some(tower), ..self }
+    }
+
+    /// Lets the service back the store up, with the files of `data_dir` a restore needs.
+    pub fn with_data_dir(self, data_dir: PathBuf) -> Self {
+        AdminService { data_dir: Some(data_dir), ..self }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -272,10 +299,44 @@ impl PrivateTowerServices for AdminService {
         Ok(Response::new(response))
     }
 
-    async fn stop(&self, _: Request<pb::StopRequest>) -> Result<Response<pb::StopResponse>, Status> {
-        tracing::info!("stop requested over the admin API");
+    async fn stop(&self, request: Request<pb::StopRequest>) -> Result<Response<pb::StopResponse>, Status> {
+        tracing::info!(admin = %changes::admin_subject(&request), "stop requested over the admin API");
         self.shutdown.cancel();
         Ok(Response::new(pb::StopResponse {}))
+    }
+
+    async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Response<pb::BackupResponse>, Status> {
+        Ok(Response::new(self.take_backup(request).await?))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        Ok(Response::new(self.remove_user(request).await?))
+    }
+
+    async fn ban_user(&self, request: Request<pb::BanUserRequest>) -> Result<Response<pb::BanUserResponse>, Status> {
+        Ok(Response::new(self.ban(request).await?))
+    }
+
+    async fn unban_user(
+        &self,
+        request: Request<pb::UnbanUserRequest>,
+    ) -> Result<Response<pb::UnbanUserResponse>, Status> {
+        Ok(Response::new(self.unban(request).await?))
+    }
+
+    async fn get_banned_users(
+        &self,
+        _: Request<pb::GetBannedUsersRequest>,
+    ) -> Result<Response<pb::GetBannedUsersResponse>, Status> {
+        let banned = self.blocking(|store| Ok(store.banned_users()?)).await?;
+        let banned_users = banned
+            .iter()
+            .map(|(user, height)| pb::BannedUser { user_id: user.to_bytes().to_vec(), banned_at: *height })
+            .collect();
+        Ok(Response::new(pb::GetBannedUsersResponse { banned_users }))
     }
 }
 
@@ -446,6 +507,9 @@ fn network_address(addr: SocketAddr, service: pb::network_address::Service) -> p
         service: service as i32,
     }
 }
+
+#[path = "admin_changes.rs"]
+mod changes;
 
 #[cfg(test)]
 #[path = "admin_tests.rs"]

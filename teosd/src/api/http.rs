@@ -112,6 +112,9 @@ fn request_error_reply(e: RequestError) -> WireError {
         | RequestError::UserNotFound
         | RequestError::Expired(_) => (StatusCode::UNAUTHORIZED, codes::INVALID_SIGNATURE_OR_SUBSCRIPTION_ERROR),
         RequestError::OtherDialect(_) => (StatusCode::BAD_REQUEST, codes::INVALID_REQUEST_FORMAT),
+        // Code 7: the CLN plugin keeps the user's appointments pending (none is dropped as
+        // invalid) and sends them again once the ban is lifted (docs/api.md).
+        RequestError::Banned => (StatusCode::UNAUTHORIZED, codes::INVALID_SIGNATURE_OR_SUBSCRIPTION_ERROR),
         RequestError::Appointment(e) => match e {
             AppointmentError::EmptyBlob => (StatusCode::BAD_REQUEST, codes::EMPTY_FIELD),
             AppointmentError::BlobTooBig { .. } => (StatusCode::BAD_REQUEST, codes::APPOINTMENT_FIELD_TOO_BIG),

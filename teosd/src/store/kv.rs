@@ -102,6 +102,9 @@ pub enum KvError {
     /// The backend failed (I/O, corruption detected while reading, ...).
     #[error("storage backend: {0}")]
     Backend(String),
+    /// The backend cannot do this (an in-memory store has nothing to check point).
+    #[error("the storage backend does not support {0}")]
+    Unsupported(&'static str),
 }
 
 /// An ordered key-value store with column families and atomic, durable batches.
@@ -137,6 +140,12 @@ pub trait Kv: Send + Sync + std::fmt::Debug {
     /// Rewrites the stored data compactly now rather than in the background later (after a bulk
     /// load). Changes no content.
     fn compact(&self) -> Result<(), KvError>;
+
+    /// Writes a consistent copy of the whole store into `dir` (which must not exist) while
+    /// writers go on: every batch committed before the copy began is in it, none is half in it.
+    fn checkpoint(&self, _dir: &std::path::Path) -> Result<(), KvError> {
+        Err(KvError::Unsupported("checkpoints"))
+    }
 }
 
 /// Where a page of the entries with `prefix` starts when the previous page ended at `after`:

@@ -40,6 +40,7 @@ const META_OUTCOMES: &[u8] = b"penalty_outcomes";
 /// Present once a python-teos user has registered: from then on blocks are also searched for
 /// python-teos locators (see `protocol::Dialect`).
 const META_PYTHON_USERS: &[u8] = b"python_users";
+const META_BANNED: &[u8] = b"banned/";
 
 /// Store errors. None of them is ever answered by resetting data.
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +194,16 @@ impl Batch {
         self.ops.push(Op::Put(Cf::Meta, META_OUTCOMES.to_vec(), value));
     }
 
+    /// Records that `user` is banned (at `height`, for the operator's listing).
+    pub fn put_ban(&mut self, user: &UserId, height: u32) {
+        self.ops.push(Op::Put(Cf::Meta, join(META_BANNED, &user.to_bytes()), height.to_be_bytes().to_vec()));
+    }
+
+    /// Lifts `user`'s ban.
+    pub fn delete_ban(&mut self, user: &UserId) {
+        self.ops.push(Op::Delete(Cf::Meta, join(META_BANNED, &user.to_bytes())));
+    }
+
     /// Clears the partial-block mark.
     pub fn clear_partial_block(&mut self) {
         self.ops.push(Op::Delete(Cf::Meta, META_PARTIAL_BLOCK.to_vec()));
@@ -238,6 +249,11 @@ impl Store {
     /// Opens the RocksDB store at `path` (created if missing), checking its schema version.
     pub fn open(path: &Path, cache_mib: usize) -> Result<Store, StoreError> {
         Store::with_kv(Arc::new(RocksKv::open(path, cache_mib)?))
+    }
+
+    /// Opens the RocksDB store at `path` read-only (a backup: to check it and read its tip).
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        Store::with_kv(Arc::new(RocksKv::open_read_only(path)?))
     }
 
     /// A store in memory, for tests.
@@ -317,6 +333,28 @@ impl Store {
     /// background compactions). Blocking, and long on a big store.
     pub fn compact(&self) -> Result<(), StoreError> {
         Ok(self.kv.compact()?)
+    }
+
+    /// Writes a consistent copy of the store into `dir` (which must not exist yet) while the
+    /// tower goes on writing: see [`Kv::checkpoint`]. Blocking; its size does not grow with the
+    /// store on one file system (table files are hard-linked).
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        Ok(self.kv.checkpoint(dir)?)
+    }
+
+    /// The banned users and the height each was banned at, in id order.
+    pub fn banned_users(&self) -> Result<Vec<(UserId, u32)>, StoreError> {
+        let rows = self.kv.scan(Cf::Meta, META_BANNED, META_BANNED, usize::MAX)?;
+        rows.iter()
+            .map(|(k, v)| {
+                let user = UserId::from_slice(&k[META_BANNED.len()..])
+                    .map_err(|e| corrupt(Cf::Meta, "banned user", e.to_string()))?;
+                let height = records::be_u32(v, 0)
+                    .filter(|_| v.len() == 4)
+                    .ok_or_else(|| corrupt(Cf::Meta, "banned user", format!("{} bytes", v.len())))?;
+                Ok((user, height))
+            })
+            .collect()
     }
 
     /// Every tower key, oldest first. The last is the current one.

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, SliceTransform,
     WriteBatch, WriteOptions, DB,
@@ -109,6 +110,22 @@ impl RocksKv {
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         Ok(RocksKv { db, sync })
+    }
+
+    /// Opens the database at `path` read-only (a backup, to check it and read its tip): nothing
+    /// in the directory is changed, and a teosd running on it is not disturbed.
+    pub fn open_read_only(path: &Path) -> Result<RocksKv, OpenError> {
+        if !path.join("CURRENT").exists() {
+            return Err(OpenError::NotADatabase(path.to_path_buf()));
+        }
+        let cache = Cache::new_lru_cache(8 << 20)
+            .map_err(|e| OpenError::Rocks { path: path.to_path_buf(), message: e.into_string() })?;
+        let mut opts = Options::default();
+        opts.set_paranoid_checks(true);
+        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
+        let db = DB::open_cf_descriptors_read_only(&opts, path, cfs, false)
+            .map_err(|e| OpenError::Rocks { path: path.to_path_buf(), message: e.into_string() })?;
+        Ok(RocksKv { db, sync: WriteOptions::default() })
     }
 
     fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -268,6 +285,13 @@ impl Kv for RocksKv {
             self.db.compact_range_cf(self.handle(cf), None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
+    }
+
+    /// RocksDB's checkpoint: the memtables are flushed, the table files hard-linked (copied across
+    /// file systems), the MANIFEST and the live WAL copied, all as of one sequence number, so a
+    /// batch committing meanwhile is either wholly in the copy or not at all.
+    fn checkpoint(&self, dir: &Path) -> Result<(), KvError> {
+        Checkpoint::new(&self.db).and_then(|c| c.create_checkpoint(dir)).map_err(backend)
     }
 
     fn range(&self, cf: Cf, from: &[u8], to: &[u8], limit: usize) -> Result<Entries, KvError> {
