@@ -3,7 +3,8 @@
 //! The binary parses [`config::Config`], sets up tracing and calls [`run`]. Everything else lives
 //! here: the protocol ([`protocol`]), the store ([`store`]), the domain ([`gatekeeper`],
 //! [`watcher`], [`responder`]) with its request-side facade ([`tower`]), the chain seam and its
-//! follower ([`chain`]), bitcoind behind that seam ([`bitcoind`]) and the APIs ([`api`]).
+//! follower ([`chain`]), bitcoind behind that seam ([`bitcoind`]), the APIs ([`api`]) and their
+//! optional onion service ([`tor`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
@@ -22,6 +23,7 @@ pub mod sd_notify;
 pub mod store;
 pub mod task;
 pub mod tls;
+pub mod tor;
 pub mod tower;
 pub mod watcher;
 
@@ -95,8 +97,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tower = Tower::new(watcher, locks, follower.status(), Some(follower.waker()), disk);
     let tower_id = tower.tower_id();
     let http_stop = CancellationToken::new();
-    start_public_api(&config, tower, health.clone(), &tasks, http_stop.clone()).await?;
-    start_admin_api(&config, &store, tower_id, health, &tasks, shutdown.clone()).await?;
+    let public_http = start_public_api(&config, tower, health.clone(), &tasks, http_stop.clone()).await?;
+    let onion = start_onion_service(&config, &network_dir, public_http, &tasks, http_stop.clone()).await?;
+    start_admin_api(&config, &store, tower_id, health, onion, &tasks, shutdown.clone()).await?;
     let chain_stop = CancellationToken::new();
     let gave_up = start_chain(&config, follower.clone(), &bitcoind, &tasks, chain_stop.clone(), shutdown.clone());
     tasks.close();
@@ -270,13 +273,14 @@ fn start_chain(
     gave_up
 }
 
+/// Opens the public HTTP API; returns the address it is bound to.
 async fn start_public_api(
     config: &Config,
     tower: Tower,
     health: HealthCheck,
     tasks: &TaskTracker,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(config.public_http_addr)
         .await
         .with_context(|| format!("binding the public HTTP API to {}", config.public_http_addr))?;
@@ -299,7 +303,34 @@ async fn start_public_api(
     };
     tasks.spawn(api::http::serve(listener, tower, health, settings, stop));
     tracing::info!(%addr, "public HTTP API listening");
-    Ok(())
+    Ok(addr)
+}
+
+/// With `tor_support`, loads the onion key (a key file that cannot be read stops the start: a
+/// new key would change the address) and starts the task that publishes the public API as an
+/// onion service until `stop`. Tor itself being unreachable is retried in that task.
+async fn start_onion_service(
+    config: &Config,
+    network_dir: &Path,
+    public_http: std::net::SocketAddr,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> anyhow::Result<tor::PublishedOnion> {
+    let Some(tor_config) = &config.tor else { return Ok(tor::PublishedOnion::none()) };
+    let settings = tor::OnionSettings::new(tor_config, public_http, network_dir);
+    let key = task::blocking({
+        let path = settings.key_path.clone();
+        move || tor::load_key(&path)
+    })
+    .await??;
+    tracing::info!(
+        control = %settings.control_addr,
+        key = if key.is_some() { "loaded" } else { "none yet: Tor will make one" },
+        "publishing the public API as an onion service"
+    );
+    let (published, task) = tor::start(settings, key, stop);
+    tasks.spawn(task);
+    Ok(published)
 }
 
 /// Opens the admin gRPC API on `admin_grpc_addr` with mutual TLS (certificates in the data
@@ -309,6 +340,7 @@ async fn start_admin_api(
     store: &Store,
     tower_id: protocol::TowerId,
     health: HealthCheck,
+    onion: tor::PublishedOnion,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -322,7 +354,7 @@ async fn start_admin_api(
         .await
         .with_context(|| format!("binding the admin gRPC API to {}", config.admin_grpc_addr))?;
     let addr = listener.local_addr().context("reading the admin API address")?;
-    let addresses = api::admin::ServedAddresses { public_http: config.public_http_addr, admin_grpc: addr };
+    let addresses = api::admin::ServedAddresses { public_http: config.public_http_addr, admin_grpc: addr, onion };
     let service =
         api::admin::AdminService::new(store.clone(), tower_id, config.network, addresses, health, shutdown.clone());
     tasks.spawn(async move {
@@ -336,7 +368,9 @@ async fn start_admin_api(
 
 /// Stops accepting requests and lets those in flight finish, then stops the chain follower.
 async fn stop_in_order(tasks: &TaskTracker, http_stop: &CancellationToken, chain_stop: &CancellationToken) {
-    tracing::info!("Shutting down tower: 1/3 closing the public API (finishing requests in flight)");
+    tracing::info!(
+        "Shutting down tower: 1/3 closing the public API and its onion service (finishing requests in flight)"
+    );
     http_stop.cancel();
     tracing::info!("Shutting down tower: 2/3 stopping the chain follower");
     chain_stop.cancel();
