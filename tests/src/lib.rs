@@ -7,11 +7,13 @@
 //! * [`rpc_client`]: the tests' JSON-RPC client: any credentials, raw HTTP replies, the node's
 //!   error objects (why it is not teosd's client: see its docs).
 //! * [`bench`]: the benchmark harness behind the `teos-bench` binary (`scripts/bench`).
+//! * [`tor`]: a real, offline `tor` daemon for the onion service tests.
 //! * [`wallet`]: anyone-can-spend outputs, coinbase funding, commitment and penalty transactions.
 
 pub mod backend;
 pub mod bench;
 pub mod regtest;
 pub mod rpc_client;
+pub mod tor;
 pub mod tower;
 pub mod wallet;
