@@ -77,6 +77,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let disk = Arc::new(DiskReserve::new(&network_dir, config.limits.disk_reserve_bytes));
     // Said before the store opens: a full disk may stop it from opening at all.
     let _ = disk.check();
+    let onion_key = load_onion_key(&config, &network_dir).await?;
     let store = open_store(&network_dir, config.db_cache_mib).await?;
     let signer = load_tower_key(&store, config.overwrite_key).await?;
     tracing::info!(tower_id = %signer.tower_id(), "tower key loaded");
@@ -98,7 +99,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tower_id = tower.tower_id();
     let http_stop = CancellationToken::new();
     let public_http = start_public_api(&config, tower, health.clone(), &tasks, http_stop.clone()).await?;
-    let onion = start_onion_service(&config, &network_dir, public_http, &tasks, http_stop.clone()).await?;
+    let onion = start_onion_service(&config, &network_dir, onion_key, public_http, &tasks, http_stop.clone());
     start_admin_api(&config, &store, tower_id, health, onion, &tasks, shutdown.clone()).await?;
     let chain_stop = CancellationToken::new();
     let gave_up = start_chain(&config, follower.clone(), &bitcoind, &tasks, chain_stop.clone(), shutdown.clone());
@@ -306,23 +307,28 @@ async fn start_public_api(
     Ok(addr)
 }
 
-/// With `tor_support`, loads the onion key (a key file that cannot be read stops the start: a
-/// new key would change the address) and starts the task that publishes the public API as an
-/// onion service until `stop`. Tor itself being unreachable is retried in that task.
-async fn start_onion_service(
+/// With `tor_support`, the saved onion key (none before Tor first made one). A key file that
+/// cannot be read stops the start: a new key would silently change the onion address.
+async fn load_onion_key(config: &Config, network_dir: &Path) -> anyhow::Result<Option<tor::OnionKey>> {
+    if config.tor.is_none() {
+        return Ok(None);
+    }
+    let path = network_dir.join(tor::ONION_KEY_FILE);
+    Ok(task::blocking(move || tor::load_key(&path)).await??)
+}
+
+/// With `tor_support`, starts the task that publishes the public API (bound at `public_http`)
+/// as an onion service until `stop`. Tor being unreachable is retried in that task.
+fn start_onion_service(
     config: &Config,
     network_dir: &Path,
+    key: Option<tor::OnionKey>,
     public_http: std::net::SocketAddr,
     tasks: &TaskTracker,
     stop: CancellationToken,
-) -> anyhow::Result<tor::PublishedOnion> {
-    let Some(tor_config) = &config.tor else { return Ok(tor::PublishedOnion::none()) };
+) -> tor::PublishedOnion {
+    let Some(tor_config) = &config.tor else { return tor::PublishedOnion::none() };
     let settings = tor::OnionSettings::new(tor_config, public_http, network_dir);
-    let key = task::blocking({
-        let path = settings.key_path.clone();
-        move || tor::load_key(&path)
-    })
-    .await??;
     tracing::info!(
         control = %settings.control_addr,
         key = if key.is_some() { "loaded" } else { "none yet: Tor will make one" },
@@ -330,7 +336,7 @@ async fn start_onion_service(
     );
     let (published, task) = tor::start(settings, key, stop);
     tasks.spawn(task);
-    Ok(published)
+    published
 }
 
 /// Opens the admin gRPC API on `admin_grpc_addr` with mutual TLS (certificates in the data

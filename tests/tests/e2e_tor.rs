@@ -153,3 +153,24 @@ async fn teosd_waits_for_a_late_tor_and_authenticates_with_the_password_from_its
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_key_file_stops_the_start_instead_of_changing_the_address() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().join("teos");
+        let key_path = datadir.join("regtest").join(teosd::tor::ONION_KEY_FILE);
+        std::fs::create_dir_all(key_path.parent().unwrap()).unwrap();
+        std::fs::write(&key_path, [7; 10]).unwrap();
+        let bitcoind = start_node().await;
+        // No Tor needed: the key file is read before teosd talks to it.
+        let args = tor_args(free_port().unwrap());
+        let mut tower = TowerProcess::launch(&bitcoind, &datadir, &strs(&args));
+        let status = tower.wait_for_exit();
+        assert_eq!(status.code(), Some(1), "{}", tower.tail());
+        assert!(tower.logged("onion_v3_sk holds 10 bytes, not a 64-byte key"), "{}", tower.tail());
+        assert!(!tower.logged("Tower ready") && !tower.logged("public HTTP API listening"), "{}", tower.tail());
+        assert_eq!(std::fs::read(&key_path).unwrap(), vec![7; 10], "the file is left as it was");
+    })
+    .await
+}
