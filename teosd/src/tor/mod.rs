@@ -235,12 +235,14 @@ async fn keep_published(
     stop: CancellationToken,
 ) {
     let mut wait = settings.retry_first;
+    let mut failures = Failures::default();
     loop {
         let error = match session(&settings, &mut key, &published, &stop).await {
             Ok(()) => return,
             Err((error, was_up)) => {
                 if was_up {
                     wait = settings.retry_first;
+                    failures = Failures::default();
                 }
                 error
             }
@@ -248,17 +250,38 @@ async fn keep_published(
         if !error.is_transient() {
             wait = settings.retry_max;
         }
-        let retry_in = format!("{wait:?}");
-        if error.is_transient() {
-            tracing::warn!(error = %error, retry_in, "the onion service is not published");
-        } else {
-            tracing::error!(error = %error, retry_in, "the onion service is not published");
+        if let Some(failures) = failures.worth_logging(&error) {
+            let retry_in = format!("{wait:?}");
+            if error.is_transient() {
+                tracing::warn!(error = %error, failures, retry_in, "the onion service is not published");
+            } else {
+                tracing::error!(error = %error, failures, retry_in, "the onion service is not published");
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
         wait = (wait * 2).min(settings.retry_max);
+    }
+}
+
+/// Failures in a row since the service was last up. A Tor that stays away is logged at the 1st,
+/// 2nd, 4th, 8th, ... failure, and whenever the reason changes, not once a minute for hours.
+#[derive(Debug, Default)]
+struct Failures {
+    count: u64,
+    last: String,
+}
+
+impl Failures {
+    /// Counts `error`; the count if it is worth a log line.
+    fn worth_logging(&mut self, error: &PublishError) -> Option<u64> {
+        self.count += 1;
+        let reason = error.to_string();
+        let changed = reason != self.last;
+        self.last = reason;
+        (changed || self.count.is_power_of_two()).then_some(self.count)
     }
 }
 

@@ -76,10 +76,11 @@ async fn errors_refusals_truncation_and_garbage_are_told_apart() {
 
 #[tokio::test]
 async fn a_silent_tor_times_out_instead_of_hanging() {
-    tokio::time::pause();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut conn = ControlConnection::connect(listener.local_addr().unwrap()).await.unwrap();
     let (_held, _) = listener.accept().await.unwrap();
+    // Connected: from here the clock jumps to the reply timeout as soon as nothing else is due.
+    tokio::time::pause();
     let err = conn.command("PROTOCOLINFO", "PROTOCOLINFO 1").await.unwrap_err();
     assert!(matches!(err, ControlError::Timeout("PROTOCOLINFO")) && err.is_transient(), "{err}");
 }
@@ -503,6 +504,18 @@ async fn a_stop_while_tor_is_unreachable_ends_the_task_at_once() {
     stop.cancel();
     tokio::time::timeout(DEADLINE, task).await.expect("the task ends at stop").unwrap();
     assert_eq!(published.current(), None);
+}
+
+#[test]
+fn a_tor_that_stays_away_is_logged_ever_more_rarely_and_a_new_reason_at_once() {
+    let away = || PublishError::Control(ControlError::Closed);
+    let mut failures = Failures::default();
+    let logged: Vec<u64> = (0..20).filter_map(|_| failures.worth_logging(&away())).collect();
+    assert_eq!(logged, vec![1, 2, 4, 8, 16]);
+    let refused = PublishError::Control(ControlError::NoAuthMethod("x".into()));
+    assert_eq!(failures.worth_logging(&refused), Some(21), "a new reason is logged at once");
+    assert_eq!(failures.worth_logging(&away()), Some(22), "and so is the old one coming back");
+    assert_eq!(failures.worth_logging(&away()), None);
 }
 
 #[test]
