@@ -45,6 +45,19 @@ teos_find_protoc() {
     fi
 }
 
+# tor, which the onion service tests run (offline) as a real daemon.
+teos_find_tor() {
+    local root="${TEOS_SYSROOT:-}" file
+    if [ -z "$root" ] && command -v tor >/dev/null 2>&1; then
+        command -v tor
+        return 0
+    fi
+    for file in "$root"/usr/bin/tor "$root"/usr/sbin/tor; do
+        [ -x "$file" ] && { echo "$file"; return 0; }
+    done
+    return 1
+}
+
 # The packages missing, one per line, as Debian names them.
 teos_missing_packages() {
     teos_find_protoc >/dev/null || echo protobuf-compiler
@@ -57,6 +70,7 @@ teos_missing_packages() {
     else
         command -v curl >/dev/null 2>&1 || echo curl
     fi
+    teos_find_tor >/dev/null || echo tor
 }
 
 teos_install_prerequisites() {
@@ -80,6 +94,7 @@ teos_install_prerequisites() {
             libclang-dev) echo "  libclang-dev: libclang.so for bindgen (or set LIBCLANG_PATH to its directory)" >&2 ;;
             librocksdb-dev) echo "  librocksdb-dev: librocksdb.so 7.8 (or TEOS_ROCKSDB_FROM_SOURCE=1, docs/building.md)" >&2 ;;
             curl) echo "  curl: used by scripts/run-tower and scripts/walkthrough" >&2 ;;
+            tor) echo "  tor: the onion service tests run it offline (or set TOR_EXE to a tor binary)" >&2 ;;
         esac
     done
     return 1

@@ -145,6 +145,13 @@ pub fn create(store: &Store, data_dir: &Path, network: &str, dir: &Path) -> Resu
             Err(e) => return Err(io_error("copying", &from)(e)),
         }
     }
+    // The onion service's key (with `tor_support`), so that a restore keeps the onion address.
+    let onion_key = data_dir.join(network).join(crate::tor::ONION_KEY_FILE);
+    match copy_private(&onion_key, &dir.join(crate::tor::ONION_KEY_FILE)) {
+        Ok(()) => files.push(format!("{network}/{}", crate::tor::ONION_KEY_FILE)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !onion_key.exists() => {}
+        Err(e) => return Err(io_error("copying", &onion_key)(e)),
+    }
     let tip = {
         let copy = Store::open_read_only(&db).map_err(|source| BackupError::Store {
             what: "opening the copy",

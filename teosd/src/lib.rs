@@ -3,7 +3,8 @@
 //! The binary parses [`config::Config`], sets up tracing and calls [`run`]. Everything else lives
 //! here: the protocol ([`protocol`]), the store ([`store`]), the domain ([`gatekeeper`],
 //! [`watcher`], [`responder`]) with its request-side facade ([`tower`]), the chain seam and its
-//! follower ([`chain`]), bitcoind behind that seam ([`bitcoind`]) and the APIs ([`api`]).
+//! follower ([`chain`]), bitcoind behind that seam ([`bitcoind`]), the APIs ([`api`]) and their
+//! optional onion service ([`tor`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
@@ -23,6 +24,7 @@ pub mod sd_notify;
 pub mod store;
 pub mod task;
 pub mod tls;
+pub mod tor;
 pub mod tower;
 pub mod watcher;
 
@@ -76,6 +78,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let disk = Arc::new(DiskReserve::new(&network_dir, config.limits.disk_reserve_bytes));
     // Said before the store opens: a full disk may stop it from opening at all.
     let _ = disk.check();
+    let onion_key = load_onion_key(&config, &network_dir).await?;
     let store = open_store(&network_dir, config.db_cache_mib).await?;
     let signer = load_tower_key(&store, config.overwrite_key).await?;
     tracing::info!(tower_id = %signer.tower_id(), "tower key loaded");
@@ -95,8 +98,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let health = HealthCheck::new(follower.status(), disk.clone(), config.limits.max_blocks_behind);
     let tower = Tower::new(watcher, locks, follower.status(), Some(follower.waker()), disk);
     let http_stop = CancellationToken::new();
-    start_public_api(&config, tower.clone(), health.clone(), &tasks, http_stop.clone()).await?;
-    start_admin_api(&config, &store, tower, health, &tasks, shutdown.clone()).await?;
+    let public_http = start_public_api(&config, tower.clone(), health.clone(), &tasks, http_stop.clone()).await?;
+    let onion = start_onion_service(&config, &network_dir, onion_key, public_http, &tasks, http_stop.clone());
+    start_admin_api(&config, &store, tower, health, onion, &tasks, shutdown.clone()).await?;
     let chain_stop = CancellationToken::new();
     let gave_up = start_chain(&config, follower.clone(), &bitcoind, &tasks, chain_stop.clone(), shutdown.clone());
     tasks.close();
@@ -270,13 +274,14 @@ fn start_chain(
     gave_up
 }
 
+/// Opens the public HTTP API; returns the address it is bound to.
 async fn start_public_api(
     config: &Config,
     tower: Tower,
     health: HealthCheck,
     tasks: &TaskTracker,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(config.public_http_addr)
         .await
         .with_context(|| format!("binding the public HTTP API to {}", config.public_http_addr))?;
@@ -299,7 +304,39 @@ async fn start_public_api(
     };
     tasks.spawn(api::http::serve(listener, tower, health, settings, stop));
     tracing::info!(%addr, "public HTTP API listening");
-    Ok(())
+    Ok(addr)
+}
+
+/// With `tor_support`, the saved onion key (none before Tor first made one). A key file that
+/// cannot be read stops the start: a new key would silently change the onion address.
+async fn load_onion_key(config: &Config, network_dir: &Path) -> anyhow::Result<Option<tor::OnionKey>> {
+    if config.tor.is_none() {
+        return Ok(None);
+    }
+    let path = network_dir.join(tor::ONION_KEY_FILE);
+    Ok(task::blocking(move || tor::load_key(&path)).await??)
+}
+
+/// With `tor_support`, starts the task that publishes the public API (bound at `public_http`)
+/// as an onion service until `stop`. Tor being unreachable is retried in that task.
+fn start_onion_service(
+    config: &Config,
+    network_dir: &Path,
+    key: Option<tor::OnionKey>,
+    public_http: std::net::SocketAddr,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> tor::PublishedOnion {
+    let Some(tor_config) = &config.tor else { return tor::PublishedOnion::none() };
+    let settings = tor::OnionSettings::new(tor_config, public_http, network_dir);
+    tracing::info!(
+        control = %settings.control_addr,
+        key = if key.is_some() { "loaded" } else { "none yet: Tor will make one" },
+        "publishing the public API as an onion service"
+    );
+    let (published, task) = tor::start(settings, key, stop);
+    tasks.spawn(task);
+    published
 }
 
 /// Opens the admin gRPC API on `admin_grpc_addr` with mutual TLS (certificates in the data
@@ -309,6 +346,7 @@ async fn start_admin_api(
     store: &Store,
     tower: Tower,
     health: HealthCheck,
+    onion: tor::PublishedOnion,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -322,7 +360,7 @@ async fn start_admin_api(
         .await
         .with_context(|| format!("binding the admin gRPC API to {}", config.admin_grpc_addr))?;
     let addr = listener.local_addr().context("reading the admin API address")?;
-    let addresses = api::admin::ServedAddresses { public_http: config.public_http_addr, admin_grpc: addr };
+    let addresses = api::admin::ServedAddresses { public_http: config.public_http_addr, admin_grpc: addr, onion };
     let service = api::admin::AdminService::new(
         store.clone(),
         tower.tower_id(),
@@ -344,7 +382,9 @@ async fn start_admin_api(
 
 /// Stops accepting requests and lets those in flight finish, then stops the chain follower.
 async fn stop_in_order(tasks: &TaskTracker, http_stop: &CancellationToken, chain_stop: &CancellationToken) {
-    tracing::info!("Shutting down tower: 1/3 closing the public API (finishing requests in flight)");
+    tracing::info!(
+        "Shutting down tower: 1/3 closing the public API and its onion service (finishing requests in flight)"
+    );
     http_stop.cancel();
     tracing::info!("Shutting down tower: 2/3 stopping the chain follower");
     chain_stop.cancel();

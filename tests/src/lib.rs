@@ -8,6 +8,7 @@
 //!   error objects (why it is not teosd's client: see its docs).
 //! * [`bench`]: the benchmark harness behind the `teos-bench` binary (`scripts/bench`).
 //! * [`python_client`]: a python-teos client (`teos_client.py`'s dialect), for the tests.
+//! * [`tor`]: a real, offline `tor` daemon for the onion service tests.
 //! * [`wallet`]: anyone-can-spend outputs, coinbase funding, commitment and penalty transactions.
 
 pub mod backend;
@@ -15,5 +16,6 @@ pub mod bench;
 pub mod python_client;
 pub mod regtest;
 pub mod rpc_client;
+pub mod tor;
 pub mod tower;
 pub mod wallet;

@@ -33,9 +33,10 @@ fn missing_on(files: &[&str]) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
 
-const COMPLETE: [&str; 4] = [
+const COMPLETE: [&str; 5] = [
     "usr/bin/protoc",
     "usr/bin/curl",
+    "usr/bin/tor",
     "usr/lib/llvm-14/lib/libclang-14.so.1",
     "usr/lib/x86_64-linux-gnu/librocksdb.so",
 ];
@@ -50,6 +51,7 @@ fn libclang_cpp_alone_is_not_libclang() {
     let files = [
         "usr/bin/protoc",
         "usr/bin/curl",
+        "usr/bin/tor",
         "usr/lib/llvm-14/lib/libclang-cpp.so.14",
         "usr/lib/x86_64-linux-gnu/librocksdb.so",
     ];
@@ -57,6 +59,7 @@ fn libclang_cpp_alone_is_not_libclang() {
     let files = [
         "usr/bin/protoc",
         "usr/bin/curl",
+        "usr/sbin/tor",
         "usr/lib/x86_64-linux-gnu/libclang-cpp.so.14",
         "usr/lib/x86_64-linux-gnu/librocksdb.so",
     ];
@@ -71,16 +74,35 @@ fn every_name_bindgen_loads_counts_as_libclang() {
         "usr/lib/llvm-14/lib/libclang-14.so",
         "usr/lib/x86_64-linux-gnu/libclang-14.so.1",
     ] {
-        let files = ["usr/bin/protoc", "usr/bin/curl", libclang, "usr/lib/x86_64-linux-gnu/librocksdb.so"];
+        let files =
+            ["usr/bin/protoc", "usr/bin/curl", "usr/bin/tor", libclang, "usr/lib/x86_64-linux-gnu/librocksdb.so"];
         assert!(missing_on(&files).is_empty(), "{libclang}");
     }
 }
 
 #[test]
 fn a_bare_machine_lacks_each_package_once() {
-    assert_eq!(missing_on(&[]), vec!["protobuf-compiler", "libclang-dev", "librocksdb-dev", "curl"]);
+    assert_eq!(missing_on(&[]), vec!["protobuf-compiler", "libclang-dev", "librocksdb-dev", "curl", "tor"]);
     // Only the static archive of RocksDB is not what ROCKSDB_LIB_DIR links.
-    let files =
-        ["usr/bin/protoc", "usr/bin/curl", "usr/lib/llvm-14/lib/libclang.so", "usr/lib/x86_64-linux-gnu/librocksdb.a"];
+    let files = [
+        "usr/bin/protoc",
+        "usr/bin/curl",
+        "usr/bin/tor",
+        "usr/lib/llvm-14/lib/libclang.so",
+        "usr/lib/x86_64-linux-gnu/librocksdb.a",
+    ];
     assert_eq!(missing_on(&files), vec!["librocksdb-dev"]);
+}
+
+#[test]
+fn tor_counts_in_either_debian_location_and_only_as_an_executable() {
+    let base =
+        ["usr/bin/protoc", "usr/bin/curl", "usr/lib/llvm-14/lib/libclang.so", "usr/lib/x86_64-linux-gnu/librocksdb.so"];
+    assert_eq!(missing_on(&base), vec!["tor"]);
+    for tor in ["usr/bin/tor", "usr/sbin/tor"] {
+        let files: Vec<&str> = base.iter().copied().chain([tor]).collect();
+        assert!(missing_on(&files).is_empty(), "{tor}");
+    }
+    let files: Vec<&str> = base.iter().copied().chain(["usr/share/tor/geoip"]).collect();
+    assert_eq!(missing_on(&files), vec!["tor"], "tor's data files are not the daemon");
 }

@@ -44,12 +44,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The addresses the tower serves, as `get_tower_info` reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServedAddresses {
     /// The users' HTTP API.
     pub public_http: SocketAddr,
     /// This API.
     pub admin_grpc: SocketAddr,
+    /// The users' HTTP API as an onion service, while it is published.
+    pub onion: crate::tor::PublishedOnion,
 }
 
 /// Why an admin request failed. `From<AdminError> for Status` is the one mapping to gRPC.
@@ -159,10 +161,7 @@ impl AdminService {
             n_watcher_appointments: counts.watched,
             n_responder_trackers: counts.trackers,
             bitcoind_reachable: health.bitcoind_reachable,
-            addresses: vec![
-                network_address(self.addresses.public_http, pb::network_address::Service::PublicHttp),
-                network_address(self.addresses.admin_grpc, pb::network_address::Service::AdminGrpc),
-            ],
+            addresses: self.served_addresses(),
             tip_height: health.tip_height,
             network: network_dir_name(self.network).to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -178,6 +177,21 @@ impl AdminService {
             n_penalties_lost: counts.outcomes.lost,
             n_penalties_abandoned: counts.outcomes.abandoned,
         }
+    }
+
+    /// The public API, the onion service while it is up (`torv3`, service `public_http`), this API.
+    fn served_addresses(&self) -> Vec<pb::NetworkAddress> {
+        let mut addresses = vec![network_address(self.addresses.public_http, pb::network_address::Service::PublicHttp)];
+        if let Some(onion) = self.addresses.onion.current() {
+            addresses.push(pb::NetworkAddress {
+                address_type: pb::network_address::AddressType::TorV3 as i32,
+                address: onion.host,
+                port: u32::from(onion.port),
+                service: pb::network_address::Service::PublicHttp as i32,
+            });
+        }
+        addresses.push(network_address(self.addresses.admin_grpc, pb::network_address::Service::AdminGrpc));
+        addresses
     }
 
     /// The height the tower is at (for whether a tracker is at risk).

@@ -37,6 +37,7 @@ fn service(
     let addresses = ServedAddresses {
         public_http: "127.0.0.1:9814".parse().unwrap(),
         admin_grpc: "127.0.0.1:8814".parse().unwrap(),
+        onion: crate::tor::PublishedOnion::none(),
     };
     let mut service =
         AdminService::new(store, user_id(200), Network::Regtest, addresses, health, CancellationToken::new());

@@ -20,14 +20,21 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_with_onion(crate::tor::PublishedOnion::none())
+}
+
+fn harness_with_onion(onion: crate::tor::PublishedOnion) -> Harness {
     let store = Store::in_memory();
     let following = ChainStatus { source_height: Some(101), source_reachable: true, ..ChainStatus::starting(101) };
     let (chain, rx) = tokio::sync::watch::channel(following);
     let dir = tempfile::tempdir().unwrap();
     let health = HealthCheck::new(rx, Arc::new(DiskReserve::new(dir.path(), 0)), 3);
     let shutdown = CancellationToken::new();
-    let addresses =
-        ServedAddresses { public_http: "127.0.0.1:9814".parse().unwrap(), admin_grpc: "[::1]:8814".parse().unwrap() };
+    let addresses = ServedAddresses {
+        public_http: "127.0.0.1:9814".parse().unwrap(),
+        admin_grpc: "[::1]:8814".parse().unwrap(),
+        onion,
+    };
     let service = AdminService::new(store.clone(), user(200), Network::Regtest, addresses, health, shutdown.clone());
     Harness { store, service, chain, shutdown, _dir: dir }
 }
@@ -107,6 +114,23 @@ fn kind(data: &pb::AppointmentData) -> (&'static str, Vec<u8>, Vec<u8>) {
         }
         pb::appointment_data::AppointmentData::Tracker(t) => ("tracker", t.locator.clone(), data.user_id.clone()),
     }
+}
+
+#[tokio::test]
+async fn tower_info_lists_the_onion_address_while_the_service_is_published() {
+    let (published, rx) = tokio::sync::watch::channel(None);
+    let h = harness_with_onion(crate::tor::PublishedOnion::watching(rx));
+    let addresses = || async {
+        let info = h.service.get_tower_info(Request::new(pb::GetTowerInfoRequest {})).await.unwrap().into_inner();
+        info.addresses.into_iter().map(|a| (a.address_type, a.address, a.port, a.service)).collect::<Vec<_>>()
+    };
+    assert_eq!(addresses().await.len(), 2, "nothing while Tor has not published it");
+    let host = format!("{}.onion", "a".repeat(56));
+    published.send_replace(Some(crate::tor::OnionAddress { host: host.clone(), port: 9814 }));
+    let (tor, public_http) = (pb::network_address::AddressType::TorV3 as i32, pb::network_address::Service::PublicHttp);
+    assert_eq!(addresses().await[1], (tor, host, 9814, public_http as i32));
+    published.send_replace(None);
+    assert_eq!(addresses().await.len(), 2, "gone while Tor is away");
 }
 
 #[tokio::test]

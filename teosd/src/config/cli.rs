@@ -170,6 +170,20 @@ pub struct Cli {
     #[arg(long = "dbcachemib", env = "TEOS_DB_CACHE_MIB", value_name = "MIB")]
     pub db_cache_mib: Option<usize>,
 
+    /// Publish the public API as a Tor onion service through Tor's control port; the onion
+    /// key is kept in <datadir>/<network>/onion_v3_sk, so the address survives restarts.
+    #[arg(long = "torsupport", env = "TEOS_TOR_SUPPORT")]
+    pub tor_support: bool,
+
+    /// Tor's control port, on 127.0.0.1 [default: 9051]. A password it asks for is read from
+    /// teos.toml (tor_control_password) or TEOS_TOR_CONTROL_PASSWORD, never from the command line.
+    #[arg(long = "torcontrolport", env = "TEOS_TOR_CONTROL_PORT", value_name = "PORT")]
+    pub tor_control_port: Option<u16>,
+
+    /// The port the onion service offers [default: 9814].
+    #[arg(long = "onionhiddenserviceport", env = "TEOS_ONION_HIDDEN_SERVICE_PORT", value_name = "PORT")]
+    pub onion_hidden_service_port: Option<u16>,
+
     /// Rotate the tower key at start; old keys are kept in the store.
     #[arg(long = "overwritekey")]
     pub overwrite_key: bool,

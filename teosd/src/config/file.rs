@@ -50,12 +50,13 @@ pub(super) struct FileConfig {
     pub debug: Option<bool>,
     pub deps_debug: Option<bool>,
     pub log_format: Option<String>,
+    pub tor_support: Option<bool>,
+    pub tor_control_port: Option<u16>,
+    pub tor_control_password: Option<String>,
+    pub onion_hidden_service_port: Option<u16>,
     // Keys of the reference tower that have no effect here.
     internal_api_bind: Option<toml::Value>,
     internal_api_port: Option<toml::Value>,
-    tor_support: Option<toml::Value>,
-    tor_control_port: Option<toml::Value>,
-    onion_hidden_service_port: Option<toml::Value>,
     overwrite_key: Option<toml::Value>,
     force_update: Option<toml::Value>,
 }
@@ -108,13 +109,6 @@ impl FileConfig {
                 self.internal_api_port.is_some(),
                 "there is no internal gRPC hop: the HTTP API calls the tower in-process",
             ),
-            (
-                "tor_support",
-                self.tor_support.is_some(),
-                "teosd does not drive Tor; map an onion service to api_port in torrc",
-            ),
-            ("tor_control_port", self.tor_control_port.is_some(), "teosd does not drive Tor"),
-            ("onion_hidden_service_port", self.onion_hidden_service_port.is_some(), "teosd does not drive Tor"),
             ("overwrite_key", self.overwrite_key.is_some(), "only the --overwritekey flag rotates the key"),
             ("force_update", self.force_update.is_some(), "teosd never skips blocks"),
         ];

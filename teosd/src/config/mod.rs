@@ -176,6 +176,17 @@ pub struct LogConfig {
     pub json: bool,
 }
 
+/// The onion service (`tor_support`): see `docs/operations.md`, "Tor".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorConfig {
+    /// Tor's control port (on loopback).
+    pub control_addr: SocketAddr,
+    /// The port the onion service offers.
+    pub onion_port: u16,
+    /// The control port's password (`HashedControlPassword`), if it wants one.
+    pub password: Option<Secret>,
+}
+
 /// The validated configuration of one tower.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -191,6 +202,8 @@ pub struct Config {
     pub admin_grpc_addr: SocketAddr,
     /// Take client addresses for logs from `X-Real-IP` (behind a reverse proxy).
     pub behind_proxy: bool,
+    /// The onion service, when `tor_support` is on.
+    pub tor: Option<TorConfig>,
     /// Subscription and appointment policy.
     pub policy: Policy,
     /// Resource limits of the public API and health thresholds.
@@ -220,16 +233,24 @@ impl Config {
         };
         let path = data_dir.join(CONFIG_FILE_NAME);
         let file = FileConfig::read(&path)?;
-        let exposed = file.btc_rpc_password.is_some() && readable_by_others(&path);
+        let exposed =
+            (file.btc_rpc_password.is_some() || file.tor_control_password.is_some()) && readable_by_others(&path);
         let password_env = std::env::var("TEOS_BTC_RPC_PASSWORD").ok();
         let mut config = Config::build(data_dir, cli, file, password_env)?;
+        config.tor_password_from_env(std::env::var("TEOS_TOR_CONTROL_PASSWORD").ok());
         if exposed {
-            config.warnings.push(format!(
-                "{} holds btc_rpc_password and other users can read it: chmod 600 it (or use the cookie)",
-                path.display()
-            ));
+            config
+                .warnings
+                .push(format!("{} holds a password and other users can read it: chmod 600 it", path.display()));
         }
         Ok(config)
+    }
+
+    /// `TEOS_TOR_CONTROL_PASSWORD`, when set, beats `tor_control_password` from the file.
+    fn tor_password_from_env(&mut self, password: Option<String>) {
+        if let (Some(tor), Some(password)) = (self.tor.as_mut(), password.filter(|p| !p.is_empty())) {
+            tor.password = Some(Secret::new(password));
+        }
     }
 
     fn build(
@@ -262,6 +283,7 @@ impl Config {
             public_http_addr: socket_addr("api_bind", &api_bind, api_port)?,
             admin_grpc_addr: socket_addr("rpc_bind", &rpc_bind, rpc_port)?,
             behind_proxy: cli.behind_proxy || file.behind_proxy.unwrap_or(false),
+            tor: tor_config(cli, &file)?,
             policy,
             limits,
             overwrite_key: cli.overwrite_key,
@@ -293,7 +315,8 @@ impl Config {
     pub fn summary(&self) -> String {
         format!(
             "network={} datadir={} bitcoind={}:{} auth={} http={} admin={} slots={} duration={} \
-             expiry_delta={} min_to_self_delay={} polling={:?} zmq={} zmq_rawblock={} zmq_rawtx={} mempool_poll={:?}",
+             expiry_delta={} min_to_self_delay={} polling={:?} zmq={} zmq_rawblock={} zmq_rawtx={} mempool_poll={:?} \
+             tor={}",
             self.network,
             self.data_dir.display(),
             self.bitcoind.host,
@@ -313,6 +336,10 @@ impl Config {
             self.bitcoind.zmq_rawblock.as_deref().unwrap_or("off"),
             self.bitcoind.zmq_rawtx.as_deref().unwrap_or("off"),
             self.bitcoind.mempool_poll,
+            match &self.tor {
+                Some(tor) => format!("control:{} onion_port:{}", tor.control_addr, tor.onion_port),
+                None => "off".to_string(),
+            },
         )
     }
 }
@@ -521,6 +548,26 @@ fn limits(cli: &Cli, file: &FileConfig) -> Result<Limits, ConfigError> {
         return Err(invalid("http_max_connections", "must be at least 1"));
     }
     Ok(limits)
+}
+
+/// The onion service settings, if `tor_support` is on (the flag and the file are OR-ed).
+fn tor_config(cli: &Cli, file: &FileConfig) -> Result<Option<TorConfig>, ConfigError> {
+    if !(cli.tor_support || file.tor_support.unwrap_or(false)) {
+        return Ok(None);
+    }
+    let control_port = pick(&cli.tor_control_port, &file.tor_control_port, 9051);
+    let onion_port = pick(&cli.onion_hidden_service_port, &file.onion_hidden_service_port, 9814);
+    if control_port == 0 {
+        return Err(invalid("tor_control_port", "must not be 0"));
+    }
+    if onion_port == 0 {
+        return Err(invalid("onion_hidden_service_port", "must not be 0"));
+    }
+    Ok(Some(TorConfig {
+        control_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), control_port),
+        onion_port,
+        password: file.tor_control_password.clone().filter(|p| !p.is_empty()).map(Secret::new),
+    }))
 }
 
 fn socket_addr(key: &'static str, host: &str, port: u16) -> Result<SocketAddr, ConfigError> {

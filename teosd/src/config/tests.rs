@@ -202,3 +202,44 @@ fn help_documents_every_option() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[test]
+fn tor_is_off_by_default_and_takes_the_reference_defaults_when_on() {
+    assert_eq!(build(&[], "", None).unwrap().tor, None);
+    let tor = build(&["--torsupport"], "", None).unwrap().tor.unwrap();
+    assert_eq!(tor.control_addr, "127.0.0.1:9051".parse().unwrap());
+    assert_eq!(tor.onion_port, 9814);
+    assert_eq!(tor.password, None);
+    let toml = "tor_support = true\ntor_control_port = 9151\nonion_hidden_service_port = 80\n";
+    let config = build(&[], toml, None).unwrap();
+    assert!(config.warnings.is_empty(), "the reference's Tor keys now work: {:?}", config.warnings);
+    let tor = config.tor.clone().unwrap();
+    assert_eq!((tor.control_addr.port(), tor.onion_port), (9151, 80));
+    let tor = build(&["--torcontrolport", "9999", "--onionhiddenserviceport", "81"], toml, None).unwrap().tor.unwrap();
+    assert_eq!((tor.control_addr.port(), tor.onion_port), (9999, 81), "flags beat the file");
+    assert!(config.summary().contains("tor=control:127.0.0.1:9151 onion_port:80"), "{}", config.summary());
+}
+
+#[test]
+fn tor_ports_must_not_be_zero() {
+    let err = build(&["--torsupport", "--torcontrolport", "0"], "", None).unwrap_err();
+    assert!(err.to_string().contains("tor_control_port"), "{err}");
+    let err = build(&["--torsupport"], "onion_hidden_service_port = 0\n", None).unwrap_err();
+    assert!(err.to_string().contains("onion_hidden_service_port"), "{err}");
+}
+
+#[test]
+fn the_tor_password_comes_from_the_file_or_the_environment_never_a_flag_and_never_shows() {
+    assert!(Cli::try_parse_from(["teosd", "--torcontrolpassword", "x"]).is_err());
+    let config = build(&["--torsupport"], "tor_control_password = \"s3cret-tor\"\n", None).unwrap();
+    assert_eq!(config.tor.as_ref().unwrap().password, Some(Secret::new("s3cret-tor".into())));
+    assert!(!format!("{config:?}").contains("s3cret-tor"));
+    assert!(!config.summary().contains("s3cret-tor"));
+
+    let mut config = config;
+    config.tor_password_from_env(Some("from-env".into()));
+    assert_eq!(config.tor.unwrap().password, Some(Secret::new("from-env".into())), "the environment beats the file");
+    let mut off = build(&[], "", None).unwrap();
+    off.tor_password_from_env(Some("from-env".into()));
+    assert_eq!(off.tor, None);
+}

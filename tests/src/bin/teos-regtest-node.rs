@@ -73,6 +73,10 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("starting the node")?;
     let (height, tip) = node.tip();
+    // The handlers are in place before the address is printed: whoever read it may signal at once.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Whoever started us may stop reading: a closed stdout must not kill the node.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "rpc url: {}", node.rpc_url());
@@ -85,10 +89,8 @@ async fn main() -> anyhow::Result<()> {
     let _ = out.flush();
     drop(out);
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        _ = interrupt.recv() => tracing::info!("SIGINT"),
         _ = terminate.recv() => tracing::info!("SIGTERM"),
         _ = node.stopped() => tracing::info!("stop requested over RPC"),
     }
