@@ -16,6 +16,7 @@ pub mod gatekeeper;
 pub mod health;
 pub mod keys;
 pub mod locks;
+pub mod metrics;
 pub mod protocol;
 pub mod responder;
 pub mod sd_notify;
@@ -95,6 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tower = Tower::new(watcher, locks, follower.status(), Some(follower.waker()), disk);
     let tower_id = tower.tower_id();
     let http_stop = CancellationToken::new();
+    start_metrics(&config, &tower, &tasks, http_stop.clone()).await?;
     start_public_api(&config, tower, health.clone(), &tasks, http_stop.clone()).await?;
     start_admin_api(&config, &store, tower_id, health, &tasks, shutdown.clone()).await?;
     let chain_stop = CancellationToken::new();
@@ -299,6 +301,26 @@ async fn start_public_api(
     };
     tasks.spawn(api::http::serve(listener, tower, health, settings, stop));
     tracing::info!(%addr, "public HTTP API listening");
+    Ok(())
+}
+
+/// Opens the Prometheus `/metrics` endpoint on `metrics_addr`, unless it is off. It closes with
+/// the public API.
+async fn start_metrics(
+    config: &Config,
+    tower: &Tower,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(addr) = config.metrics_addr else {
+        tracing::info!("metrics endpoint off");
+        return Ok(());
+    };
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics endpoint to {addr}"))?;
+    let addr = listener.local_addr().context("reading the metrics endpoint's address")?;
+    tasks.spawn(api::metrics::serve(listener, tower.clone(), stop));
+    tracing::info!(%addr, "metrics endpoint listening (GET /metrics)");
     Ok(())
 }
 

@@ -191,6 +191,8 @@ pub struct Config {
     pub admin_grpc_addr: SocketAddr,
     /// Take client addresses for logs from `X-Real-IP` (behind a reverse proxy).
     pub behind_proxy: bool,
+    /// Where the Prometheus `/metrics` endpoint listens (`None`: off).
+    pub metrics_addr: Option<SocketAddr>,
     /// Subscription and appointment policy.
     pub policy: Policy,
     /// Resource limits of the public API and health thresholds.
@@ -262,6 +264,7 @@ impl Config {
             public_http_addr: socket_addr("api_bind", &api_bind, api_port)?,
             admin_grpc_addr: socket_addr("rpc_bind", &rpc_bind, rpc_port)?,
             behind_proxy: cli.behind_proxy || file.behind_proxy.unwrap_or(false),
+            metrics_addr: metrics_addr(&pick(&cli.metrics_addr, &file.metrics_addr, DEFAULT_METRICS_ADDR.to_string()))?,
             policy,
             limits,
             overwrite_key: cli.overwrite_key,
@@ -293,7 +296,8 @@ impl Config {
     pub fn summary(&self) -> String {
         format!(
             "network={} datadir={} bitcoind={}:{} auth={} http={} admin={} slots={} duration={} \
-             expiry_delta={} min_to_self_delay={} polling={:?} zmq={} zmq_rawblock={} zmq_rawtx={} mempool_poll={:?}",
+             expiry_delta={} min_to_self_delay={} polling={:?} zmq={} zmq_rawblock={} zmq_rawtx={} mempool_poll={:?} \
+             metrics={}",
             self.network,
             self.data_dir.display(),
             self.bitcoind.host,
@@ -313,6 +317,7 @@ impl Config {
             self.bitcoind.zmq_rawblock.as_deref().unwrap_or("off"),
             self.bitcoind.zmq_rawtx.as_deref().unwrap_or("off"),
             self.bitcoind.mempool_poll,
+            self.metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         )
     }
 }
@@ -521,6 +526,19 @@ fn limits(cli: &Cli, file: &FileConfig) -> Result<Limits, ConfigError> {
         return Err(invalid("http_max_connections", "must be at least 1"));
     }
     Ok(limits)
+}
+
+/// Where `/metrics` listens unless told otherwise: loopback, next to the public API's 9814.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9815";
+
+/// `metrics_addr`: `IP:PORT`, or `off` / empty for no endpoint.
+fn metrics_addr(value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    match value.trim() {
+        "" | "off" | "false" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|_| {
+            invalid("metrics_addr", format!("`{addr}`: expected IP:PORT (e.g. 127.0.0.1:9815), or `off`"))
+        }),
+    }
 }
 
 fn socket_addr(key: &'static str, host: &str, port: u16) -> Result<SocketAddr, ConfigError> {

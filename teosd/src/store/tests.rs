@@ -75,9 +75,9 @@ fn appointments_by_user_and_locator() {
         register(&store, &[2]);
         let mut batch = store.batch();
         batch.put_user(&alice, None, &record(9, 600));
-        batch.put_appointment(&alice, &num(1), &appointment(locator(7), b"a"));
-        batch.put_appointment(&alice, &num(1), &appointment(locator(8), b"b"));
-        batch.put_appointment(&bob, &num(2), &appointment(locator(7), b"c"));
+        batch.put_appointment(&alice, &num(1), &appointment(locator(7), b"a"), true);
+        batch.put_appointment(&alice, &num(1), &appointment(locator(8), b"b"), true);
+        batch.put_appointment(&bob, &num(2), &appointment(locator(7), b"c"), true);
         store.commit(batch).unwrap();
 
         assert_eq!(store.appointment(&locator(7), &num(1)).unwrap(), Some(appointment(locator(7), b"a")));
@@ -94,7 +94,7 @@ fn appointments_by_user_and_locator() {
 
         // An update overwrites in place; a delete removes both the row and the user's index.
         let mut batch = store.batch();
-        batch.put_appointment(&alice, &num(1), &appointment(locator(7), b"updated"));
+        batch.put_appointment(&alice, &num(1), &appointment(locator(7), b"updated"), false);
         batch.delete_appointment(&alice, &num(1), &locator(8));
         store.commit(batch).unwrap();
         assert_eq!(store.appointment(&locator(7), &num(1)).unwrap(), Some(appointment(locator(7), b"updated")));
@@ -109,8 +109,8 @@ fn locator_prefixes_do_not_leak_into_neighbours() {
         let mut batch = store.batch();
         let mut near = [7u8; 16];
         near[15] = 8;
-        batch.put_appointment(&user(1), &num(1), &appointment(Locator::from_slice(&near).unwrap(), b"x"));
-        batch.put_appointment(&user(1), &num(1), &appointment(locator(6), b"x"));
+        batch.put_appointment(&user(1), &num(1), &appointment(Locator::from_slice(&near).unwrap(), b"x"), true);
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(6), b"x"), true);
         store.commit(batch).unwrap();
         assert!(store.appointments_at(&locator(7)).unwrap().is_empty());
     });
@@ -141,7 +141,7 @@ fn reopen_keeps_everything() {
         let store = Store::open(&path, 8).unwrap();
         let mut batch = store.batch();
         batch.put_user(&user(1), None, &record(3, 600));
-        batch.put_appointment(&user(1), &num(1), &appointment(locator(1), b"blob"));
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(1), b"blob"), true);
         store.commit(batch).unwrap();
     }
     let store = Store::open(&path, 8).unwrap();
@@ -266,6 +266,7 @@ fn concurrent_writers_all_land() {
                         &user(t + 1),
                         &num(t + 1),
                         &appointment(Locator::from_slice(&loc).unwrap(), &[i]),
+                        true,
                     );
                     store.commit(batch).unwrap();
                 }
@@ -292,10 +293,10 @@ fn a_blocks_probes_find_every_appointment_at_its_locators_in_one_pass() {
     let fill = |store: &Store| {
         register(store, &[1, 2]);
         let mut batch = store.batch();
-        batch.put_appointment(&user(1), &num(1), &appointment(locator(3), b"a"));
-        batch.put_appointment(&user(2), &num(2), &appointment(locator(3), b"b"));
-        batch.put_appointment(&user(1), &num(1), &appointment(locator(5), b"c"));
-        batch.put_appointment(&user(1), &num(1), &appointment(locator(6), b"d"));
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(3), b"a"), true);
+        batch.put_appointment(&user(2), &num(2), &appointment(locator(3), b"b"), true);
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(5), b"c"), true);
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(6), b"d"), true);
         store.commit(batch).unwrap();
     };
     let check = |store: &Store| {
