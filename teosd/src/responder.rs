@@ -300,9 +300,12 @@ impl Responder {
         batch: &mut BlockBatch<'_>,
     ) -> Result<(), ChainError> {
         batch.writes().delete_tracker(locator, user, tracker);
-        // A removed user's appointments went with it.
+        // A removed user's appointments went with it (and a user registered again since has a
+        // new number, under which the old appointment never was: the counts must not drop).
         if let Some(record) = self.store.user(user)? {
-            batch.writes().delete_appointment(user, &record, locator);
+            if self.store.appointment(locator, &record)?.is_some() {
+                batch.writes().delete_appointment(user, &record, locator);
+            }
             batch.refund_slot(*user);
         }
         match end {
