@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use super::records::PenaltyStatus;
 use super::trackers::TrackerEvent;
 use super::{Cf, Store, StoreError};
+use crate::protocol::{LOCATOR_LEN, USER_ID_LEN};
 
 /// The changes a batch makes to the counts.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -60,32 +61,20 @@ impl Counts {
     }
 }
 
-/// Keys read per step when counting trackers.
-const PAGE: usize = 10_000;
-
 impl Store {
-    /// Counts what the store holds (at open). Cost: a key scan of `user_locators` and of
-    /// `tracker_events`.
+    /// Counts what the store holds (at open). Cost: a walk of the keys of `user_locators` (one
+    /// per appointment) and of `tracker_events`' state entries, nothing copied out: about 0.2 s
+    /// per million appointments (teos-bench `--full --only sizes`: ready in ~0.27 s at 1M
+    /// stored, from ~0.06 s without it).
     pub(super) fn count_contents(&self) -> Result<(), StoreError> {
-        let mut delta = CountDelta {
-            appointments: i64::try_from(self.count_appointments()?).unwrap_or(i64::MAX),
-            ..CountDelta::default()
-        };
+        let everything = [0xff; USER_ID_LEN + LOCATOR_LEN + 1];
+        let appointments = self.kv.count(Cf::UserLocators, &[], &everything)?;
+        let mut delta =
+            CountDelta { appointments: i64::try_from(appointments).unwrap_or(i64::MAX), ..CountDelta::default() };
         let kinds = [TrackerEvent::Broadcast, TrackerEvent::Refused, TrackerEvent::Confirmed, TrackerEvent::Conflicted];
         for (index, kind) in kinds.into_iter().enumerate() {
-            let mut from = vec![kind as u8];
-            loop {
-                let rows = self.kv.range(Cf::TrackerEvents, &from, &[kind as u8 + 1], PAGE)?;
-                let full = rows.len() == PAGE;
-                delta.trackers[index] += rows.len() as i64;
-                match rows.into_iter().last() {
-                    Some((mut key, _)) if full => {
-                        key.push(0);
-                        from = key;
-                    }
-                    _ => break,
-                }
-            }
+            let trackers = self.kv.count(Cf::TrackerEvents, &[kind as u8], &[kind as u8 + 1])?;
+            delta.trackers[index] = i64::try_from(trackers).unwrap_or(i64::MAX);
         }
         self.counts.apply(&delta);
         Ok(())

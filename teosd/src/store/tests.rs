@@ -435,3 +435,47 @@ fn user_numbers_resume_above_the_highest_stored() {
     assert_eq!(memory.new_user_number(), None);
     assert_eq!(memory.new_user_number(), None);
 }
+
+#[test]
+fn the_counts_kept_by_batches_equal_a_recount_at_open() {
+    use crate::test_utils::tracker;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let memory = Arc::new(MemoryKv::new());
+    let reopen: [&dyn Fn() -> Store; 2] =
+        [&|| Store::with_kv(memory.clone()).unwrap(), &|| Store::open(&path, 8).unwrap()];
+    for open in reopen {
+        let store = open();
+        register(&store, &[1]);
+        // More than a page of the default count's walk.
+        let mut batch = store.batch();
+        for i in 0..10_001u32 {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&i.to_be_bytes());
+            batch.put_appointment(&user(1), &num(1), &appointment(Locator::from_slice(&bytes).unwrap(), b"x"), true);
+        }
+        store.commit(batch).unwrap();
+        let mut batch = store.batch();
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(0), b"updated"), false);
+        batch.delete_appointment(&user(1), &num(1), &locator(0));
+        let refused = tracker(2, 100, PenaltyStatus::Refused(101));
+        batch.put_tracker(&locator(2), &user(1), &tracker(1, 100, PenaltyStatus::Broadcast(100)), None);
+        batch.put_tracker(&locator(2), &user(2), &refused, None);
+        batch.put_tracker(&locator(3), &user(1), &tracker(3, 100, PenaltyStatus::Confirmed(102)), None);
+        store.commit(batch).unwrap();
+        let mut batch = store.batch();
+        let confirmed = tracker(2, 100, PenaltyStatus::Confirmed(103));
+        batch.put_tracker(&locator(2), &user(2), &confirmed, Some(&refused));
+        batch.delete_tracker(&locator(3), &user(1), &tracker(3, 100, PenaltyStatus::Confirmed(102)));
+        store.commit(batch).unwrap();
+        // A batch that fails changes nothing (here: none is committed at all).
+        let mut dropped = store.batch();
+        dropped.delete_appointment(&user(1), &num(1), &locator(5));
+        drop(dropped);
+
+        let kept = store.stored_counts();
+        assert_eq!(kept, StoredCounts { appointments: 10_000, trackers: [1, 0, 1, 0] });
+        drop(store);
+        assert_eq!(open().stored_counts(), kept, "the same, counted again at open");
+    }
+}
