@@ -263,10 +263,16 @@ mod tests {
         let store = Store::open(&data.path().join("regtest/db"), 8).unwrap();
         std::fs::write(data.path().join("ca.pem"), "certificate").unwrap();
         std::fs::write(data.path().join("client-key.pem"), "secret").unwrap();
-        let record = UserRecord { available_slots: 9, subscription_start: 1, subscription_expiry: 99, number: 1, dialect: Default::default() };
+        let record = UserRecord {
+            available_slots: 9,
+            subscription_start: 1,
+            subscription_expiry: 99,
+            number: 1,
+            dialect: Default::default(),
+        };
         let mut batch = store.batch();
         batch.put_user(&user(1), None, &record);
-        batch.put_appointment(&user(1), &record, &stored(1));
+        batch.put_appointment(&user(1), &record, &stored(1), true);
         batch.set_tip(120, &BlockHash::from_raw_hash(bitcoin::hashes::Hash::from_byte_array([3; 32])));
         store.commit(batch).unwrap();
 
@@ -277,7 +283,7 @@ mod tests {
         assert!(backup.size_bytes > 0);
         // Written after the backup: not in it.
         let mut batch = store.batch();
-        batch.put_appointment(&user(1), &record, &stored(2));
+        batch.put_appointment(&user(1), &record, &stored(2), true);
         store.commit(batch).unwrap();
 
         let copy = Store::open(&dir.join(DB_DIR), 8).unwrap();

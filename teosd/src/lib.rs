@@ -18,6 +18,7 @@ pub mod gatekeeper;
 pub mod health;
 pub mod keys;
 pub mod locks;
+pub mod metrics;
 pub mod protocol;
 pub mod responder;
 pub mod sd_notify;
@@ -98,6 +99,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let health = HealthCheck::new(follower.status(), disk.clone(), config.limits.max_blocks_behind);
     let tower = Tower::new(watcher, locks, follower.status(), Some(follower.waker()), disk);
     let http_stop = CancellationToken::new();
+    start_metrics(&config, &tower, &tasks, http_stop.clone()).await?;
     let public_http = start_public_api(&config, tower.clone(), health.clone(), &tasks, http_stop.clone()).await?;
     let onion = start_onion_service(&config, &network_dir, onion_key, public_http, &tasks, http_stop.clone());
     start_admin_api(&config, &store, tower, health, onion, &tasks, shutdown.clone()).await?;
@@ -337,6 +339,26 @@ fn start_onion_service(
     let (published, task) = tor::start(settings, key, stop);
     tasks.spawn(task);
     published
+}
+
+/// Opens the Prometheus `/metrics` endpoint on `metrics_addr`, unless it is off. It closes with
+/// the public API.
+async fn start_metrics(
+    config: &Config,
+    tower: &Tower,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(addr) = config.metrics_addr else {
+        tracing::info!("metrics endpoint off");
+        return Ok(());
+    };
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics endpoint to {addr}"))?;
+    let addr = listener.local_addr().context("reading the metrics endpoint's address")?;
+    tasks.spawn(api::metrics::serve(listener, tower.clone(), stop));
+    tracing::info!(%addr, "metrics endpoint listening (GET /metrics)");
+    Ok(())
 }
 
 /// Opens the admin gRPC API on `admin_grpc_addr` with mutual TLS (certificates in the data

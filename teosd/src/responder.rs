@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bitcoin::{OutPoint, Transaction, Txid};
 
 use crate::chain::{BlockBatch, BroadcastOutcome, Broadcaster, ChainError, ChainListener, ConnectedBlock};
+use crate::metrics::PenaltySend;
 use crate::protocol::{Locator, UserId};
 use crate::store::{OutcomeCounts, PenaltyStatus, Store, StoreError, TrackerEvent, TrackerRecord};
 
@@ -132,10 +133,12 @@ impl Responder {
             let outcome = outcome?;
             let penalty_txid = breach.penalty.compute_txid();
             log_outcome("breach: penalty broadcast", &breach.user, &breach.locator, &breach.penalty, &outcome);
+            self.store.metrics().penalty_sent(PenaltySend::Breach, outcome.refusal_reason());
             let status = match outcome {
                 _ if dispute_block.contains(&penalty_txid) => PenaltyStatus::Confirmed(dispute_block.height),
                 ref outcome => status_after(outcome, tip),
             };
+            let confirmed = matches!(status, PenaltyStatus::Confirmed(_));
             let tracker = TrackerRecord {
                 dispute_txid: breach.dispute_txid,
                 penalty: breach.penalty,
@@ -145,8 +148,14 @@ impl Responder {
             };
             batch.writes().put_tracker(&breach.locator, &breach.user, &tracker, None);
             batch.count_breach();
-            let (user, locator) = (breach.user, breach.locator);
-            batch.after_commit(move || tracing::info!(user_id = %user, %locator, %penalty_txid, "New tracker added"));
+            let (user, locator, metrics) = (breach.user, breach.locator, self.store.metrics().clone());
+            batch.after_commit(move || {
+                metrics.breach();
+                if confirmed {
+                    metrics.penalty_confirmed();
+                }
+                tracing::info!(user_id = %user, %locator, %penalty_txid, "New tracker added")
+            });
         }
         Ok(())
     }
@@ -157,7 +166,9 @@ impl Responder {
     pub fn send_early(&self, penalties: &[(Locator, UserId, Transaction)]) -> Result<(), ChainError> {
         let txs: Vec<&Transaction> = penalties.iter().map(|(_, _, p)| p).collect();
         for ((locator, user, penalty), outcome) in penalties.iter().zip(self.broadcaster.broadcast_all(&txs)) {
-            log_outcome("dispute seen in the mempool: penalty broadcast", user, locator, penalty, &outcome?);
+            let outcome = outcome?;
+            log_outcome("dispute seen in the mempool: penalty broadcast", user, locator, penalty, &outcome);
+            self.store.metrics().penalty_sent(PenaltySend::Mempool, outcome.refusal_reason());
         }
         Ok(())
     }
@@ -175,10 +186,11 @@ impl Responder {
             let status = PenaltyStatus::Confirmed(block.height);
             batch.writes().put_tracker(&locator, &user, &TrackerRecord { status, ..old.clone() }, Some(&old));
             confirmed.insert((locator, user));
-            let height = block.height;
-            batch.after_commit(
-                move || tracing::info!(user_id = %user, %locator, %penalty_txid, height, "penalty confirmed"),
-            );
+            let (height, metrics) = (block.height, self.store.metrics().clone());
+            batch.after_commit(move || {
+                metrics.penalty_confirmed();
+                tracing::info!(user_id = %user, %locator, %penalty_txid, height, "penalty confirmed")
+            });
         }
         Ok(confirmed)
     }
@@ -265,7 +277,12 @@ impl Responder {
         for ((locator, user, old), outcome) in sending.iter().zip(outcomes) {
             let outcome = outcome?;
             log_outcome("penalty sent again", user, locator, &old.penalty, &outcome);
+            self.store.metrics().penalty_sent(PenaltySend::Again, outcome.refusal_reason());
             let status = status_after(&outcome, block.height);
+            if matches!(status, PenaltyStatus::Confirmed(_)) {
+                let metrics = self.store.metrics().clone();
+                batch.after_commit(move || metrics.penalty_confirmed());
+            }
             batch.writes().put_tracker(locator, user, &TrackerRecord { status, ..old.clone() }, Some(old));
         }
         Ok(())
@@ -283,9 +300,12 @@ impl Responder {
         batch: &mut BlockBatch<'_>,
     ) -> Result<(), ChainError> {
         batch.writes().delete_tracker(locator, user, tracker);
-        // A removed user's appointments went with it.
+        // A removed user's appointments went with it (and a user registered again since has a
+        // new number, under which the old appointment never was: the counts must not drop).
         if let Some(record) = self.store.user(user)? {
-            batch.writes().delete_appointment(user, &record, locator);
+            if self.store.appointment(locator, &record)?.is_some() {
+                batch.writes().delete_appointment(user, &record, locator);
+            }
             batch.refund_slot(*user);
         }
         match end {

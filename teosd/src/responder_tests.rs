@@ -313,6 +313,27 @@ async fn a_tracker_outlives_its_users_removal_and_completes_without_a_refund() {
     assert!(s.user(&user(1)).is_none(), "no refund brings it back");
 }
 
+#[tokio::test]
+async fn the_kept_counts_match_a_recount_when_a_removed_user_comes_back_before_its_tracker_ends() {
+    let s = scene().await;
+    let (dispute, penalty) = watched(&s, 1, 1);
+    let gone = policy().subscription_duration + policy().expiry_delta;
+    s.mine_empty(gone - 5).await;
+    s.mine(vec![dispute.clone()]).await;
+    s.mine(vec![penalty]).await;
+    s.mine_empty(gone - s.height()).await;
+    assert!(s.user(&user(1)).is_none(), "expired and removed");
+    // Back under a new number, with a new appointment, while the old tracker is still followed.
+    s.register(&user(1));
+    let (other_dispute, other_penalty) = channel(2);
+    assert!(!s.add_appointment(&user(1), &other_dispute, &other_penalty));
+    s.mine_empty(IRREVOCABLY_RESOLVED).await;
+    assert!(s.tracker(&user(1), &dispute).is_none());
+    let kept = s.store.stored_counts();
+    assert_eq!((kept.appointments, kept.trackers), (1, [0; 4]));
+    assert_eq!(s.restart().store.stored_counts(), kept);
+}
+
 #[test]
 fn a_penalty_spending_another_transaction_is_not_this_disputes() {
     let (dispute, penalty) = channel(1);

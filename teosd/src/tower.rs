@@ -10,6 +10,7 @@ use crate::chain::ChainStatus;
 use crate::disk::DiskReserve;
 use crate::gatekeeper::{DeletedUser, Gatekeeper, SubscriptionError};
 use crate::locks::UserLocks;
+use crate::metrics::{Metrics, StateGauges};
 use crate::protocol::{Appointment, Dialect, Locator, UserId};
 use crate::store::StoreError;
 use crate::task::TaskFailed;
@@ -135,6 +136,29 @@ impl Tower {
         disk: Arc<DiskReserve>,
     ) -> Self {
         Tower { watcher, locks, chain, chain_waker, disk }
+    }
+
+    /// The tower's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        self.watcher.store().metrics()
+    }
+
+    /// The state the metrics' gauges show, from what the tower keeps in memory (no store read).
+    /// Cost: atomic loads and one `statvfs`.
+    pub fn state_gauges(&self) -> StateGauges {
+        let chain = self.chain.borrow().clone();
+        let stored = self.watcher.store().stored_counts();
+        StateGauges {
+            users: self.watcher.gatekeeper().user_count(),
+            appointments: stored.appointments,
+            trackers: stored.trackers,
+            tip_height: chain.tip_height,
+            bitcoind_height: chain.source_height,
+            bitcoind_reachable: chain.source_reachable,
+            store_ok: chain.store_failing_since.is_none(),
+            disk_free_bytes: self.disk.free_bytes().ok(),
+            disk_reserve_bytes: self.disk.reserve_bytes(),
+        }
     }
 
     /// The height requests are served at: the last block the tower processed.

@@ -171,7 +171,7 @@ impl Watcher {
         let mut batch = self.store.batch();
         let charged = self.gatekeeper.charge(&mut batch, user, record, cost)?;
         let stored = StoredAppointment { appointment, user_signature: signature, start_block: height };
-        batch.put_appointment(user, record, &stored);
+        batch.put_appointment(user, record, &stored, cost == 1);
         // A dispute already mined: the chain follower answers it (durably queued with the receipt).
         // The hold on the recent-block index lasts until the commit (see `store::recent`).
         let recent = self.store.recent();

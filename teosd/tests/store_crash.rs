@@ -52,7 +52,7 @@ fn write_forever(store: &Store, t: u8) {
         };
         let mut batch = store.batch();
         batch.put_user(&me, old.as_ref(), &record);
-        batch.put_appointment(&me, &record, &stored(t, seq));
+        batch.put_appointment(&me, &record, &stored(t, seq), true);
         store.commit(batch).unwrap();
         println!("ack {t} {seq}");
         old = Some(record);

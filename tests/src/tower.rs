@@ -120,6 +120,9 @@ pub struct TowerProcess {
     pub api_url: String,
     /// The admin gRPC port.
     pub rpc_port: u16,
+    /// `http://127.0.0.1:<port>/metrics` (`None` if the test sets `--metricsaddr` itself).
+    pub metrics_url: Option<String>,
+    metrics_port: u16,
     api_port: u16,
     extra: Vec<String>,
     bitcoind_port: u16,
@@ -138,6 +141,8 @@ impl TowerProcess {
     pub fn launch(bitcoind: &Bitcoind, datadir: &Path, extra: &[&str]) -> TowerProcess {
         let api_port = free_port().expect("free port");
         let rpc_port = free_port().expect("free port");
+        let metrics_port = free_port().expect("free port");
+        let own_metrics = extra.contains(&"--metricsaddr");
         let mut tower = TowerProcess {
             child: None,
             lines: mpsc::channel().1,
@@ -145,6 +150,8 @@ impl TowerProcess {
             datadir: datadir.to_path_buf(),
             api_url: format!("http://127.0.0.1:{api_port}"),
             rpc_port,
+            metrics_url: (!own_metrics).then(|| format!("http://127.0.0.1:{metrics_port}/metrics")),
+            metrics_port,
             api_port,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             bitcoind_port: bitcoind.rpc_port(),
@@ -160,6 +167,10 @@ impl TowerProcess {
         cmd.args(["--btcnetwork", "regtest", "--btcrpcconnect", "127.0.0.1"]);
         cmd.args(["--btcrpcport", &self.bitcoind_port.to_string(), "--btcrpccookie"]).arg(&self.cookie);
         cmd.args(["--apiport", &self.api_port.to_string(), "--rpcport", &self.rpc_port.to_string()]);
+        // Each tower its own metrics port (the default one would be shared by parallel tests).
+        if self.metrics_url.is_some() {
+            cmd.args(["--metricsaddr", &format!("127.0.0.1:{}", self.metrics_port)]);
+        }
         // Poll every second unless the test sets its own pace.
         if !self.extra.iter().any(|arg| arg == "--pollingdelta") {
             cmd.args(["--pollingdelta", "1"]);
@@ -256,6 +267,11 @@ impl TowerProcess {
     pub fn restart(&mut self) {
         self.spawn();
         self.wait_for("Tower ready");
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Every log line read so far.

@@ -135,7 +135,10 @@ async fn a_banned_user_is_refused_everything_until_unbanned_and_the_ban_survives
     assert!(is_banned(a.add(1, appointment(&other_dispute, &other_penalty)).await));
     assert!(is_banned(a.get(1, Locator::from_txid(&dispute.compute_txid())).await));
     assert!(is_banned(a.info(1).await));
-    assert!(is_banned(a.tower.register(user_id(1), crate::protocol::Dialect::Rust).await), "re-registering is refused too");
+    assert!(
+        is_banned(a.tower.register(user_id(1), crate::protocol::Dialect::Rust).await),
+        "re-registering is refused too"
+    );
     assert_eq!(a.banned().await, vec![(user_id(1).to_bytes().to_vec(), a.scene.height())]);
     // A user who never registered can be banned beforehand; others are served.
     assert!(!a.ban(2).await.unwrap().registered);

@@ -90,7 +90,7 @@ impl Harness {
             }
         };
         for a in appointments {
-            batch.put_appointment(user, &record, a);
+            batch.put_appointment(user, &record, a, true);
         }
         self.store.commit(batch).unwrap();
     }

@@ -581,8 +581,9 @@ pub async fn serve(
             }
         }
     });
+    let metrics = tower.metrics().clone();
     let routes = routes(tower, health, admission, settings);
-    super::server::serve(listener, routes, settings.connections, settings.behind_proxy, shutdown).await;
+    super::server::serve(listener, routes, settings.connections, settings.behind_proxy, metrics, shutdown).await;
     forgetting.abort();
 }
 

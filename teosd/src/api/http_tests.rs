@@ -795,6 +795,7 @@ async fn subscription_info_streams_every_locator_in_the_same_json_as_one_body_wo
             &user,
             &record,
             &crate::store::StoredAppointment { appointment, user_signature: "s".into(), start_block: 1 },
+            true,
         );
         locators.push(*locator.as_bytes());
     }

@@ -3,4 +3,5 @@
 pub mod admin;
 pub mod admission;
 pub mod http;
+pub mod metrics;
 pub mod server;

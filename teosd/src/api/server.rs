@@ -41,6 +41,8 @@ use tower_service::Service;
 use warp::reply::Response;
 use warp::Filter;
 
+use crate::metrics::{HttpRoute, Metrics};
+
 /// The connection limits of the public API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -237,6 +239,7 @@ pub async fn serve<F>(
     routes: F,
     limits: ConnectionLimits,
     behind_proxy: bool,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) where
     F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
@@ -279,6 +282,7 @@ pub async fn serve<F>(
             timeout: limits.request_timeout,
             slots: slots.clone(),
             id: slot.id,
+            metrics: metrics.clone(),
         };
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
@@ -319,7 +323,8 @@ fn hold_then_close(stream: tokio::net::TcpStream, held: &Arc<std::sync::atomic::
 }
 
 /// warp's service with the peer's address added to each request, the request timeout around each
-/// answer, and the connection marked busy while it answers.
+/// answer, the connection marked busy while it answers, and each answer counted and timed (by
+/// route, from a fixed set, and status).
 #[derive(Debug, Clone)]
 struct TimedService<S> {
     inner: S,
@@ -327,6 +332,7 @@ struct TimedService<S> {
     timeout: Duration,
     slots: Arc<Slots>,
     id: u64,
+    metrics: Metrics,
 }
 
 impl<S> Service<hyper::Request<Incoming>> for TimedService<S>
@@ -344,8 +350,10 @@ where
 
     fn call(&mut self, mut request: hyper::Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(PeerAddr(self.peer));
+        let (route, started) = (HttpRoute::of_path(request.uri().path()), Instant::now());
         let answer = self.inner.call(request);
         let (timeout, peer, slots, id) = (self.timeout, self.peer, self.slots.clone(), self.id);
+        let metrics = self.metrics.clone();
         slots.mark(id, true);
         Box::pin(async move {
             let answer = match tokio::time::timeout(timeout, answer).await {
@@ -357,6 +365,7 @@ where
                 }
             };
             slots.mark(id, false);
+            metrics.http_request(route, answer.status().as_u16(), started.elapsed());
             Ok(finish(answer))
         })
     }

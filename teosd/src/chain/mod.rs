@@ -158,6 +158,22 @@ pub enum BroadcastOutcome {
     },
 }
 
+impl BroadcastOutcome {
+    /// Why the backend refused the transaction, as a label from a fixed set
+    /// ([`crate::metrics::REFUSAL_REASONS`]), by bitcoind's code: -25 (an input missing or
+    /// spent), -26 (policy: the fee, a full mempool, a conflict), -22 (it does not decode),
+    /// anything else. `None` if it was not refused.
+    pub fn refusal_reason(&self) -> Option<&'static str> {
+        match self {
+            BroadcastOutcome::Rejected { code: -25, .. } => Some("inputs_missing_or_spent"),
+            BroadcastOutcome::Rejected { code: -26, .. } => Some("policy"),
+            BroadcastOutcome::Rejected { code: -22, .. } => Some("decode"),
+            BroadcastOutcome::Rejected { .. } => Some("other"),
+            _ => None,
+        }
+    }
+}
+
 /// Sends transactions. Blocking: called from the domain's block pass, which runs on a blocking
 /// thread. An `Err` means the backend could not be asked (see [`SourceError::is_transient`]): the
 /// block is then retried (what is not committed yet), so no broadcast is lost.

@@ -81,6 +81,11 @@ pub struct Cli {
     #[arg(long = "rpcport", env = "TEOS_RPC_PORT", value_name = "PORT")]
     pub rpc_port: Option<u16>,
 
+    /// Address of the Prometheus /metrics endpoint, IP:PORT; `off` (or empty) switches it off
+    /// [default: 127.0.0.1:9815].
+    #[arg(long = "metricsaddr", env = "TEOS_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+
     /// Trust X-Real-IP for client addresses in logs (only behind a reverse proxy).
     #[arg(long = "behindproxy", env = "TEOS_BEHIND_PROXY")]
     pub behind_proxy: bool,

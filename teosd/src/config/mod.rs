@@ -204,6 +204,8 @@ pub struct Config {
     pub behind_proxy: bool,
     /// The onion service, when `tor_support` is on.
     pub tor: Option<TorConfig>,
+    /// Where the Prometheus `/metrics` endpoint listens (`None`: off).
+    pub metrics_addr: Option<SocketAddr>,
     /// Subscription and appointment policy.
     pub policy: Policy,
     /// Resource limits of the public API and health thresholds.
@@ -284,6 +286,7 @@ impl Config {
             admin_grpc_addr: socket_addr("rpc_bind", &rpc_bind, rpc_port)?,
             behind_proxy: cli.behind_proxy || file.behind_proxy.unwrap_or(false),
             tor: tor_config(cli, &file)?,
+            metrics_addr: metrics_addr(&pick(&cli.metrics_addr, &file.metrics_addr, DEFAULT_METRICS_ADDR.to_string()))?,
             policy,
             limits,
             overwrite_key: cli.overwrite_key,
@@ -316,7 +319,7 @@ impl Config {
         format!(
             "network={} datadir={} bitcoind={}:{} auth={} http={} admin={} slots={} duration={} \
              expiry_delta={} min_to_self_delay={} polling={:?} zmq={} zmq_rawblock={} zmq_rawtx={} mempool_poll={:?} \
-             tor={}",
+             tor={} metrics={}",
             self.network,
             self.data_dir.display(),
             self.bitcoind.host,
@@ -340,6 +343,7 @@ impl Config {
                 Some(tor) => format!("control:{} onion_port:{}", tor.control_addr, tor.onion_port),
                 None => "off".to_string(),
             },
+            self.metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         )
     }
 }
@@ -568,6 +572,19 @@ fn tor_config(cli: &Cli, file: &FileConfig) -> Result<Option<TorConfig>, ConfigE
         onion_port,
         password: file.tor_control_password.clone().filter(|p| !p.is_empty()).map(Secret::new),
     }))
+}
+
+/// Where `/metrics` listens unless told otherwise: loopback, next to the public API's 9814.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9815";
+
+/// `metrics_addr`: `IP:PORT`, or `off` / empty for no endpoint.
+fn metrics_addr(value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    match value.trim() {
+        "" | "off" | "false" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|_| {
+            invalid("metrics_addr", format!("`{addr}`: expected IP:PORT (e.g. 127.0.0.1:9815), or `off`"))
+        }),
+    }
 }
 
 fn socket_addr(key: &'static str, host: &str, port: u16) -> Result<SocketAddr, ConfigError> {

@@ -19,6 +19,7 @@ fn defaults_follow_the_reference_tower() {
     assert_eq!(config.network, Network::Bitcoin);
     assert_eq!(config.public_http_addr, "127.0.0.1:9814".parse().unwrap());
     assert_eq!(config.admin_grpc_addr, "127.0.0.1:8814".parse().unwrap());
+    assert_eq!(config.metrics_addr, Some("127.0.0.1:9815".parse().unwrap()));
     assert_eq!(config.bitcoind.port, 8332);
     assert_eq!(config.bitcoind.host, "localhost");
     assert!(matches!(config.bitcoind.auth, BitcoindAuth::Cookie(ref p) if p.ends_with(".bitcoin/.cookie")));
@@ -242,4 +243,18 @@ fn the_tor_password_comes_from_the_file_or_the_environment_never_a_flag_and_neve
     let mut off = build(&[], "", None).unwrap();
     off.tor_password_from_env(Some("from-env".into()));
     assert_eq!(off.tor, None);
+}
+
+#[test]
+fn the_metrics_endpoint_moves_or_switches_off() {
+    let moved = build(&[], "metrics_addr = \"0.0.0.0:9999\"\n", None).unwrap();
+    assert_eq!(moved.metrics_addr, Some("0.0.0.0:9999".parse().unwrap()));
+    let flag = build(&["--metricsaddr", "[::1]:9000"], "metrics_addr = \"0.0.0.0:9999\"\n", None).unwrap();
+    assert_eq!(flag.metrics_addr, Some("[::1]:9000".parse().unwrap()));
+    for off in ["off", "", "false"] {
+        assert_eq!(build(&["--metricsaddr", off], "", None).unwrap().metrics_addr, None, "{off}");
+    }
+    assert!(build(&[], "metrics_addr = \"off\"\n", None).unwrap().summary().contains("metrics=off"));
+    let bad = build(&["--metricsaddr", "localhost"], "", None).unwrap_err();
+    assert!(bad.to_string().contains("metrics_addr"), "{bad}");
 }

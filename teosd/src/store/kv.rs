@@ -123,6 +123,26 @@ pub trait Kv: Send + Sync + std::fmt::Debug {
     /// Up to `limit` entries with `from <= key < to`, in key order.
     fn range(&self, cf: Cf, from: &[u8], to: &[u8], limit: usize) -> Result<Entries, KvError>;
 
+    /// How many keys there are with `from <= key < to` (a walk of the range; implementations may
+    /// count without copying the entries out).
+    fn count(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<u64, KvError> {
+        const PAGE: usize = 10_000;
+        let mut from = from.to_vec();
+        let mut count = 0u64;
+        loop {
+            let rows = self.range(cf, &from, to, PAGE)?;
+            let full = rows.len() == PAGE;
+            count += rows.len() as u64;
+            match rows.into_iter().last() {
+                Some((mut last, _)) if full => {
+                    last.push(0);
+                    from = last;
+                }
+                _ => return Ok(count),
+            }
+        }
+    }
+
     /// Up to `limit` entries whose key starts with one of `prefixes` (each of the column family's
     /// [`Cf::prefix_len`]) and is greater than `after`, in one pass: what a block's probes need,
     /// without one iterator per probe, a page at a time. Entries come in key order; `prefixes`

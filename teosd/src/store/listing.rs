@@ -316,9 +316,9 @@ mod tests {
             registered(&store, 2);
             let mut batch = store.batch();
             for n in 0..10u16 {
-                batch.put_appointment(&user(1), &num(1), &stored(locator(n)));
+                batch.put_appointment(&user(1), &num(1), &stored(locator(n)), true);
             }
-            batch.put_appointment(&user(2), &num(2), &stored(locator(3)));
+            batch.put_appointment(&user(2), &num(2), &stored(locator(3)), true);
             store.commit(batch).unwrap();
             assert_eq!(store.count_appointments().unwrap(), 11);
 
@@ -347,9 +347,9 @@ mod tests {
             registered(&store, 1);
             registered(&store, 2);
             let mut batch = store.batch();
-            batch.put_appointment(&alice, &num(1), &stored(locator(1)));
-            batch.put_appointment(&bob, &num(2), &stored(locator(1)));
-            batch.put_appointment(&alice, &num(1), &stored(locator(2)));
+            batch.put_appointment(&alice, &num(1), &stored(locator(1)), true);
+            batch.put_appointment(&bob, &num(2), &stored(locator(1)), true);
+            batch.put_appointment(&alice, &num(1), &stored(locator(2)), true);
             batch.put_tracker(&locator(1), &bob, &tracker(1), None);
             store.commit(batch).unwrap();
 
@@ -374,7 +374,7 @@ mod tests {
         registered(&store, 1);
         let mut batch = store.batch();
         for n in 0..3u16 {
-            batch.put_appointment(&user(1), &num(1), &stored(locator(n)));
+            batch.put_appointment(&user(1), &num(1), &stored(locator(n)), true);
         }
         batch.put_tracker(&locator(0), &user(1), &tracker(0), None);
         batch.put_tracker(&locator(1), &user(1), &tracker(1), None);
@@ -396,7 +396,7 @@ mod tests {
         for chunk in (0..total).collect::<Vec<_>>().chunks(1000) {
             let mut batch = store.batch();
             for n in chunk {
-                batch.put_appointment(&user(1), &num(1), &stored(locator(*n)));
+                batch.put_appointment(&user(1), &num(1), &stored(locator(*n)), true);
             }
             store.commit(batch).unwrap();
         }

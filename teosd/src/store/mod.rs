@@ -3,6 +3,7 @@
 //!
 //! Calls are blocking: async code reaches the store through `tokio::task::spawn_blocking`.
 
+mod counts;
 mod kv;
 mod listing;
 mod memory;
@@ -20,6 +21,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::SecretKey;
 use bitcoin::BlockHash;
 
+pub use counts::StoredCounts;
 pub use kv::{Cf, Entries, Kv, KvError, Op};
 pub use memory::MemoryKv;
 pub use recent::{RecentGuard, RecentHit};
@@ -27,6 +29,7 @@ pub use records::{DecodeError, PenaltyStatus, StoredAppointment, TrackerRecord, 
 pub use rocks::{OpenError, RocksKv};
 pub use trackers::TrackerEvent;
 
+use crate::metrics::Metrics;
 use crate::protocol::{Dialect, Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 
 /// The layout version this build reads and writes (and upgrades version 2 to, at open).
@@ -132,6 +135,8 @@ pub struct Batch {
     ops: Vec<Op>,
     /// Registers the store's first python-teos user (perhaps).
     adds_python_user: bool,
+    /// What the writes change in the store's counts (applied once committed).
+    counts: counts::CountDelta,
 }
 
 impl Batch {
@@ -152,8 +157,10 @@ impl Batch {
         }
     }
 
-    /// Writes (or overwrites) `user`'s appointment at its locator (`record` is the user's).
-    pub fn put_appointment(&mut self, user: &UserId, record: &UserRecord, stored: &StoredAppointment) {
+    /// Writes `user`'s appointment at its locator (`record` is the user's): a new one, or an
+    /// update of the one stored there (`is_new` false), for the store's counts.
+    pub fn put_appointment(&mut self, user: &UserId, record: &UserRecord, stored: &StoredAppointment, is_new: bool) {
+        self.counts.appointments += i64::from(is_new);
         let locator = stored.appointment.locator;
         self.ops.push(Op::Put(Cf::Appointments, numbered_key(&locator, record.number), stored.encode()));
         self.ops.push(Op::Put(Cf::UserLocators, join(&user.to_bytes(), locator.as_bytes()), Vec::new()));
@@ -161,6 +168,7 @@ impl Batch {
 
     /// Removes `user`'s appointment at `locator` (`record` is the user's).
     pub fn delete_appointment(&mut self, user: &UserId, record: &UserRecord, locator: &Locator) {
+        self.counts.appointments -= 1;
         self.ops.push(Op::Delete(Cf::Appointments, numbered_key(locator, record.number)));
         self.ops.push(Op::Delete(Cf::UserLocators, join(&user.to_bytes(), locator.as_bytes())));
     }
@@ -240,6 +248,8 @@ impl Batch {
 #[derive(Debug, Clone)]
 pub struct Store {
     kv: Arc<dyn Kv>,
+    counts: Arc<counts::Counts>,
+    metrics: Metrics,
     recent: Arc<recent::RecentIndex>,
     next_user_number: Arc<AtomicU64>,
     python_users: Arc<AtomicBool>,
@@ -280,7 +290,10 @@ impl Store {
         let next_user_number =
             Arc::new(AtomicU64::new(highest_user_number(kv.as_ref())?.map_or(1, |n| u64::from(n) + 1)));
         let python_users = Arc::new(AtomicBool::new(kv.get(Cf::Meta, META_PYTHON_USERS)?.is_some()));
-        Ok(Store { kv, recent, next_user_number, python_users })
+        let store =
+            Store { kv, recent, next_user_number, python_users, counts: Arc::default(), metrics: Metrics::new() };
+        store.count_contents()?;
+        Ok(store)
     }
 
     /// A number for a new user, never given to a user that is stored (a removed user's number
@@ -306,6 +319,12 @@ impl Store {
             .ok_or_else(|| corrupt(Cf::Appointments, "key", format!("user number {number} is not registered")))
     }
 
+    /// The tower's metrics (one registry per store, so per tower: every part that records holds
+    /// the store).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// A new, empty batch.
     pub fn batch(&self) -> Batch {
         Batch::default()
@@ -326,7 +345,12 @@ impl Store {
             // Before the write: searching for python locators too is harmless, missing them is not.
             self.python_users.store(true, Ordering::Release);
         }
-        Ok(self.kv.write(batch.ops)?)
+        let started = std::time::Instant::now();
+        let written = self.kv.write(batch.ops);
+        self.metrics.store_commit(started.elapsed(), written.is_ok());
+        written?;
+        self.counts.apply(&batch.counts);
+        Ok(())
     }
 
     /// Compacts the whole store now (for tools, after a bulk load; teosd leaves it to RocksDB's

@@ -81,9 +81,9 @@ fn appointments_by_user_and_locator() {
         register(&store, &[2]);
         let mut batch = store.batch();
         batch.put_user(&alice, None, &record(9, 600));
-        batch.put_appointment(&alice, &num(1), &appointment(locator(7), b"a"));
-        batch.put_appointment(&alice, &num(1), &appointment(locator(8), b"b"));
-        batch.put_appointment(&bob, &num(2), &appointment(locator(7), b"c"));
+        batch.put_appointment(&alice, &num(1), &appointment(locator(7), b"a"), true);
+        batch.put_appointment(&alice, &num(1), &appointment(locator(8), b"b"), true);
+        batch.put_appointment(&bob, &num(2), &appointment(locator(7), b"c"), true);
         store.commit(batch).unwrap();
 
         assert_eq!(store.appointment(&locator(7), &num(1)).unwrap(), Some(appointment(locator(7), b"a")));
@@ -100,7 +100,7 @@ fn appointments_by_user_and_locator() {
 
         // An update overwrites in place; a delete removes both the row and the user's index.
         let mut batch = store.batch();
-        batch.put_appointment(&alice, &num(1), &appointment(locator(7), b"updated"));
+        batch.put_appointment(&alice, &num(1), &appointment(locator(7), b"updated"), false);
         batch.delete_appointment(&alice, &num(1), &locator(8));
         store.commit(batch).unwrap();
         assert_eq!(store.appointment(&locator(7), &num(1)).unwrap(), Some(appointment(locator(7), b"updated")));
@@ -115,8 +115,8 @@ fn locator_prefixes_do_not_leak_into_neighbours() {
         let mut batch = store.batch();
         let mut near = [7u8; 16];
         near[15] = 8;
-        batch.put_appointment(&user(1), &num(1), &appointment(Locator::from_slice(&near).unwrap(), b"x"));
-        batch.put_appointment(&user(1), &num(1), &appointment(locator(6), b"x"));
+        batch.put_appointment(&user(1), &num(1), &appointment(Locator::from_slice(&near).unwrap(), b"x"), true);
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(6), b"x"), true);
         store.commit(batch).unwrap();
         assert!(store.appointments_at(&locator(7)).unwrap().is_empty());
     });
@@ -147,7 +147,7 @@ fn reopen_keeps_everything() {
         let store = Store::open(&path, 8).unwrap();
         let mut batch = store.batch();
         batch.put_user(&user(1), None, &record(3, 600));
-        batch.put_appointment(&user(1), &num(1), &appointment(locator(1), b"blob"));
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(1), b"blob"), true);
         store.commit(batch).unwrap();
     }
     let store = Store::open(&path, 8).unwrap();
@@ -272,6 +272,7 @@ fn concurrent_writers_all_land() {
                         &user(t + 1),
                         &num(t + 1),
                         &appointment(Locator::from_slice(&loc).unwrap(), &[i]),
+                        true,
                     );
                     store.commit(batch).unwrap();
                 }
@@ -298,10 +299,10 @@ fn a_blocks_probes_find_every_appointment_at_its_locators_in_one_pass() {
     let fill = |store: &Store| {
         register(store, &[1, 2]);
         let mut batch = store.batch();
-        batch.put_appointment(&user(1), &num(1), &appointment(locator(3), b"a"));
-        batch.put_appointment(&user(2), &num(2), &appointment(locator(3), b"b"));
-        batch.put_appointment(&user(1), &num(1), &appointment(locator(5), b"c"));
-        batch.put_appointment(&user(1), &num(1), &appointment(locator(6), b"d"));
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(3), b"a"), true);
+        batch.put_appointment(&user(2), &num(2), &appointment(locator(3), b"b"), true);
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(5), b"c"), true);
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(6), b"d"), true);
         store.commit(batch).unwrap();
     };
     let check = |store: &Store| {
@@ -442,4 +443,48 @@ fn user_numbers_resume_above_the_highest_stored() {
     assert_eq!(memory.new_user_number(), Some(u32::MAX));
     assert_eq!(memory.new_user_number(), None);
     assert_eq!(memory.new_user_number(), None);
+}
+
+#[test]
+fn the_counts_kept_by_batches_equal_a_recount_at_open() {
+    use crate::test_utils::tracker;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let memory = Arc::new(MemoryKv::new());
+    let reopen: [&dyn Fn() -> Store; 2] =
+        [&|| Store::with_kv(memory.clone()).unwrap(), &|| Store::open(&path, 8).unwrap()];
+    for open in reopen {
+        let store = open();
+        register(&store, &[1]);
+        // More than a page of the default count's walk.
+        let mut batch = store.batch();
+        for i in 0..10_001u32 {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&i.to_be_bytes());
+            batch.put_appointment(&user(1), &num(1), &appointment(Locator::from_slice(&bytes).unwrap(), b"x"), true);
+        }
+        store.commit(batch).unwrap();
+        let mut batch = store.batch();
+        batch.put_appointment(&user(1), &num(1), &appointment(locator(0), b"updated"), false);
+        batch.delete_appointment(&user(1), &num(1), &locator(0));
+        let refused = tracker(2, 100, PenaltyStatus::Refused(101));
+        batch.put_tracker(&locator(2), &user(1), &tracker(1, 100, PenaltyStatus::Broadcast(100)), None);
+        batch.put_tracker(&locator(2), &user(2), &refused, None);
+        batch.put_tracker(&locator(3), &user(1), &tracker(3, 100, PenaltyStatus::Confirmed(102)), None);
+        store.commit(batch).unwrap();
+        let mut batch = store.batch();
+        let confirmed = tracker(2, 100, PenaltyStatus::Confirmed(103));
+        batch.put_tracker(&locator(2), &user(2), &confirmed, Some(&refused));
+        batch.delete_tracker(&locator(3), &user(1), &tracker(3, 100, PenaltyStatus::Confirmed(102)));
+        store.commit(batch).unwrap();
+        // A batch that fails changes nothing (here: none is committed at all).
+        let mut dropped = store.batch();
+        dropped.delete_appointment(&user(1), &num(1), &locator(5));
+        drop(dropped);
+
+        let kept = store.stored_counts();
+        assert_eq!(kept, StoredCounts { appointments: 10_000, trackers: [1, 0, 1, 0] });
+        drop(store);
+        assert_eq!(open().stored_counts(), kept, "the same, counted again at open");
+    }
 }

@@ -4,6 +4,7 @@
 use bitcoin::hashes::Hash;
 use bitcoin::{OutPoint, Txid};
 
+use super::counts::state_index;
 use super::records::{be_u32, PenaltyStatus, TrackerRecord};
 use super::{appointment_key, corrupt, join, Batch, Cf, Op, Store, StoreError};
 use crate::protocol::{Locator, UserId, LOCATOR_LEN};
@@ -57,7 +58,9 @@ impl Batch {
         let key = appointment_key(locator, user);
         if let Some(old) = old {
             self.delete_tracker_indexes(&key, old);
+            self.counts.trackers[state_index(&old.status)] -= 1;
         }
+        self.counts.trackers[state_index(&tracker.status)] += 1;
         let (kind, height) = status_event(tracker.status);
         self.ops.push(Op::Put(Cf::TrackerEvents, event_key(kind, height, &key), Vec::new()));
         self.ops.push(Op::Put(
@@ -77,6 +80,7 @@ impl Batch {
     pub fn delete_tracker(&mut self, locator: &Locator, user: &UserId, tracker: &TrackerRecord) {
         let key = appointment_key(locator, user);
         self.delete_tracker_indexes(&key, tracker);
+        self.counts.trackers[state_index(&tracker.status)] -= 1;
         self.ops.push(Op::Delete(Cf::Trackers, key));
     }
 

@@ -63,7 +63,7 @@ fn put_users(
         let record = UserRecord { number, ..record };
         batch.put_user(&user, None, &record);
         if let Some(stored) = appointment {
-            batch.put_appointment(&user, &record, stored);
+            batch.put_appointment(&user, &record, stored, true);
         }
         in_batch += 1;
         if in_batch == USERS_PER_BATCH {
@@ -174,7 +174,7 @@ pub async fn subscription(bitcoind: &Bitcoind, datadir: &Path, n: usize) -> Resu
                     to_self_delay: 42,
                 };
                 let stored = StoredAppointment { appointment, user_signature: "x".repeat(104), start_block: tip };
-                batch.put_appointment(&id, &record, &stored);
+                batch.put_appointment(&id, &record, &stored, true);
                 if (i + 1) % 20_000 == 0 {
                     store.commit(std::mem::replace(&mut batch, store.batch()))?;
                 }

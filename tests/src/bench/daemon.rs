@@ -52,6 +52,10 @@ impl Daemon {
         if !extra.contains(&"--pollingdelta") {
             cmd.args(["--pollingdelta", "1"]);
         }
+        // Its own metrics port: two towers of one run may be up at once.
+        if !extra.contains(&"--metricsaddr") {
+            cmd.args(["--metricsaddr", &format!("127.0.0.1:{}", free_port()?)]);
+        }
         // The bench measures what the tower's work costs, from one client address: no per-source
         // limits, unless the caller sets its own (the attack runs).
         if !extra.contains(&"--httpmaxconnectionsperip") {

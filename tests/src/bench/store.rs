@@ -83,6 +83,7 @@ pub fn fill(datadir: &Path, n: usize, seed: u64) -> Result<Duration> {
                 &user,
                 &record,
                 &StoredAppointment { appointment, user_signature: signature, start_block: tip },
+                true,
             );
             in_batch += 1;
             if in_batch == PER_BATCH {
