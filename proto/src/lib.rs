@@ -7,7 +7,13 @@
 //! ```
 //! use teos_proto::admin::GetUserResponse;
 //!
-//! let user = GetUserResponse { available_slots: 9, subscription_expiry: 4421, subscription_start: 101, locators: vec![vec![0xab; 16]] };
+//! let user = GetUserResponse {
+//!     available_slots: 9,
+//!     subscription_expiry: 4421,
+//!     subscription_start: 101,
+//!     locators: vec![vec![0xab; 16]],
+//!     dialect: "rust".into(),
+//! };
 //! let json = serde_json::to_value(&user).unwrap();
 //! assert_eq!(json["locators"][0], "ab".repeat(16));
 //! ```

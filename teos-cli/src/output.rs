@@ -129,6 +129,7 @@ pub fn user(out: &mut impl Write, format: Format, user: &pb::GetUserResponse) ->
     }
     writeln!(out, "available slots  {}", user.available_slots)?;
     writeln!(out, "subscription     blocks {} to {}", user.subscription_start, user.subscription_expiry)?;
+    writeln!(out, "client dialect   {}", user.dialect)?;
     writeln!(out, "appointments     {}", user.locators.len())?;
     for locator in &user.locators {
         writeln!(out, "  {}", hex::encode(locator))?;

@@ -52,6 +52,9 @@ async fn python_and_rust_clients_of_one_tower_are_answered_in_the_same_block() {
         let (status, missing) = python.get_appointment(&rust_dispute.compute_txid()).await.expect("get_appointment");
         assert_eq!(status, 404);
         assert_eq!(missing, json!({"locator": python_locator(&rust_dispute.compute_txid()), "status": "not_found"}));
+        let user = f.tower.cli(&["getuser", &python.user_id]).await;
+        assert_eq!(user["dialect"], "python", "{user}");
+        assert_eq!(f.tower.cli(&["getuser", &rust.user_id]).await["dialect"], "rust");
         let info = python.subscription_info().await.expect("subscription info");
         assert_eq!(info["available_slots"].as_u64(), Some(u64::from(slots) - 1), "{info}");
         assert_eq!(info["appointments"], json!([python_locator(&python_txid)]));

@@ -506,6 +506,7 @@ fn user_response(record: &UserRecord, locators: &[Locator]) -> pb::GetUserRespon
         subscription_expiry: record.subscription_expiry,
         subscription_start: record.subscription_start,
         locators: locators.iter().map(|l| l.as_bytes().to_vec()).collect(),
+        dialect: record.dialect.name().to_string(),
     }
 }
 

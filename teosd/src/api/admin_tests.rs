@@ -185,6 +185,7 @@ async fn get_user_returns_the_subscription_and_locators() {
             subscription_expiry: 4420,
             subscription_start: 100,
             locators: vec![locator(1).as_bytes().to_vec(), locator(2).as_bytes().to_vec()],
+            dialect: "rust".into(),
         }
     );
 }

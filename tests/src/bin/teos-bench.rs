@@ -561,7 +561,12 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
             let sequence: Vec<usize> = [0, 1].iter().copied().cycle().take(plan.block_rounds * 2).collect();
             match blocks_run(&bitcoind, &mut funding, &p.datadir, true, true, &sequence).await {
                 Ok(blocks) => {
-                    figures.extend(block_figures(p.stored, "rawblock, a python-teos user registered", &blocks, &[0, 1]));
+                    figures.extend(block_figures(
+                        p.stored,
+                        "rawblock, a python-teos user registered",
+                        &blocks,
+                        &[0, 1],
+                    ));
                     figures.extend(rust_only.and_then(|rust| python_scan_figure(p.stored, &rust, &blocks)));
                 }
                 Err(e) => figures.push(Figure::not_measured(
