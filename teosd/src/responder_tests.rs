@@ -297,16 +297,23 @@ async fn a_penalty_mined_with_its_dispute_is_confirmed_at_once() {
     assert_eq!(s.tracker(&user(1), &dispute).unwrap().status, PenaltyStatus::Confirmed(1));
 }
 
-#[tokio::test]
-async fn a_tracker_outlives_its_users_removal_and_completes_without_a_refund() {
-    let s = scene().await;
-    let (dispute, penalty) = watched(&s, 1, 1);
+/// User 1's dispute mined (and its penalty) just before the user expires and is removed; returns
+/// the dispute, whose penalty is still followed.
+async fn removed_while_its_tracker_is_followed(s: &Scene) -> Transaction {
+    let (dispute, penalty) = watched(s, 1, 1);
     let gone = policy().subscription_duration + policy().expiry_delta;
     s.mine_empty(gone - 5).await;
     s.mine(vec![dispute.clone()]).await;
     s.mine(vec![penalty]).await;
     s.mine_empty(gone - s.height()).await;
     assert!(s.user(&user(1)).is_none(), "expired and removed");
+    dispute
+}
+
+#[tokio::test]
+async fn a_tracker_outlives_its_users_removal_and_completes_without_a_refund() {
+    let s = scene().await;
+    let dispute = removed_while_its_tracker_is_followed(&s).await;
     assert!(s.tracker(&user(1), &dispute).is_some(), "the penalty is still followed");
     s.mine_empty(IRREVOCABLY_RESOLVED).await;
     assert!(s.tracker(&user(1), &dispute).is_none());
@@ -316,13 +323,7 @@ async fn a_tracker_outlives_its_users_removal_and_completes_without_a_refund() {
 #[tokio::test]
 async fn the_kept_counts_match_a_recount_when_a_removed_user_comes_back_before_its_tracker_ends() {
     let s = scene().await;
-    let (dispute, penalty) = watched(&s, 1, 1);
-    let gone = policy().subscription_duration + policy().expiry_delta;
-    s.mine_empty(gone - 5).await;
-    s.mine(vec![dispute.clone()]).await;
-    s.mine(vec![penalty]).await;
-    s.mine_empty(gone - s.height()).await;
-    assert!(s.user(&user(1)).is_none(), "expired and removed");
+    let dispute = removed_while_its_tracker_is_followed(&s).await;
     // Back under a new number, with a new appointment, while the old tracker is still followed.
     s.register(&user(1));
     let (other_dispute, other_penalty) = channel(2);
