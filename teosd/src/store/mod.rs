@@ -151,6 +151,7 @@ impl Batch {
         }
         self.ops.push(Op::Put(Cf::UsersByExpiry, expiry_key(new.subscription_expiry, user), Vec::new()));
         self.ops.push(Op::Put(Cf::Users, user.to_bytes().to_vec(), new.encode()));
+        self.counts.users += i64::from(old.is_none());
         if old.is_none() && new.dialect == Dialect::Python {
             self.ops.push(Op::Put(Cf::Meta, META_PYTHON_USERS.to_vec(), Vec::new()));
             self.adds_python_user = true;
@@ -233,6 +234,7 @@ impl Batch {
 
     /// Removes a user record, its expiry index entry and its number.
     pub fn delete_user(&mut self, user: &UserId, record: &UserRecord) {
+        self.counts.users -= 1;
         self.ops.push(Op::Delete(Cf::UserNumbers, record.number.to_be_bytes().to_vec()));
         self.ops.push(Op::Delete(Cf::UsersByExpiry, expiry_key(record.subscription_expiry, user)));
         self.ops.push(Op::Delete(Cf::Users, user.to_bytes().to_vec()));
@@ -263,7 +265,7 @@ impl Store {
 
     /// Opens the RocksDB store at `path` read-only (a backup: to check it and read its tip).
     pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
-        Store::with_kv(Arc::new(RocksKv::open_read_only(path)?))
+        Store::with_kv_mode(Arc::new(RocksKv::open_read_only(path)?), true)
     }
 
     /// A store in memory, for tests.
@@ -273,6 +275,10 @@ impl Store {
 
     /// Wraps a backend, initialising an empty one and checking the schema version of any other.
     pub fn with_kv(kv: Arc<dyn Kv>) -> Result<Store, StoreError> {
+        Store::with_kv_mode(kv, false)
+    }
+
+    fn with_kv_mode(kv: Arc<dyn Kv>, read_only: bool) -> Result<Store, StoreError> {
         match kv.get(Cf::Meta, META_SCHEMA_VERSION)? {
             Some(bytes) => match records::be_u32(&bytes, 0) {
                 Some(SCHEMA_VERSION) if bytes.len() == 4 => {}
@@ -292,7 +298,7 @@ impl Store {
         let python_users = Arc::new(AtomicBool::new(kv.get(Cf::Meta, META_PYTHON_USERS)?.is_some()));
         let store =
             Store { kv, recent, next_user_number, python_users, counts: Arc::default(), metrics: Metrics::new() };
-        store.count_contents()?;
+        store.load_counts(read_only)?;
         Ok(store)
     }
 
@@ -345,8 +351,10 @@ impl Store {
             // Before the write: searching for python locators too is harmless, missing them is not.
             self.python_users.store(true, Ordering::Release);
         }
+        let mut ops = batch.ops;
+        ops.extend(batch.counts.op());
         let started = std::time::Instant::now();
-        let written = self.kv.write(batch.ops);
+        let written = self.kv.write(ops);
         self.metrics.store_commit(started.elapsed(), written.is_ok());
         written?;
         self.counts.apply(&batch.counts);

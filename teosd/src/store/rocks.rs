@@ -73,7 +73,21 @@ fn cf_options(cf: Cf, cache: &Cache) -> Options {
     opts.set_block_based_table_factory(&table);
     opts.set_write_buffer_size(8 << 20);
     opts.set_max_write_buffer_number(2);
+    if cf == Cf::Meta {
+        // `Op::AddCounters`: the store's counts, added to by every batch that changes them.
+        opts.set_merge_operator_associative("teos_add_counters", add_counters_merge);
+    }
     opts
+}
+
+/// RocksDB's merge of [`Op::AddCounters`] operands (full and partial merges alike: the addition
+/// is associative). `None` (a corrupt operand or value) makes the read fail, not guess.
+fn add_counters_merge(_key: &[u8], existing: Option<&[u8]>, operands: &rocksdb::MergeOperands) -> Option<Vec<u8>> {
+    let mut sum = existing.map(<[u8]>::to_vec);
+    for operand in operands {
+        sum = Some(super::kv::add_counters(sum.as_deref(), operand)?);
+    }
+    sum
 }
 
 impl RocksKv {
@@ -214,6 +228,7 @@ impl Kv for RocksKv {
             match op {
                 Op::Put(cf, k, v) => batch.put_cf(self.handle(cf), k, v),
                 Op::Delete(cf, k) => batch.delete_cf(self.handle(cf), k),
+                Op::AddCounters(cf, k, v) => batch.merge_cf(self.handle(cf), k, v),
             }
         }
         self.db.write_opt(batch, &self.sync).map_err(backend)
