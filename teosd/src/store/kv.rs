@@ -105,7 +105,7 @@ pub enum Op {
 /// (RocksDB's merge operator calls it), and associative, as RocksDB needs.
 pub fn add_counters(value: Option<&[u8]>, operand: &[u8]) -> Option<Vec<u8>> {
     let value = value.unwrap_or_default();
-    if value.len() % 8 != 0 || operand.len() % 8 != 0 {
+    if !value.len().is_multiple_of(8) || !operand.len().is_multiple_of(8) {
         return None;
     }
     let word = |bytes: &[u8], i: usize| {

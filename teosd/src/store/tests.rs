@@ -556,8 +556,8 @@ fn kept_counts_equal_a_recount_after_random_batches_and_reopens() {
                             _ => PenaltyStatus::Conflicted { height: 100 + round, by: bitcoin::Txid::all_zeros() },
                         };
                         let old = trackers.get(&(l, n)).cloned();
-                        if old.is_some() && next(3) == 0 {
-                            batch.delete_tracker(&locator(l), &user(n), old.as_ref().unwrap());
+                        if let Some(old) = old.as_ref().filter(|_| next(3) == 0) {
+                            batch.delete_tracker(&locator(l), &user(n), old);
                             trackers.remove(&(l, n));
                         } else {
                             let new = tracker(l, 100, status);
