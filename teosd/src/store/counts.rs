@@ -3,8 +3,8 @@
 //! key `counts`: every batch that changes them carries its changes ([`CountDelta`]) as one
 //! [`Op::AddCounters`] in the same atomic batch, so the stored totals are exact after any crash.
 //! At open they are read (one key) into memory, where committed batches keep them, so reading a
-//! count costs an atomic load. A store written before the key existed is counted once (key scans)
-//! and the key written.
+//! count costs an atomic load. A store of schema version 3 (before the key existed) is counted
+//! once (key scans) when it is upgraded to version 4 (`migrate::v3_to_v4`).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -110,7 +110,7 @@ impl Counts {
 /// Counts what `kv` holds by walking keys: `users_by_expiry` (one per user), `user_locators`
 /// (one per appointment) and `tracker_events`' state entries, nothing copied out. About 0.2 s
 /// per million appointments: done only for a store without the `counts` key, and by tests.
-fn recount(kv: &dyn Kv) -> Result<CountDelta, StoreError> {
+pub(super) fn recount(kv: &dyn Kv) -> Result<CountDelta, StoreError> {
     let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let users = kv.count(Cf::UsersByExpiry, &[], &[0xff; 4 + USER_ID_LEN + 1])?;
     let appointments = kv.count(Cf::UserLocators, &[], &[0xff; USER_ID_LEN + LOCATOR_LEN + 1])?;
@@ -122,6 +122,16 @@ fn recount(kv: &dyn Kv) -> Result<CountDelta, StoreError> {
     Ok(delta)
 }
 
+/// The op that writes `totals` as the stored counts.
+pub(super) fn put_counts(totals: &CountDelta) -> Op {
+    Op::Put(Cf::Meta, META_COUNTS.to_vec(), totals.encode())
+}
+
+/// The counts of an empty store.
+pub(super) fn zero_counts() -> Op {
+    put_counts(&CountDelta::default())
+}
+
 /// The stored totals, if the store has them.
 fn stored_totals(kv: &dyn Kv) -> Result<Option<CountDelta>, StoreError> {
     let Some(bytes) = kv.get(Cf::Meta, META_COUNTS)? else { return Ok(None) };
@@ -129,16 +139,16 @@ fn stored_totals(kv: &dyn Kv) -> Result<Option<CountDelta>, StoreError> {
 }
 
 impl Store {
-    /// Loads the stored totals into memory (at open). A store without them (written before they
-    /// were kept) is counted once; unless `read_only`, the count is written, so later opens read
-    /// one key. Nothing else writes while a store opens, so the written count is exact.
+    /// Loads the stored totals into memory (at open). A store without them (a version-3 backup
+    /// opened read-only; or damaged) is counted; unless `read_only`, the count is written, so
+    /// later opens read one key. Nothing else writes while a store opens: the count is exact.
     pub(super) fn load_counts(&self, read_only: bool) -> Result<(), StoreError> {
         let totals = match stored_totals(self.kv.as_ref())? {
             Some(totals) => totals,
             None => {
                 let counted = recount(self.kv.as_ref())?;
                 if !read_only {
-                    self.kv.write(vec![Op::Put(Cf::Meta, META_COUNTS.to_vec(), counted.encode())])?;
+                    self.kv.write(vec![put_counts(&counted)])?;
                 }
                 counted
             }

@@ -32,8 +32,8 @@ pub use trackers::TrackerEvent;
 use crate::metrics::Metrics;
 use crate::protocol::{Dialect, Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 
-/// The layout version this build reads and writes (and upgrades version 2 to, at open).
-pub const SCHEMA_VERSION: u32 = 3;
+/// The layout version this build reads and writes (and upgrades versions 2 and 3 to, at open).
+pub const SCHEMA_VERSION: u32 = 4;
 
 const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 const META_TOWER_KEY: &[u8] = b"tower_key/";
@@ -282,13 +282,19 @@ impl Store {
         match kv.get(Cf::Meta, META_SCHEMA_VERSION)? {
             Some(bytes) => match records::be_u32(&bytes, 0) {
                 Some(SCHEMA_VERSION) if bytes.len() == 4 => {}
-                Some(2) if bytes.len() == 4 => migrate::v2_to_v3(kv.as_ref())?,
+                Some(3) if bytes.len() == 4 && !read_only => migrate::v3_to_v4(kv.as_ref())?,
+                // A backup of an older store, checked read-only: counted below, not upgraded.
+                Some(3) if bytes.len() == 4 => {}
+                Some(2) if bytes.len() == 4 => {
+                    migrate::v2_to_v3(kv.as_ref())?;
+                    migrate::v3_to_v4(kv.as_ref())?;
+                }
                 Some(found) => return Err(StoreError::SchemaVersion { found }),
                 None => return Err(corrupt(Cf::Meta, "schema version", format!("{} bytes", bytes.len()))),
             },
             None if is_empty(kv.as_ref())? => {
                 let version = SCHEMA_VERSION.to_be_bytes().to_vec();
-                kv.write(vec![Op::Put(Cf::Meta, META_SCHEMA_VERSION.to_vec(), version)])?;
+                kv.write(vec![Op::Put(Cf::Meta, META_SCHEMA_VERSION.to_vec(), version), counts::zero_counts()])?;
             }
             None => return Err(StoreError::MissingSchemaVersion),
         }

@@ -587,10 +587,18 @@ fn kept_counts_equal_a_recount_after_random_batches_and_reopens() {
     }
 }
 
-/// A store written before the counts were kept (no `counts` key) is counted once at open and
-/// the key written; a read-only open counts without writing.
+/// A version-3 store (before the counts were kept: no `counts` key) is counted once at open and
+/// upgraded to version 4, the key and the version in one batch; a read-only open of one counts
+/// without writing.
 #[test]
-fn a_store_without_kept_counts_is_counted_once() {
+fn a_version_3_store_is_counted_once_and_upgraded() {
+    let to_v3 = |kv: &dyn Kv| {
+        kv.write(vec![
+            Op::Delete(Cf::Meta, counts::META_COUNTS.to_vec()),
+            Op::Put(Cf::Meta, META_SCHEMA_VERSION.to_vec(), 3u32.to_be_bytes().to_vec()),
+        ])
+        .unwrap();
+    };
     let memory = Arc::new(MemoryKv::new());
     let store = Store::with_kv(memory.clone()).unwrap();
     register(&store, &[1, 2]);
@@ -598,17 +606,18 @@ fn a_store_without_kept_counts_is_counted_once() {
     batch.put_appointment(&user(1), &num(1), &appointment(locator(1), b"a"), true);
     store.commit(batch).unwrap();
     drop(store);
-    memory.write(vec![Op::Delete(Cf::Meta, counts::META_COUNTS.to_vec())]).unwrap();
+    to_v3(memory.as_ref());
     let store = Store::with_kv(memory.clone()).unwrap();
     let expected = StoredCounts { users: 2, appointments: 1, trackers: [0; 4] };
     assert_eq!(store.stored_counts(), expected);
     assert_eq!(store.persisted_counts().unwrap(), Some(expected));
+    assert_eq!(memory.get(Cf::Meta, META_SCHEMA_VERSION).unwrap(), Some(4u32.to_be_bytes().to_vec()));
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let store = Store::open(&path, 8).unwrap();
     register(&store, &[3]);
-    store.kv.write(vec![Op::Delete(Cf::Meta, counts::META_COUNTS.to_vec())]).unwrap();
+    to_v3(store.kv.as_ref());
     drop(store);
     let read_only = Store::open_read_only(&path).unwrap();
     assert_eq!(read_only.stored_counts().users, 1);
@@ -616,6 +625,7 @@ fn a_store_without_kept_counts_is_counted_once() {
     drop(read_only);
     let store = Store::open(&path, 8).unwrap();
     assert_eq!(store.persisted_counts().unwrap().map(|c| c.users), Some(1));
+    assert_eq!(store.kv.get(Cf::Meta, META_SCHEMA_VERSION).unwrap(), Some(4u32.to_be_bytes().to_vec()));
 }
 
 /// Counters that are not whole 8-byte words are refused, and the batch with them changes nothing.
