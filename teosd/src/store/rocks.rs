@@ -58,6 +58,10 @@ impl std::fmt::Debug for RocksKv {
     }
 }
 
+/// All column families' memtables together are flushed before they hold more than this (each
+/// column family's alone at 8 MiB, two of them at most).
+const MEMTABLES_TOTAL: usize = 16 << 20;
+
 fn cf_options(cf: Cf, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -140,6 +144,7 @@ impl RocksKv {
         opts.set_max_open_files(256);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(64 << 20);
+        opts.set_db_write_buffer_size(MEMTABLES_TOTAL);
         let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|e| OpenError::Rocks { path: path.to_path_buf(), message: e.into_string() })?;

@@ -16,10 +16,10 @@ use teos_proto::admin::GetTowerInfoRequest;
 use teosd::protocol::{sign_message, Locator};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use super::api::{client, post};
+use super::api::{client, load, post, prepare, register_all, BenchUser, LoadResult};
 use super::daemon::Daemon;
 use super::store::SizePoint;
-use super::{median, percentile, Figure};
+use super::{hwm_bytes, median, mib, percentile, rss_bytes, Figure};
 use crate::backend::Bitcoind;
 
 /// Appointments per user in a scale run's store (10M: 100k users).
@@ -27,6 +27,9 @@ pub const PER_USER: usize = 100;
 /// get_appointment requests, and requests in flight.
 const GET_REQUESTS: usize = 4000;
 const GET_IN_FLIGHT: usize = 16;
+/// add_appointment requests of the sustained load (16 in flight) after which memory is read: enough
+/// to fill and flush the `appointments` memtables several times (~360 bytes each, 8 MiB tables).
+const SUSTAINED_REQUESTS: usize = 60_000;
 /// get_tower_info calls timed on one open channel.
 const TOWER_INFO_CALLS: usize = 20;
 /// Longest a scale run's admin call may take before it counts as failed.
@@ -154,10 +157,11 @@ pub async fn request_figures(bitcoind: &Bitcoind, point: &SizePoint) -> Vec<Figu
         let mut daemon = Daemon::start(bitcoind, &point.datadir, &[]).await?;
         let gets = get_appointment_load(&daemon.api_url, &point.samples, GET_REQUESTS, GET_IN_FLIGHT).await;
         let info = tower_info_times(&point.datadir, daemon.rpc_port).await;
+        let sustained = sustained_memory(&daemon).await;
         daemon.stop()?;
-        Ok::<_, anyhow::Error>((gets, info))
+        Ok::<_, anyhow::Error>((gets, info, sustained))
     };
-    let (gets, info) = match measured.await {
+    let (gets, info, sustained) = match measured.await {
         Ok(done) => done,
         Err(e) => {
             figures.push(Figure::not_measured("get_appointment, get_tower_info", "ms", format!("failed: {e:#}")));
@@ -203,5 +207,35 @@ pub async fn request_figures(bitcoind: &Bitcoind, point: &SizePoint) -> Vec<Figu
         }
         Err(e) => figures.push(Figure::not_measured("get_tower_info", "ms", format!("failed: {e:#}"))),
     }
+    match sustained {
+        Ok((result, rss, hwm)) => {
+            let note = format!(
+                "after the requests above and {} add_appointment at 16 in flight ({:.0}/s, p99 {:.2} ms): \
+                 memtables filled and flushed, block cache warm; VmRSS at the end {:.1} MiB",
+                result.requests,
+                result.throughput(),
+                result.p(99.0),
+                mib(rss)
+            );
+            figures.push(
+                Figure::new(format!("VmHWM (peak RSS) under a sustained load, {n} stored"), mib(hwm), "MiB", note)
+                    .at_most(96.0, "< 96 MiB"),
+            );
+        }
+        Err(e) => figures.push(Figure::not_measured("VmHWM under a sustained load", "MiB", format!("failed: {e:#}"))),
+    }
     figures
+}
+
+/// [`SUSTAINED_REQUESTS`] add_appointment from 16 new users; then VmRSS and VmHWM.
+async fn sustained_memory(daemon: &Daemon) -> Result<(LoadResult, u64, u64)> {
+    let salt = 0x5ca1e;
+    let users: Vec<BenchUser> = (0..16).map(|i| BenchUser::new(salt, i)).collect();
+    register_all(&daemon.api_url, &users).await?;
+    let bodies = tokio::task::spawn_blocking(move || prepare(salt, SUSTAINED_REQUESTS, &users)).await?;
+    let result = load(&daemon.api_url, daemon.pid(), bodies, 16).await?;
+    let pid = daemon.pid();
+    let rss = rss_bytes(pid).context("no VmRSS")?;
+    let hwm = hwm_bytes(pid).context("no VmHWM")?;
+    Ok((result, rss, hwm))
 }

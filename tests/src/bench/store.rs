@@ -212,7 +212,11 @@ pub fn size_figures(points: &[SizePoint], full: bool, scale: bool) -> Vec<Figure
             "median of restarts",
         );
         if n == largest {
-            let target = if full { "< 1000 ms at 1M" } else { "< 1000 ms at 1M (quick: at the largest size run)" };
+            let target = match (scale, full) {
+                (true, _) => "< 1000 ms",
+                (false, true) => "< 1000 ms at 1M",
+                (false, false) => "< 1000 ms at 1M (quick: at the largest size run)",
+            };
             ready = ready.at_most(1000.0, target);
         }
         figures.push(ready);
