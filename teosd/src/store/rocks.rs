@@ -59,8 +59,9 @@ impl std::fmt::Debug for RocksKv {
 }
 
 /// All column families' memtables together are flushed before they hold more than this (each
-/// column family's alone at 8 MiB, two of them at most).
-const MEMTABLES_TOTAL: usize = 16 << 20;
+/// column family's alone at 8 MiB, two of them at most): a bound on memory under a sustained
+/// load, for a flush every ~3 s at 5000 appointments/s (docs/performance.md).
+const MEMTABLES_TOTAL: usize = 8 << 20;
 
 fn cf_options(cf: Cf, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
@@ -71,18 +72,20 @@ fn cf_options(cf: Cf, cache: &Cache) -> Options {
     let mut opts = Options::default();
     if let Some(len) = cf.prefix_len() {
         opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(len));
-        opts.set_memtable_prefix_bloom_ratio(0.1);
         table.set_whole_key_filtering(true);
     }
     match cf {
         // The column families that grow with the appointments (docs/performance.md, "10 million
         // appointments"). `appointments`: point reads go by `locator ‖ user number`, whose prefix
         // (the locator) is all but unique, so the prefix filter answers them as well as a
-        // whole-key one would: half the filter; 16 KiB blocks: a quarter of the index (an
-        // appointment is ~360 bytes; a hit reads one block).
-        // A Ribbon filter with a Bloom filter's false positive rate at 10 bits per key: ~30% fewer
-        // bits, for a little more CPU when RocksDB builds it (compactions).
+        // whole-key one would: half the filter; and a Ribbon filter with a Bloom filter's false
+        // positive rate at 10 bits per key: ~30% fewer bits, for more CPU when a compaction
+        // builds it. 16 KiB blocks: a quarter of the index (an appointment is ~360 bytes; a hit
+        // reads one block). Its memtables alone get a prefix bloom filter (0.1 of 8 MiB, zeroed
+        // when each memtable is made, so resident): a block's 2000 probes meet it; the other
+        // prefix column families hold a few trackers, or are not on a block's path.
         Cf::Appointments => {
+            opts.set_memtable_prefix_bloom_ratio(0.1);
             table.set_whole_key_filtering(false);
             table.set_ribbon_filter(10.0);
             table.set_block_size(16 << 10);
