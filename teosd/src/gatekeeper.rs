@@ -68,10 +68,10 @@ pub struct DeletedUser {
 }
 
 impl Gatekeeper {
-    /// A gatekeeper over `store` applying `policy` (counts the registered users: a key scan; and
-    /// loads the banned users).
+    /// A gatekeeper over `store` applying `policy` (takes the store's count of registered users,
+    /// and loads the banned users).
     pub fn new(store: Store, policy: Policy) -> Result<Self, StoreError> {
-        let users = Arc::new(AtomicU64::new(store.count_users()?));
+        let users = Arc::new(AtomicU64::new(store.stored_counts().users));
         let banned = store.banned_users()?.into_iter().map(|(user, _)| user).collect();
         Ok(Gatekeeper { store, policy, users, banned: Arc::new(RwLock::new(banned)) })
     }

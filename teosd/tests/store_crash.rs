@@ -1,6 +1,6 @@
 //! Crash test: a child process streams acknowledged batches from several threads and is
 //! killed with SIGKILL at a random point; after reopening, every acknowledged batch is there and
-//! no batch is half-applied. `TEOS_CRASH_CYCLES` sets the number of cycles (default 50; raise it
+//! no batch is half-applied, and the store's kept counts equal a recount. `TEOS_CRASH_CYCLES` sets the number of cycles (default 50; raise it
 //! for a soak).
 
 use std::io::{BufRead, BufReader};
@@ -153,5 +153,8 @@ fn acknowledged_batches_survive_sigkill() {
         let acked = run_child_and_kill(&path, kill_after);
         let store = Store::open(&path, 8).unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
         check_consistent(&store, &acked);
+        // The kept counts (one key, added to by each batch) survived the kill exactly.
+        assert_eq!(store.stored_counts(), store.recount().unwrap(), "cycle {cycle}: counts differ from a recount");
+        assert_eq!(store.persisted_counts().unwrap(), Some(store.stored_counts()), "cycle {cycle}");
     }
 }

@@ -277,10 +277,14 @@ impl PrivateTowerServices for AdminService {
         let height = self.height();
         let counts = self
             .blocking(move |store| {
+                // Users, appointments and trackers are the store's kept counts (atomic loads);
+                // the watched appointments and those at risk walk the trackers (not the
+                // appointments): their cost grows with the trackers alone.
+                let counts = store.stored_counts();
                 Ok(Counts {
-                    users: store.count_users()?,
-                    watched: store.count_watched_appointments()?,
-                    trackers: store.count_trackers()?,
+                    users: counts.users,
+                    watched: counts.appointments.saturating_sub(store.count_triggered_appointments()?),
+                    trackers: counts.trackers.iter().sum(),
                     at_risk: Responder::trackers_at_risk(store, height, usize::MAX)?.len() as u64,
                     outcomes: store.outcome_counts()?,
                 })

@@ -94,6 +94,25 @@ pub enum Op {
     Put(Cf, Vec<u8>, Vec<u8>),
     /// Remove a key.
     Delete(Cf, Vec<u8>),
+    /// Add to a key's counters: the value and the operand are big-endian `i64`s, added word by
+    /// word (a missing key, or missing words, count as 0): see [`add_counters`]. Only on
+    /// [`Cf::Meta`] (RocksDB's merge operator is set there alone).
+    AddCounters(Cf, Vec<u8>, Vec<u8>),
+}
+
+/// `value` with `operand` added to it, word by word (big-endian `i64`s, wrapping); `None` if
+/// either is not a whole number of words. The meaning of [`Op::AddCounters`] in every backend
+/// (RocksDB's merge operator calls it), and associative, as RocksDB needs.
+pub fn add_counters(value: Option<&[u8]>, operand: &[u8]) -> Option<Vec<u8>> {
+    let value = value.unwrap_or_default();
+    if !value.len().is_multiple_of(8) || !operand.len().is_multiple_of(8) {
+        return None;
+    }
+    let word = |bytes: &[u8], i: usize| {
+        bytes.get(i * 8..i * 8 + 8).and_then(|w| w.try_into().ok()).map_or(0, i64::from_be_bytes)
+    };
+    let words = value.len().max(operand.len()) / 8;
+    Some((0..words).flat_map(|i| word(value, i).wrapping_add(word(operand, i)).to_be_bytes()).collect())
 }
 
 /// Errors from the storage backend.

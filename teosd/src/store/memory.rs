@@ -28,6 +28,16 @@ impl Kv for MemoryKv {
 
     fn write(&self, ops: Vec<Op>) -> Result<(), KvError> {
         let mut tables = self.tables.lock().expect("memory kv lock");
+        // All or nothing: a batch whose counters cannot be added is refused before any op applies
+        // (sums of whole words are whole words, so checking the stored values and operands does).
+        for op in &ops {
+            if let Op::AddCounters(cf, k, operand) = op {
+                let stored = tables.get(cf).and_then(|t| t.get(k));
+                if super::kv::add_counters(stored.map(Vec::as_slice), operand).is_none() {
+                    return Err(KvError::Backend(format!("counters in `{}` are not 8-byte words", cf.name())));
+                }
+            }
+        }
         for op in ops {
             match op {
                 Op::Put(cf, k, v) => {
@@ -35,6 +45,12 @@ impl Kv for MemoryKv {
                 }
                 Op::Delete(cf, k) => {
                     tables.entry(cf).or_default().remove(&k);
+                }
+                Op::AddCounters(cf, k, operand) => {
+                    let table = tables.entry(cf).or_default();
+                    if let Some(sum) = super::kv::add_counters(table.get(&k).map(Vec::as_slice), &operand) {
+                        table.insert(k, sum);
+                    }
                 }
             }
         }

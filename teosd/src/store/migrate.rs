@@ -24,6 +24,17 @@ pub(super) fn v2_to_v3(kv: &dyn Kv) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Version 3 → 4: the store's counts are kept in the `meta` key `counts` (added to by every
+/// batch): counted once here, written with the version in one batch. An older teosd refuses a
+/// version-4 store, so it never writes batches that would leave the counts behind.
+pub(super) fn v3_to_v4(kv: &dyn Kv) -> Result<(), StoreError> {
+    let counted = super::counts::recount(kv)?;
+    let version = Op::Put(Cf::Meta, META_SCHEMA_VERSION.to_vec(), 4u32.to_be_bytes().to_vec());
+    kv.write(vec![super::counts::put_counts(&counted), version])?;
+    tracing::info!("store upgraded from schema version 3 to 4 (its counts kept in the store)");
+    Ok(())
+}
+
 fn rewrite_trackers(kv: &dyn Kv) -> Result<(), StoreError> {
     let mut from = Vec::new();
     loop {
@@ -120,7 +131,8 @@ mod tests {
         );
         let hit = RecentHit { height: 101, block_hash: BlockHash::from_byte_array([7; 32]) };
         assert_eq!(store.late_checks(10).unwrap(), vec![(locator, user(2), hit)]);
-        assert_eq!(kv.get(Cf::Meta, META_SCHEMA_VERSION).unwrap(), Some(3u32.to_be_bytes().to_vec()));
+        assert_eq!(kv.get(Cf::Meta, META_SCHEMA_VERSION).unwrap(), Some(4u32.to_be_bytes().to_vec()));
+        assert_eq!(store.stored_counts().trackers, [0, 0, 1, 0], "counted on the way to version 4");
         // Opening again changes nothing.
         let again = Store::with_kv(kv).unwrap();
         assert_eq!(again.late_checks(10).unwrap().len(), 1);

@@ -32,8 +32,8 @@ pub use trackers::TrackerEvent;
 use crate::metrics::Metrics;
 use crate::protocol::{Dialect, Locator, UserId, LOCATOR_LEN, USER_ID_LEN};
 
-/// The layout version this build reads and writes (and upgrades version 2 to, at open).
-pub const SCHEMA_VERSION: u32 = 3;
+/// The layout version this build reads and writes (and upgrades versions 2 and 3 to, at open).
+pub const SCHEMA_VERSION: u32 = 4;
 
 const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 const META_TOWER_KEY: &[u8] = b"tower_key/";
@@ -151,6 +151,7 @@ impl Batch {
         }
         self.ops.push(Op::Put(Cf::UsersByExpiry, expiry_key(new.subscription_expiry, user), Vec::new()));
         self.ops.push(Op::Put(Cf::Users, user.to_bytes().to_vec(), new.encode()));
+        self.counts.users += i64::from(old.is_none());
         if old.is_none() && new.dialect == Dialect::Python {
             self.ops.push(Op::Put(Cf::Meta, META_PYTHON_USERS.to_vec(), Vec::new()));
             self.adds_python_user = true;
@@ -233,6 +234,7 @@ impl Batch {
 
     /// Removes a user record, its expiry index entry and its number.
     pub fn delete_user(&mut self, user: &UserId, record: &UserRecord) {
+        self.counts.users -= 1;
         self.ops.push(Op::Delete(Cf::UserNumbers, record.number.to_be_bytes().to_vec()));
         self.ops.push(Op::Delete(Cf::UsersByExpiry, expiry_key(record.subscription_expiry, user)));
         self.ops.push(Op::Delete(Cf::Users, user.to_bytes().to_vec()));
@@ -263,7 +265,7 @@ impl Store {
 
     /// Opens the RocksDB store at `path` read-only (a backup: to check it and read its tip).
     pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
-        Store::with_kv(Arc::new(RocksKv::open_read_only(path)?))
+        Store::with_kv_mode(Arc::new(RocksKv::open_read_only(path)?), true)
     }
 
     /// A store in memory, for tests.
@@ -273,16 +275,26 @@ impl Store {
 
     /// Wraps a backend, initialising an empty one and checking the schema version of any other.
     pub fn with_kv(kv: Arc<dyn Kv>) -> Result<Store, StoreError> {
+        Store::with_kv_mode(kv, false)
+    }
+
+    fn with_kv_mode(kv: Arc<dyn Kv>, read_only: bool) -> Result<Store, StoreError> {
         match kv.get(Cf::Meta, META_SCHEMA_VERSION)? {
             Some(bytes) => match records::be_u32(&bytes, 0) {
                 Some(SCHEMA_VERSION) if bytes.len() == 4 => {}
-                Some(2) if bytes.len() == 4 => migrate::v2_to_v3(kv.as_ref())?,
+                Some(3) if bytes.len() == 4 && !read_only => migrate::v3_to_v4(kv.as_ref())?,
+                // A backup of an older store, checked read-only: counted below, not upgraded.
+                Some(3) if bytes.len() == 4 => {}
+                Some(2) if bytes.len() == 4 => {
+                    migrate::v2_to_v3(kv.as_ref())?;
+                    migrate::v3_to_v4(kv.as_ref())?;
+                }
                 Some(found) => return Err(StoreError::SchemaVersion { found }),
                 None => return Err(corrupt(Cf::Meta, "schema version", format!("{} bytes", bytes.len()))),
             },
             None if is_empty(kv.as_ref())? => {
                 let version = SCHEMA_VERSION.to_be_bytes().to_vec();
-                kv.write(vec![Op::Put(Cf::Meta, META_SCHEMA_VERSION.to_vec(), version)])?;
+                kv.write(vec![Op::Put(Cf::Meta, META_SCHEMA_VERSION.to_vec(), version), counts::zero_counts()])?;
             }
             None => return Err(StoreError::MissingSchemaVersion),
         }
@@ -292,7 +304,7 @@ impl Store {
         let python_users = Arc::new(AtomicBool::new(kv.get(Cf::Meta, META_PYTHON_USERS)?.is_some()));
         let store =
             Store { kv, recent, next_user_number, python_users, counts: Arc::default(), metrics: Metrics::new() };
-        store.count_contents()?;
+        store.load_counts(read_only)?;
         Ok(store)
     }
 
@@ -345,8 +357,10 @@ impl Store {
             // Before the write: searching for python locators too is harmless, missing them is not.
             self.python_users.store(true, Ordering::Release);
         }
+        let mut ops = batch.ops;
+        ops.extend(batch.counts.op());
         let started = std::time::Instant::now();
-        let written = self.kv.write(batch.ops);
+        let written = self.kv.write(ops);
         self.metrics.store_commit(started.elapsed(), written.is_ok());
         written?;
         self.counts.apply(&batch.counts);

@@ -58,6 +58,11 @@ impl std::fmt::Debug for RocksKv {
     }
 }
 
+/// All column families' memtables together are flushed before they hold more than this (each
+/// column family's alone at 8 MiB, two of them at most): a bound on memory under a sustained
+/// load, for a flush every ~3 s at 5000 appointments/s (docs/performance.md).
+const MEMTABLES_TOTAL: usize = 8 << 20;
+
 fn cf_options(cf: Cf, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -67,13 +72,51 @@ fn cf_options(cf: Cf, cache: &Cache) -> Options {
     let mut opts = Options::default();
     if let Some(len) = cf.prefix_len() {
         opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(len));
-        opts.set_memtable_prefix_bloom_ratio(0.1);
         table.set_whole_key_filtering(true);
+    }
+    match cf {
+        // The column families that grow with the appointments (docs/performance.md, "10 million
+        // appointments"). `appointments`: point reads go by `locator ‖ user number`, whose prefix
+        // (the locator) is all but unique, so the prefix filter answers them as well as a
+        // whole-key one would: half the filter; and a Ribbon filter with a Bloom filter's false
+        // positive rate at 10 bits per key: ~30% fewer bits, for more CPU when a compaction
+        // builds it. 16 KiB blocks: a quarter of the index (an appointment is ~360 bytes; a hit
+        // reads one block). Its memtables alone get a prefix bloom filter (0.1 of 8 MiB, zeroed
+        // when each memtable is made, so resident): a block's 2000 probes meet it; the other
+        // prefix column families hold a few trackers, or are not on a block's path.
+        Cf::Appointments => {
+            opts.set_memtable_prefix_bloom_ratio(0.1);
+            table.set_whole_key_filtering(false);
+            table.set_ribbon_filter(10.0);
+            table.set_block_size(16 << 10);
+        }
+        // `user_locators` is only scanned by user (its prefix): no whole-key filter; restarts
+        // every 64 keys rather than 16 (a restart stores the whole 49-byte key, the others only
+        // the locator that follows the shared user id).
+        Cf::UserLocators => {
+            table.set_whole_key_filtering(false);
+            table.set_block_restart_interval(64);
+        }
+        _ => {}
     }
     opts.set_block_based_table_factory(&table);
     opts.set_write_buffer_size(8 << 20);
     opts.set_max_write_buffer_number(2);
+    if cf == Cf::Meta {
+        // `Op::AddCounters`: the store's counts, added to by every batch that changes them.
+        opts.set_merge_operator_associative("teos_add_counters", add_counters_merge);
+    }
     opts
+}
+
+/// RocksDB's merge of [`Op::AddCounters`] operands (full and partial merges alike: the addition
+/// is associative). `None` (a corrupt operand or value) makes the read fail, not guess.
+fn add_counters_merge(_key: &[u8], existing: Option<&[u8]>, operands: &rocksdb::MergeOperands) -> Option<Vec<u8>> {
+    let mut sum = existing.map(<[u8]>::to_vec);
+    for operand in operands {
+        sum = Some(super::kv::add_counters(sum.as_deref(), operand)?);
+    }
+    sum
 }
 
 impl RocksKv {
@@ -104,6 +147,7 @@ impl RocksKv {
         opts.set_max_open_files(256);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(64 << 20);
+        opts.set_db_write_buffer_size(MEMTABLES_TOTAL);
         let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|e| OpenError::Rocks { path: path.to_path_buf(), message: e.into_string() })?;
@@ -214,6 +258,7 @@ impl Kv for RocksKv {
             match op {
                 Op::Put(cf, k, v) => batch.put_cf(self.handle(cf), k, v),
                 Op::Delete(cf, k) => batch.delete_cf(self.handle(cf), k),
+                Op::AddCounters(cf, k, v) => batch.merge_cf(self.handle(cf), k, v),
             }
         }
         self.db.write_opt(batch, &self.sync).map_err(backend)

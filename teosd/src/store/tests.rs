@@ -446,7 +446,7 @@ fn user_numbers_resume_above_the_highest_stored() {
 }
 
 #[test]
-fn the_counts_kept_by_batches_equal_a_recount_at_open() {
+fn the_counts_kept_by_batches_equal_a_recount() {
     use crate::test_utils::tracker;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
@@ -483,8 +483,162 @@ fn the_counts_kept_by_batches_equal_a_recount_at_open() {
         drop(dropped);
 
         let kept = store.stored_counts();
-        assert_eq!(kept, StoredCounts { appointments: 10_000, trackers: [1, 0, 1, 0] });
+        assert_eq!(kept, StoredCounts { users: 1, appointments: 10_000, trackers: [1, 0, 1, 0] });
+        assert_eq!(store.recount().unwrap(), kept, "the same, counted again");
         drop(store);
-        assert_eq!(open().stored_counts(), kept, "the same, counted again at open");
+        assert_eq!(open().stored_counts(), kept, "the same, read again at open");
     }
+}
+
+/// Random batches of every kind of change the counts follow (users registered and deleted with
+/// their appointments, appointments added, updated and removed, trackers put, moved between states
+/// and removed), checked against a recount after every batch, after reopening, and (RocksDB)
+/// after the process's view is dropped mid-stream without a clean close of the batch in hand.
+#[test]
+fn kept_counts_equal_a_recount_after_random_batches_and_reopens() {
+    use crate::test_utils::tracker;
+    use std::collections::{BTreeMap, BTreeSet};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let memory = Arc::new(MemoryKv::new());
+    let reopen: [&dyn Fn() -> Store; 2] =
+        [&|| Store::with_kv(memory.clone()).unwrap(), &|| Store::open(&path, 8).unwrap()];
+    for open in reopen {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        // The model: registered users, their appointments' locators, trackers by (locator, user).
+        let mut users: BTreeMap<u8, BTreeSet<u8>> = BTreeMap::new();
+        let mut trackers: BTreeMap<(u8, u8), TrackerRecord> = BTreeMap::new();
+        let mut store = open();
+        assert_eq!(store.persisted_counts().unwrap(), Some(StoredCounts::default()), "written at creation");
+        for round in 0..120 {
+            let mut batch = store.batch();
+            // Within one batch, each user is touched at most once (as teosd's user locks ensure).
+            let mut touched = BTreeSet::new();
+            for _ in 0..1 + next(6) {
+                let n = 1 + next(8) as u8;
+                if !touched.insert(n) {
+                    continue;
+                }
+                match (users.contains_key(&n), next(6)) {
+                    (false, _) => {
+                        batch.put_user(&user(n), None, &num(n));
+                        users.insert(n, BTreeSet::new());
+                    }
+                    (true, 0) => {
+                        for l in users.remove(&n).unwrap_or_default() {
+                            batch.delete_appointment(&user(n), &num(n), &locator(l));
+                        }
+                        batch.delete_user(&user(n), &num(n));
+                    }
+                    (true, 1 | 2) => {
+                        let l = next(20) as u8;
+                        let is_new = users.get_mut(&n).is_some_and(|ls| ls.insert(l));
+                        batch.put_appointment(&user(n), &num(n), &appointment(locator(l), &[round as u8]), is_new);
+                    }
+                    (true, 3) => {
+                        let l = next(20) as u8;
+                        if users.get_mut(&n).is_some_and(|ls| ls.remove(&l)) {
+                            batch.delete_appointment(&user(n), &num(n), &locator(l));
+                        }
+                    }
+                    (true, _) => {
+                        let l = next(20) as u8;
+                        let status = match next(4) {
+                            0 => PenaltyStatus::Broadcast(100 + round),
+                            1 => PenaltyStatus::Refused(100 + round),
+                            2 => PenaltyStatus::Confirmed(100 + round),
+                            _ => PenaltyStatus::Conflicted { height: 100 + round, by: bitcoin::Txid::all_zeros() },
+                        };
+                        let old = trackers.get(&(l, n)).cloned();
+                        if let Some(old) = old.as_ref().filter(|_| next(3) == 0) {
+                            batch.delete_tracker(&locator(l), &user(n), old);
+                            trackers.remove(&(l, n));
+                        } else {
+                            let new = tracker(l, 100, status);
+                            batch.put_tracker(&locator(l), &user(n), &new, old.as_ref());
+                            trackers.insert((l, n), new);
+                        }
+                    }
+                }
+            }
+            store.commit(batch).unwrap();
+            let kept = store.stored_counts();
+            assert_eq!(store.recount().unwrap(), kept, "round {round}");
+            assert_eq!(store.persisted_counts().unwrap(), Some(kept), "round {round}");
+            assert_eq!(kept.users, users.len() as u64);
+            assert_eq!(kept.appointments, users.values().map(|ls| ls.len() as u64).sum::<u64>());
+            assert_eq!(kept.trackers.iter().sum::<u64>(), trackers.len() as u64);
+            if round % 10 == 9 {
+                // A batch built and never committed, then the store dropped: it counts nowhere.
+                let mut abandoned = store.batch();
+                abandoned.put_user(&user(200), None, &num(200));
+                drop(abandoned);
+                drop(store);
+                store = open();
+                assert_eq!(store.stored_counts(), kept, "round {round}: read again at open");
+            }
+        }
+    }
+}
+
+/// A version-3 store (before the counts were kept: no `counts` key) is counted once at open and
+/// upgraded to version 4, the key and the version in one batch; a read-only open of one counts
+/// without writing.
+#[test]
+fn a_version_3_store_is_counted_once_and_upgraded() {
+    let to_v3 = |kv: &dyn Kv| {
+        kv.write(vec![
+            Op::Delete(Cf::Meta, counts::META_COUNTS.to_vec()),
+            Op::Put(Cf::Meta, META_SCHEMA_VERSION.to_vec(), 3u32.to_be_bytes().to_vec()),
+        ])
+        .unwrap();
+    };
+    let memory = Arc::new(MemoryKv::new());
+    let store = Store::with_kv(memory.clone()).unwrap();
+    register(&store, &[1, 2]);
+    let mut batch = store.batch();
+    batch.put_appointment(&user(1), &num(1), &appointment(locator(1), b"a"), true);
+    store.commit(batch).unwrap();
+    drop(store);
+    to_v3(memory.as_ref());
+    let store = Store::with_kv(memory.clone()).unwrap();
+    let expected = StoredCounts { users: 2, appointments: 1, trackers: [0; 4] };
+    assert_eq!(store.stored_counts(), expected);
+    assert_eq!(store.persisted_counts().unwrap(), Some(expected));
+    assert_eq!(memory.get(Cf::Meta, META_SCHEMA_VERSION).unwrap(), Some(4u32.to_be_bytes().to_vec()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path, 8).unwrap();
+    register(&store, &[3]);
+    to_v3(store.kv.as_ref());
+    drop(store);
+    let read_only = Store::open_read_only(&path).unwrap();
+    assert_eq!(read_only.stored_counts().users, 1);
+    assert_eq!(read_only.persisted_counts().unwrap(), None, "a read-only open writes nothing");
+    drop(read_only);
+    let store = Store::open(&path, 8).unwrap();
+    assert_eq!(store.persisted_counts().unwrap().map(|c| c.users), Some(1));
+    assert_eq!(store.kv.get(Cf::Meta, META_SCHEMA_VERSION).unwrap(), Some(4u32.to_be_bytes().to_vec()));
+}
+
+/// Counters that are not whole 8-byte words are refused, and the batch with them changes nothing.
+#[test]
+fn malformed_counters_refuse_the_whole_batch() {
+    let memory = MemoryKv::new();
+    let refused =
+        memory.write(vec![Op::Put(Cf::Users, vec![1], vec![2]), Op::AddCounters(Cf::Meta, b"c".to_vec(), vec![0; 7])]);
+    assert!(refused.is_err());
+    assert_eq!(memory.get(Cf::Users, &[1]).unwrap(), None);
+    assert_eq!(
+        kv::add_counters(Some(&[0, 0, 0, 0, 0, 0, 0, 1]), &[0; 16]),
+        Some([&[0, 0, 0, 0, 0, 0, 0, 1][..], &[0; 8]].concat())
+    );
+    assert_eq!(kv::add_counters(None, &(-3i64).to_be_bytes()), Some((-3i64).to_be_bytes().to_vec()));
 }

@@ -12,6 +12,7 @@ use teosd::protocol::{encrypt_penalty, sign_message, Appointment, Locator};
 
 use super::api::{add_appointment_body, client, post, register_all, BenchUser};
 use super::daemon::{field, Daemon};
+use super::{median, Figure};
 use crate::backend::Bitcoind;
 use crate::wallet::{commitment_tx, penalty_tx, spend_tx, split_tx, Funding, Utxo};
 
@@ -169,4 +170,75 @@ pub async fn reaction(
     }
     daemon.stop()?;
     Ok(latencies)
+}
+
+/// The scan stage of 0-breach blocks with a python-teos user registered over the same without
+/// (same store, same run): what the second locator order costs per block.
+pub fn python_scan_figure(stored: usize, rust_only: &[BlockPoint], with_python: &[BlockPoint]) -> Option<Figure> {
+    let scan = |blocks: &[BlockPoint]| -> Option<f64> {
+        let mut ms: Vec<f64> = blocks
+            .iter()
+            .skip(1)
+            .filter(|b| b.breaches == 0)
+            .filter_map(|b| b.stages.iter().find(|(name, _)| *name == "scan_ms").map(|(_, ms)| *ms))
+            .collect();
+        (!ms.is_empty()).then(|| median(&mut ms))
+    };
+    let (before, after) = (scan(rust_only)?, scan(with_python)?);
+    Some(Figure::new(
+        format!("{BLOCK_TXS}-tx block scan with python-teos users / without, 0 breaches, {stored} stored"),
+        after / before.max(0.001),
+        "x",
+        format!("median scan_ms {after:.2} vs {before:.2} (same store, same run): one more bloom-filtered probe per transaction"),
+    ))
+}
+
+/// The first block (cold cache) on its own, then the median of each count of breaches; `how`
+/// the blocks reached teosd.
+pub fn block_figures(stored: usize, how: &str, blocks: &[BlockPoint], breaches: &[usize]) -> Vec<Figure> {
+    let stages = |b: &BlockPoint| -> String {
+        b.stages.iter().map(|(name, ms)| format!("{name} {ms:.1}")).collect::<Vec<_>>().join(", ")
+    };
+    let mut figures = Vec::new();
+    let Some((first, measured)) = blocks.split_first() else { return figures };
+    figures.push(Figure::new(
+        format!("{BLOCK_TXS}-tx block ({how}), first after a restart (cold cache), 0 breaches, {stored} stored"),
+        first.took_ms,
+        "ms",
+        format!("teosd's took_ms: {} (block from {})", stages(first), first.source),
+    ));
+    for &k in breaches {
+        let mut runs: Vec<&BlockPoint> = measured.iter().filter(|b| b.breaches == k).collect();
+        runs.sort_by(|a, b| a.took_ms.total_cmp(&b.took_ms));
+        let Some(mid) = runs.get((runs.len().max(1) - 1) / 2) else { continue };
+        // Each run with its source and its slowest stage, so an outlier says where it went.
+        let slowest = |b: &BlockPoint| {
+            let top = b.stages.iter().max_by(|x, y| x.1.total_cmp(&y.1));
+            top.map_or(String::new(), |(name, ms)| format!(", {name} {ms:.1}"))
+        };
+        let all: Vec<String> = runs.iter().map(|b| format!("{:.1} ({}{})", b.took_ms, b.source, slowest(b))).collect();
+        let note = format!(
+            "median of {} blocks [{}] ms, teosd's took_ms (block taken .. synced commit); median's stages: {}",
+            runs.len(),
+            all.join(", "),
+            stages(mid)
+        );
+        let mut f = Figure::new(
+            format!("{BLOCK_TXS}-tx block ({how}), {k} breaches, {stored} stored"),
+            mid.took_ms,
+            "ms",
+            note,
+        );
+        f = match k {
+            1 => f.at_most(15.0, "< 15 ms"),
+            100 => f.at_most(300.0, "< 300 ms"),
+            _ => f,
+        };
+        if let Some(wrong) = runs.iter().find(|b| b.logged_breaches != k) {
+            f.pass = Some(false);
+            f.note = format!("{}; a block logged breaches={} instead of {k}", f.note, wrong.logged_breaches);
+        }
+        figures.push(f);
+    }
+    figures
 }

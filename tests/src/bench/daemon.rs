@@ -27,6 +27,8 @@ pub struct Daemon {
     pub api_url: String,
     /// When it was spawned.
     pub spawned: Instant,
+    /// The admin API's port (gRPC, mutual TLS with the data directory's certificates).
+    pub rpc_port: u16,
 }
 
 /// The `teosd` next to this executable (`target/release/teosd` when run by `scripts/bench`).
@@ -97,6 +99,7 @@ impl Daemon {
             datadir: datadir.to_path_buf(),
             api_url: format!("http://127.0.0.1:{api_port}"),
             spawned,
+            rpc_port,
         })
     }
 

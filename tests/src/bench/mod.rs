@@ -9,6 +9,7 @@
 //! * [`attack`]: honest throughput and latency while strangers attack the public API.
 //! * [`bounded`]: what one block or one request costs when an abuser shapes the store.
 //! * [`mempool`]: a dispute in the mempool answered, and what a big mempool costs to watch.
+//! * [`scale`]: one store of 100k, 1M or 10M appointments: its requests and admin calls.
 
 pub mod api;
 pub mod attack;
@@ -16,6 +17,7 @@ pub mod bounded;
 pub mod chain;
 pub mod daemon;
 pub mod mempool;
+pub mod scale;
 pub mod store;
 
 use std::path::Path;
@@ -64,6 +66,11 @@ impl Figure {
         self.pass = self.value.map(|v| v >= min);
         self
     }
+}
+
+/// Bytes in MiB.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// The `p`-th percentile (0..=100) of sorted `values` (nearest rank).

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! teos-bench [--full] [--only load|attacks|bounded|mempool|sizes|blocks|reaction] [--out <path.json>]
+//! teos-bench --scale 100k|1m|10m [--out <path.json>]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -16,11 +17,14 @@ use teos_tests::backend::Bitcoind;
 use teos_tests::bench::api::{crypto_cost, load, prepare, register_all, BenchUser, CryptoCost, LoadResult};
 use teos_tests::bench::attack::{honest_under, Attack, ATTACKS};
 use teos_tests::bench::bounded;
-use teos_tests::bench::chain::{block_processing, reaction, wait_subscribed, BlockPoint, BLOCK_TXS};
+use teos_tests::bench::chain::{
+    block_figures, block_processing, python_scan_figure, reaction, wait_subscribed, BlockPoint, BLOCK_TXS,
+};
 use teos_tests::bench::daemon::{teosd_path, Daemon};
 use teos_tests::bench::mempool;
-use teos_tests::bench::store::{fill, measure, SizePoint};
-use teos_tests::bench::{loadavg, median, percentile, Figure, BLOB_SIZE};
+use teos_tests::bench::scale::{self, parse_scale};
+use teos_tests::bench::store::{fill, measure, size_figures, SizeRun, PER_USER};
+use teos_tests::bench::{loadavg, median, mib, percentile, Figure, BLOB_SIZE};
 use teos_tests::wallet::Funding;
 
 /// What a mode runs.
@@ -32,6 +36,10 @@ struct Plan {
     users: u32,
     floor_iterations: usize,
     sizes: Vec<usize>,
+    /// Appointments per user in the filled stores.
+    per_user: usize,
+    /// add_appointment requests after the fill, before the second memory reading.
+    size_load: usize,
     restarts: usize,
     breaches: Vec<usize>,
     /// Times each count of `breaches` is measured (after one warm-up block).
@@ -49,6 +57,8 @@ impl Plan {
             users: 256,
             floor_iterations: 2000,
             sizes: vec![0, 100_000],
+            per_user: PER_USER,
+            size_load: 1000,
             restarts: 2,
             breaches: vec![0, 1, 100],
             block_rounds: 1,
@@ -64,12 +74,19 @@ impl Plan {
             users: 1024,
             floor_iterations: 10_000,
             sizes: vec![0, 100_000, 1_000_000],
+            per_user: PER_USER,
+            size_load: 1000,
             restarts: 3,
             breaches: vec![0, 1, 100],
             block_rounds: 3,
             reaction_trials: 10,
             attack_requests: 10_000,
         }
+    }
+
+    /// Issue 18's run: the empty store and one of `stored` appointments, 100 per user.
+    fn scale(stored: usize) -> Plan {
+        Plan { name: "scale", sizes: vec![0, stored], per_user: scale::PER_USER, size_load: 4000, ..Plan::full() }
     }
 }
 
@@ -78,10 +95,15 @@ struct Args {
     out: PathBuf,
     /// Only this one of [`SECTIONS`], if given.
     only: Option<String>,
+    /// `--scale`: this many appointments, sizes and blocks only, and the scale run's requests.
+    scale: Option<usize>,
 }
 
 impl Args {
     fn runs(&self, section: &str) -> bool {
+        if self.scale.is_some() {
+            return section == "sizes" || section == "blocks";
+        }
         self.only.as_deref().is_none_or(|only| only == section)
     }
 }
@@ -90,7 +112,7 @@ impl Args {
 const SECTIONS: [&str; 7] = ["load", "attacks", "bounded", "mempool", "sizes", "blocks", "reaction"];
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args { full: false, out: PathBuf::from("target/bench/latest.json"), only: None };
+    let mut args = Args { full: false, out: PathBuf::from("target/bench/latest.json"), only: None, scale: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -104,19 +126,23 @@ fn parse_args() -> Result<Args> {
                 Some(section) if SECTIONS.contains(&section.as_str()) => args.only = Some(section),
                 _ => bail!("--only needs one of: {}", SECTIONS.join(", ")),
             },
+            "--scale" => match it.next().as_deref().and_then(parse_scale) {
+                Some(n) => args.scale = Some(n),
+                None => bail!("--scale needs one of: 100k, 1m, 10m"),
+            },
             "-h" | "--help" => {
                 let sections = SECTIONS.join("|");
                 println!("teos-bench [--full] [--only {sections}] [--out <path.json>]  (see docs/performance.md)");
+                println!("teos-bench --scale 100k|1m|10m [--out <path.json>]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}` (try --help)"),
         }
     }
+    if args.scale.is_some() && (args.only.is_some() || args.full) {
+        bail!("--scale runs its own sections: not with --only or --full");
+    }
     Ok(args)
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 fn fresh(root: &Path, name: &str) -> PathBuf {
@@ -318,7 +344,7 @@ async fn mempool_figures(
     let filled = async {
         Daemon::start(bitcoind, &datadir, &[]).await?.stop()?;
         let dir = datadir.clone();
-        tokio::task::spawn_blocking(move || fill(&dir, stored, 601)).await??;
+        tokio::task::spawn_blocking(move || fill(&dir, stored, PER_USER, 601)).await??;
         mempool::run(bitcoind, funding, &datadir, trials, MEMPOOL).await
     };
     let m = match filled.await {
@@ -410,74 +436,12 @@ async fn attack_figures(bitcoind: &Bitcoind, root: &Path, requests: usize) -> Ve
     figures
 }
 
-fn size_figures(points: &[SizePoint], full: bool) -> Vec<Figure> {
-    let mut figures = Vec::new();
-    let largest = points.iter().map(|p| p.stored).max().unwrap_or(0);
-    let how = "filled directly with teosd::store::Store (teosd stopped), 10k appointments per synced batch";
-    for p in points {
-        let n = p.stored;
-        let mut ready = Figure::new(
-            format!("ready (spawn -> /ping), {n} stored"),
-            p.ready.as_secs_f64() * 1000.0,
-            "ms",
-            "median of restarts",
-        );
-        if n == largest {
-            let target = if full { "< 1000 ms at 1M" } else { "< 1000 ms at 1M (quick: at the largest size run)" };
-            ready = ready.at_most(1000.0, target);
-        }
-        figures.push(ready);
-        figures.push(Figure::new(
-            format!("VmRSS after start, {n} stored"),
-            mib(p.rss_ready),
-            "MiB",
-            "200 ms after /ping answered",
-        ));
-        let mut rss = Figure::new(
-            format!("VmRSS after 1000 add_appointment, {n} stored"),
-            mib(p.rss_loaded),
-            "MiB",
-            "16 users, 16 in flight",
-        );
-        if n == largest {
-            rss = rss.at_most(64.0, "< 64 MiB at 1M");
-        }
-        figures.push(rss);
-        if n > 0 {
-            figures.push(Figure::new(format!("store fill time, {n}"), p.fill.as_secs_f64(), "s", how));
-        }
-    }
-    if let (Some(empty), Some(big)) =
-        (points.iter().find(|p| p.stored == 0), points.iter().find(|p| p.stored == largest))
-    {
-        if largest > 0 {
-            let growth = mib(big.rss_loaded) - mib(empty.rss_loaded);
-            figures.push(
-                Figure::new(
-                    format!("VmRSS growth, 0 -> {largest} stored"),
-                    growth,
-                    "MiB",
-                    "after the same load; flat = under 16 MiB",
-                )
-                .at_most(16.0, "flat (< 16 MiB growth)"),
-            );
-            let per = (big.disk as f64 - empty.disk as f64) / largest as f64;
-            figures.push(
-                Figure::new(
-                    format!("disk per appointment ({largest} stored)"),
-                    per,
-                    "B",
-                    format!("du of regtest/db after a restart, minus the empty store's, / count; blob {BLOB_SIZE} B"),
-                )
-                .at_most((BLOB_SIZE + 150) as f64, &format!("<= blob + 150 = {} B", BLOB_SIZE + 150)),
-            );
-        }
-    }
-    figures
-}
-
 async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
-    let plan = if args.full { Plan::full() } else { Plan::quick() };
+    let plan = match args.scale {
+        Some(stored) => Plan::scale(stored),
+        None if args.full => Plan::full(),
+        None => Plan::quick(),
+    };
     let started = Instant::now();
     let load_before = loadavg();
     let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -508,7 +472,8 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
     let mut points = Vec::new();
     let mut size_error = None;
     for (i, &n) in sizes.iter().enumerate() {
-        match measure(&bitcoind, &fresh(root.path(), &format!("store-{n}")), n, plan.restarts, 200 + i as u32).await {
+        let run = SizeRun { per_user: plan.per_user, restarts: plan.restarts, load_requests: plan.size_load };
+        match measure(&bitcoind, &fresh(root.path(), &format!("store-{n}")), n, run, 200 + i as u32).await {
             Ok(p) => {
                 eprintln!(
                     "  {n} stored: ready {:?}, rss {:.1} MiB, disk {:.1} MiB",
@@ -524,7 +489,7 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
             }
         }
     }
-    figures.extend(size_figures(&points, args.full));
+    figures.extend(size_figures(&points, args.full, args.scale.is_some()));
     if let Some(e) = size_error {
         figures.push(Figure::not_measured("store sizes", "", format!("failed at {e}")));
     }
@@ -579,6 +544,11 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
         None => figures.push(Figure::not_measured(format!("{BLOCK_TXS}-tx blocks"), "ms", "no filled store")),
     }
 
+    if let (Some(_), Some(p)) = (args.scale, &biggest) {
+        eprintln!("get_appointment and get_tower_info, {} stored ...", p.stored);
+        figures.extend(scale::request_figures(&bitcoind, p).await);
+    }
+
     eprintln!("breach -> dispute_responded ...");
     for zmq in [true, false].into_iter().filter(|_| args.runs("reaction")) {
         let what = if zmq { "ZMQ hashblock" } else { "polling 1 s" };
@@ -606,6 +576,7 @@ async fn run(args: &Args) -> Result<(serde_json::Value, Vec<Figure>)> {
     let load_after = loadavg();
     let meta = json!({
         "mode": plan.name,
+        "scale": args.scale,
         "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "elapsed_s": started.elapsed().as_secs_f64(),
         "machine": { "nproc": nproc, "loadavg_before": load_before, "loadavg_after": load_after },
@@ -725,75 +696,4 @@ async fn blocks_run(
     let result = block_processing(bitcoind, funding, &mut daemon, &sequence, salt).await;
     daemon.stop()?;
     result
-}
-
-/// The scan stage of 0-breach blocks with a python-teos user registered over the same without
-/// (same store, same run): what the second locator order costs per block.
-fn python_scan_figure(stored: usize, rust_only: &[BlockPoint], with_python: &[BlockPoint]) -> Option<Figure> {
-    let scan = |blocks: &[BlockPoint]| -> Option<f64> {
-        let mut ms: Vec<f64> = blocks
-            .iter()
-            .skip(1)
-            .filter(|b| b.breaches == 0)
-            .filter_map(|b| b.stages.iter().find(|(name, _)| *name == "scan_ms").map(|(_, ms)| *ms))
-            .collect();
-        (!ms.is_empty()).then(|| median(&mut ms))
-    };
-    let (before, after) = (scan(rust_only)?, scan(with_python)?);
-    Some(Figure::new(
-        format!("{BLOCK_TXS}-tx block scan with python-teos users / without, 0 breaches, {stored} stored"),
-        after / before.max(0.001),
-        "x",
-        format!("median scan_ms {after:.2} vs {before:.2} (same store, same run): one more bloom-filtered probe per transaction"),
-    ))
-}
-
-/// The first block (cold cache) on its own, then the median of each count of breaches; `how`
-/// the blocks reached teosd.
-fn block_figures(stored: usize, how: &str, blocks: &[BlockPoint], breaches: &[usize]) -> Vec<Figure> {
-    let stages = |b: &BlockPoint| -> String {
-        b.stages.iter().map(|(name, ms)| format!("{name} {ms:.1}")).collect::<Vec<_>>().join(", ")
-    };
-    let mut figures = Vec::new();
-    let Some((first, measured)) = blocks.split_first() else { return figures };
-    figures.push(Figure::new(
-        format!("{BLOCK_TXS}-tx block ({how}), first after a restart (cold cache), 0 breaches, {stored} stored"),
-        first.took_ms,
-        "ms",
-        format!("teosd's took_ms: {} (block from {})", stages(first), first.source),
-    ));
-    for &k in breaches {
-        let mut runs: Vec<&BlockPoint> = measured.iter().filter(|b| b.breaches == k).collect();
-        runs.sort_by(|a, b| a.took_ms.total_cmp(&b.took_ms));
-        let Some(mid) = runs.get((runs.len().max(1) - 1) / 2) else { continue };
-        // Each run with its source and its slowest stage, so an outlier says where it went.
-        let slowest = |b: &BlockPoint| {
-            let top = b.stages.iter().max_by(|x, y| x.1.total_cmp(&y.1));
-            top.map_or(String::new(), |(name, ms)| format!(", {name} {ms:.1}"))
-        };
-        let all: Vec<String> = runs.iter().map(|b| format!("{:.1} ({}{})", b.took_ms, b.source, slowest(b))).collect();
-        let note = format!(
-            "median of {} blocks [{}] ms, teosd's took_ms (block taken .. synced commit); median's stages: {}",
-            runs.len(),
-            all.join(", "),
-            stages(mid)
-        );
-        let mut f = Figure::new(
-            format!("{BLOCK_TXS}-tx block ({how}), {k} breaches, {stored} stored"),
-            mid.took_ms,
-            "ms",
-            note,
-        );
-        f = match k {
-            1 => f.at_most(15.0, "< 15 ms"),
-            100 => f.at_most(300.0, "< 300 ms"),
-            _ => f,
-        };
-        if let Some(wrong) = runs.iter().find(|b| b.logged_breaches != k) {
-            f.pass = Some(false);
-            f.note = format!("{}; a block logged breaches={} instead of {k}", f.note, wrong.logged_breaches);
-        }
-        figures.push(f);
-    }
-    figures
 }
