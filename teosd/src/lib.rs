@@ -303,6 +303,7 @@ async fn start_public_api(
             subscription_info_per_minute: limits.subscription_info_per_minute,
         },
         behind_proxy: config.behind_proxy,
+        python_teos_clients: config.python_teos_clients,
     };
     tasks.spawn(api::http::serve(listener, tower, health, settings, stop));
     tracing::info!(%addr, "public HTTP API listening");

@@ -66,6 +66,8 @@ pub struct HttpSettings {
     pub rates: RateLimits,
     /// Take the source from `X-Real-IP` (behind a reverse proxy).
     pub behind_proxy: bool,
+    /// Accept python-teos registrations (`{"public_key"}`).
+    pub python_teos_clients: bool,
 }
 
 /// A refused request: status, `error_code` and text, turned into a JSON reply at the edge.
@@ -215,9 +217,14 @@ where
 
 /// `{"user_id"}` registers a rust-teos client, `{"public_key"}` a python-teos one; each gets the
 /// reply (and the signed receipt) its client checks.
-async fn register(tower: Tower, request: RegisterBody) -> Result<Response, WireError> {
+/// With `python_teos_clients` off, python-teos registrations (and renewals) are refused.
+async fn register(tower: Tower, request: RegisterBody, python_teos_clients: bool) -> Result<Response, WireError> {
     let (field, key, dialect) = match (request.user_id, request.public_key) {
         (Some(key), _) => ("user_id", key, Dialect::Rust),
+        (None, Some(_)) if !python_teos_clients => {
+            let message = "This tower serves rust-teos clients only: register with `user_id`";
+            return Err(bad_request(codes::INVALID_REQUEST_FORMAT, message));
+        }
         (None, Some(key)) => ("public_key", key, Dialect::Python),
         (None, None) => return Err(bad_request(codes::MISSING_FIELD, "missing field `user_id`")),
     };
@@ -474,13 +481,13 @@ pub fn routes(
     admission: Arc<Admission>,
     settings: HttpSettings,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let (limits, proxy) = (settings.bodies, settings.behind_proxy);
+    let (limits, proxy, python) = (settings.bodies, settings.behind_proxy, settings.python_teos_clients);
     let with_tower = warp::any().map(move || tower.clone());
     let register = warp::path("register")
         .and(admitted(Action::Register, admission.clone(), proxy))
         .and(post_route(limits.small))
         .and(with_tower.clone())
-        .then(|b, t| json_route(b, |r| register(t, r)));
+        .then(move |b, t| json_route(b, move |r| register(t, r, python)));
     let add = warp::path("add_appointment")
         .and(admitted(Action::AddAppointment, admission.clone(), proxy))
         .and(post_route(limits.add_appointment))

@@ -107,3 +107,14 @@ async fn bodies_that_are_not_json_objects_are_refused_on_every_route_with_code_6
     // An empty body is still the reference's EOF error, an object is still parsed.
     assert_eq!(h.post_json("/register", json!({"user_id": USER_ID})).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_tower_serving_rust_teos_clients_only_refuses_python_registrations() {
+    let mut h = harness();
+    h.settings.python_teos_clients = false;
+    let (status, refused) = h.post_json("/register", json!({ "public_key": USER_ID })).await;
+    assert_eq!((status, refused["error_code"].as_u64()), (StatusCode::BAD_REQUEST, Some(6)), "{refused}");
+    assert!(h.store.user(&UserId::from_str(USER_ID).unwrap()).unwrap().is_none());
+    assert!(!h.store.has_python_users(), "no python-teos locator will be searched for");
+    assert_eq!(h.register(0x11).await["user_id"], USER_ID, "rust-teos clients are served");
+}

@@ -83,6 +83,7 @@ fn harness_with(watcher: Arc<Watcher>, store: Store, rates: RateLimits, disk_res
         },
         rates,
         behind_proxy: false,
+        python_teos_clients: true,
     };
     let admission = Arc::new(Admission::new(rates));
     Harness { store, tower, chain, health, settings, admission, _dir: dir }

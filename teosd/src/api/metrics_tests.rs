@@ -34,6 +34,7 @@ fn settings() -> HttpSettings {
         },
         rates: RateLimits { registrations_per_minute: 0, appointments_per_second: 0, subscription_info_per_minute: 0 },
         behind_proxy: false,
+        python_teos_clients: true,
     }
 }
 

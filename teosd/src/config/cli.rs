@@ -86,6 +86,11 @@ pub struct Cli {
     #[arg(long = "metricsaddr", env = "TEOS_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<String>,
 
+    /// Serve python-teos clients (registrations with `public_key`) beside rust-teos ones
+    /// [default: true].
+    #[arg(long = "pythonteosclients", env = "TEOS_PYTHON_TEOS_CLIENTS", value_name = "BOOL")]
+    pub python_teos_clients: Option<bool>,
+
     /// Trust X-Real-IP for client addresses in logs (only behind a reverse proxy).
     #[arg(long = "behindproxy", env = "TEOS_BEHIND_PROXY")]
     pub behind_proxy: bool,

@@ -27,6 +27,7 @@ pub(super) struct FileConfig {
     pub rpc_bind: Option<String>,
     pub rpc_port: Option<u16>,
     pub behind_proxy: Option<bool>,
+    pub python_teos_clients: Option<bool>,
     pub metrics_addr: Option<String>,
     pub subscription_slots: Option<u32>,
     pub subscription_duration: Option<u32>,

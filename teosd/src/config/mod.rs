@@ -202,6 +202,8 @@ pub struct Config {
     pub admin_grpc_addr: SocketAddr,
     /// Take client addresses for logs from `X-Real-IP` (behind a reverse proxy).
     pub behind_proxy: bool,
+    /// Accept python-teos registrations (`{"public_key"}`): see docs/api.md's dialects.
+    pub python_teos_clients: bool,
     /// The onion service, when `tor_support` is on.
     pub tor: Option<TorConfig>,
     /// Where the Prometheus `/metrics` endpoint listens (`None`: off).
@@ -285,6 +287,7 @@ impl Config {
             public_http_addr: socket_addr("api_bind", &api_bind, api_port)?,
             admin_grpc_addr: socket_addr("rpc_bind", &rpc_bind, rpc_port)?,
             behind_proxy: cli.behind_proxy || file.behind_proxy.unwrap_or(false),
+            python_teos_clients: pick(&cli.python_teos_clients, &file.python_teos_clients, true),
             tor: tor_config(cli, &file)?,
             metrics_addr: metrics_addr(&pick(&cli.metrics_addr, &file.metrics_addr, DEFAULT_METRICS_ADDR.to_string()))?,
             policy,

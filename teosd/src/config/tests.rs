@@ -182,6 +182,14 @@ fn zmq_endpoint_is_checked() {
 }
 
 #[test]
+fn python_teos_clients_are_served_unless_switched_off() {
+    assert!(build(&[], "", None).unwrap().python_teos_clients);
+    assert!(!build(&[], "python_teos_clients = false\n", None).unwrap().python_teos_clients);
+    let flag = build(&["--pythonteosclients", "true"], "python_teos_clients = false\n", None).unwrap();
+    assert!(flag.python_teos_clients, "the flag beats the file");
+}
+
+#[test]
 fn help_documents_every_option() {
     use clap::CommandFactory;
     let help = Cli::command().render_long_help().to_string();
@@ -197,6 +205,7 @@ fn help_documents_every_option() {
         "--rpcbind",
         "--rpcport",
         "--overwritekey",
+        "--pythonteosclients",
         "--pollingdelta",
         "--zmqpubhashblock",
     ] {
