@@ -363,8 +363,9 @@ impl ChainListener for Watcher {
     /// penalty relays as the dispute's child). Nothing is written: an invalid appointment is
     /// dropped, and a valid one tracked, by the block that confirms the dispute, if one does.
     fn mempool_transactions(&self, txs: &[Transaction]) -> Result<(), ChainError> {
-        for (tx, &dialect) in txs.iter().flat_map(|tx| self.dialects().iter().map(move |d| (tx, d))) {
-            let txid = tx.compute_txid();
+        for (txid, &dialect) in
+            txs.iter().map(Transaction::compute_txid).flat_map(|t| self.dialects().iter().map(move |d| (t, d)))
+        {
             let locator = dialect.locator(&txid);
             let mut cursor = None;
             loop {

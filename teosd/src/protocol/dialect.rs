@@ -16,6 +16,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::Txid;
 
 use super::ids::{Locator, UserId, LOCATOR_LEN};
+use super::receipts::{appointment_receipt_bytes, registration_receipt_bytes};
 use super::signing::zbase32;
 
 /// Which client family a user speaks.
@@ -59,26 +60,26 @@ impl Dialect {
 
     /// The bytes the tower signs when it registers `user` (see the module table).
     pub fn registration_receipt(self, user: &UserId, slots: u32, start: u32, expiry: u32) -> Vec<u8> {
-        let mut out = Vec::with_capacity(45);
-        out.extend_from_slice(&user.to_bytes());
-        out.extend_from_slice(&slots.to_be_bytes());
-        if self == Dialect::Rust {
-            out.extend_from_slice(&start.to_be_bytes());
+        let rust = registration_receipt_bytes(user, slots, start, expiry);
+        match self {
+            Dialect::Rust => rust.to_vec(),
+            // The same without `start` (bytes 37..41).
+            Dialect::Python => [&rust[..37], &rust[41..]].concat(),
         }
-        out.extend_from_slice(&expiry.to_be_bytes());
-        out
     }
 
     /// The bytes the tower signs when it accepts an appointment signed with `user_signature`
     /// (see the module table). `None` if a python user's signature is not zbase32 (it always is
     /// once it has been recovered).
     pub fn appointment_receipt(self, user_signature: &str, start_block: u32) -> Option<Vec<u8>> {
-        let mut out = match self {
-            Dialect::Rust => user_signature.as_bytes().to_vec(),
-            Dialect::Python => zbase32().decode(user_signature.as_bytes()).ok()?,
-        };
-        out.extend_from_slice(&start_block.to_be_bytes());
-        Some(out)
+        match self {
+            Dialect::Rust => Some(appointment_receipt_bytes(user_signature, start_block)),
+            Dialect::Python => {
+                let mut out = zbase32().decode(user_signature.as_bytes()).ok()?;
+                out.extend_from_slice(&start_block.to_be_bytes());
+                Some(out)
+            }
+        }
     }
 }
 

@@ -229,7 +229,7 @@ fn appointment_receipt_vector() {
 #[test]
 fn appointment_receipt_over_decoded_signature_does_not_recover() {
     // The python layout: zbase32-decoded user signature ‖ start_block. Our receipts are not that.
-    let mut bytes = zbase32_decode(USER_APPOINTMENT_SIG);
+    let mut bytes = zbase32().decode(USER_APPOINTMENT_SIG.as_bytes()).unwrap();
     assert_eq!(bytes.len(), 65);
     bytes.extend_from_slice(&100u32.to_be_bytes());
     let recovered = recover_signer(&bytes, APPOINTMENT_RECEIPT_SIG).map(|k| k.to_string());
@@ -256,20 +256,4 @@ fn consensus_round_trip_is_exact() {
     let raw = hex::decode(PLAINTEXT).unwrap();
     let tx: Transaction = deserialize(&raw).unwrap();
     assert_eq!(serialize(&tx), raw);
-}
-
-/// A test-only zbase32 decoder (LDK keeps its own private), to build the python receipt layout.
-fn zbase32_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
-    let (mut acc, mut bits, mut out) = (0u32, 0u32, Vec::new());
-    for c in text.bytes() {
-        acc = (acc << 5) | ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
 }
