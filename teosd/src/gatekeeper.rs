@@ -220,6 +220,14 @@ impl Gatekeeper {
             return Err(SubscriptionError::Banned);
         }
         let record = self.store.user(user)?.ok_or(SubscriptionError::Unauthenticated)?;
+        self.still_valid(user, record, height)
+    }
+
+    /// `user`'s `record` if the user is not banned and the subscription not expired at `height`.
+    pub fn still_valid(&self, user: &UserId, record: UserRecord, height: u32) -> Result<UserRecord, SubscriptionError> {
+        if self.is_banned(user) {
+            return Err(SubscriptionError::Banned);
+        }
         if height >= record.subscription_expiry {
             return Err(SubscriptionError::Expired(record.subscription_expiry));
         }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod disk;
 pub mod gatekeeper;
 pub mod health;
+pub mod intake;
 pub mod keys;
 pub mod locks;
 pub mod metrics;
@@ -53,6 +54,7 @@ use crate::config::{Config, Policy};
 use crate::disk::DiskReserve;
 use crate::gatekeeper::Gatekeeper;
 use crate::health::HealthCheck;
+use crate::intake::IntakeThread;
 use crate::locks::UserLocks;
 use crate::protocol::TowerSigner;
 use crate::responder::Responder;
@@ -97,7 +99,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
 
     let health = HealthCheck::new(follower.status(), disk.clone(), config.limits.max_blocks_behind);
-    let tower = Tower::new(watcher, locks, follower.status(), Some(follower.waker()), disk);
+    let (tower, intake) = Tower::new(watcher, locks, follower.status(), Some(follower.waker()), disk)
+        .context("starting the appointment intake's thread")?;
     let http_stop = CancellationToken::new();
     start_metrics(&config, &tower, &tasks, http_stop.clone()).await?;
     let public_http = start_public_api(&config, tower.clone(), health.clone(), &tasks, http_stop.clone()).await?;
@@ -111,7 +114,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     shutdown.cancelled().await;
     sd_notify::stopping();
-    stop_in_order(&tasks, &http_stop, &chain_stop).await;
+    stop_in_order(&tasks, &http_stop, &chain_stop, intake).await;
     drop(store);
     tracing::info!("Shutdown complete");
     let failure = gave_up.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -404,7 +407,12 @@ async fn start_admin_api(
 }
 
 /// Stops accepting requests and lets those in flight finish, then stops the chain follower.
-async fn stop_in_order(tasks: &TaskTracker, http_stop: &CancellationToken, chain_stop: &CancellationToken) {
+async fn stop_in_order(
+    tasks: &TaskTracker,
+    http_stop: &CancellationToken,
+    chain_stop: &CancellationToken,
+    intake: IntakeThread,
+) {
     tracing::info!(
         "Shutting down tower: 1/3 closing the public API and its onion service (finishing requests in flight)"
     );
@@ -413,6 +421,10 @@ async fn stop_in_order(tasks: &TaskTracker, http_stop: &CancellationToken, chain
     chain_stop.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks did not stop in time");
+    }
+    // The APIs are gone, and with them every handle to the intake: its thread ends.
+    if tokio::time::timeout(SHUTDOWN_GRACE, intake.ended()).await.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "the appointment intake did not stop in time");
     }
     tracing::info!("Shutting down tower: 3/3 closing the store");
 }

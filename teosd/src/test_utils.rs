@@ -468,9 +468,8 @@ impl Scene {
     /// Stores `appointment` for `user` as an accepted request would.
     pub fn store_appointment(&self, user: &UserId, appointment: Appointment) -> bool {
         let _guard = self.locks.lock(user);
-        let record = self.watcher.gatekeeper().subscription(user, self.height()).expect("subscribed");
         let receipt =
-            self.watcher.store_appointment(user, &record, appointment, "y".repeat(104), self.height()).expect("stored");
+            self.watcher.store_appointment(user, appointment, "y".repeat(104), self.height()).expect("stored");
         receipt.late_dispute
     }
 

@@ -1,6 +1,7 @@
 //! The tower's request-side core as the APIs see it: async methods that run the Gatekeeper and
 //! Watcher on the blocking pool (the store blocks), serialising each user's requests so that a
-//! slot charge and the appointment it pays for are decided and written together.
+//! slot charge and the appointment it pays for are decided and written together. Appointments
+//! go through the intake ([`crate::intake`]), which decides and commits them in groups.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use tokio::sync::{watch, Notify};
 use crate::chain::ChainStatus;
 use crate::disk::DiskReserve;
 use crate::gatekeeper::{DeletedUser, Gatekeeper, SubscriptionError};
+use crate::intake::{Intake, IntakeError, IntakeThread};
 use crate::locks::UserLocks;
 use crate::metrics::{Metrics, StateGauges};
 use crate::protocol::{Appointment, Dialect, Locator, UserId};
@@ -118,6 +120,7 @@ pub struct SubscriptionInfo {
 pub struct Tower {
     watcher: Arc<Watcher>,
     locks: Arc<UserLocks>,
+    intake: Intake,
     chain: watch::Receiver<ChainStatus>,
     chain_waker: Option<Arc<Notify>>,
     disk: Arc<DiskReserve>,
@@ -127,15 +130,17 @@ impl Tower {
     /// A tower serving `watcher`, at the height the chain follower publishes in `chain`. An
     /// appointment whose dispute is already in a recent block is queued in the store for the
     /// follower, which `chain_waker` wakes at once. New public data is refused while `disk` is
-    /// below its reserve.
+    /// below its reserve. Starts the appointment intake's thread ([`crate::intake`]), which ends
+    /// once the last clone of the tower is dropped.
     pub fn new(
         watcher: Arc<Watcher>,
         locks: Arc<UserLocks>,
         chain: watch::Receiver<ChainStatus>,
         chain_waker: Option<Arc<Notify>>,
         disk: Arc<DiskReserve>,
-    ) -> Self {
-        Tower { watcher, locks, chain, chain_waker, disk }
+    ) -> std::io::Result<(Self, IntakeThread)> {
+        let (intake, thread) = Intake::spawn(watcher.clone(), locks.clone())?;
+        Ok((Tower { watcher, locks, intake, chain, chain_waker, disk }, thread))
     }
 
     /// The tower's metrics.
@@ -219,28 +224,22 @@ impl Tower {
         signature: String,
     ) -> Result<AppointmentReceipt, RequestError> {
         self.disk.check()?;
-        self.blocking(move |watcher, locks, height| {
-            let unauthorized = || RequestError::AppointmentUnauthorized;
-            let refuse = |e| RequestError::from_appointment(e, unauthorized());
-            watcher.inspect(&appointment).map_err(refuse)?;
-            let (user, _) = watcher.authenticate_appointment(&appointment, &signature, height).map_err(refuse)?;
-            let _guard = locks.lock(&user);
-            // Re-read under the lock: a concurrent request of this user may have charged a slot.
-            let record = watcher
-                .gatekeeper()
-                .subscription(&user, height)
-                .map_err(|e| RequestError::from_subscription(e, unauthorized()))?;
-            let locator = appointment.locator;
-            let receipt = watcher.store_appointment(&user, &record, appointment, signature, height).map_err(refuse)?;
-            tracing::info!(user_id = %user, %locator, slots = receipt.available_slots, late = receipt.late_dispute, "appointment accepted");
-            Ok(receipt)
-        })
-        .await
-        .inspect(|receipt| {
-            if let (true, Some(waker)) = (receipt.late_dispute, &self.chain_waker) {
-                waker.notify_one();
-            }
-        })
+        let refuse = |e| RequestError::from_appointment(e, RequestError::AppointmentUnauthorized);
+        self.watcher.inspect(&appointment).map_err(refuse)?;
+        // Signature work runs here, on the request's task (CPU only, tens of µs); what needs the
+        // store is decided on the intake's thread with the other appointments waiting there.
+        let user = self.watcher.appointment_signer(&appointment, &signature).map_err(refuse)?;
+        let accepted = self.intake.submit(user, appointment, signature, self.height()).await.map_err(|e| match e {
+            IntakeError::Refused(e) => refuse(e),
+            IntakeError::NotCommitted(_) => RequestError::Internal("the tower could not access its store".into()),
+            IntakeError::Gone => RequestError::Internal(e.to_string()),
+        })?;
+        let receipt = self.watcher.receipt(accepted);
+        tracing::info!(user_id = %user, locator = %receipt.locator, slots = receipt.available_slots, late = receipt.late_dispute, "appointment accepted");
+        if let (true, Some(waker)) = (receipt.late_dispute, &self.chain_waker) {
+            waker.notify_one();
+        }
+        Ok(receipt)
     }
 
     /// The state of the signer's appointment at `locator` (`None`: it has none there), and the

@@ -11,7 +11,8 @@ use bitcoin::{Transaction, Txid};
 
 use crate::chain::{BlockBatch, ChainError, ChainListener, ConnectedBlock, Revisit};
 use crate::gatekeeper::{Gatekeeper, SubscriptionError};
-use crate::protocol::{decrypt_penalty_as, Appointment, Dialect, Locator, TowerSigner, UserId};
+use crate::intake::{Accepted, AppointmentGroup};
+use crate::protocol::{decrypt_penalty_as, recover_signer, Appointment, Dialect, Locator, TowerSigner, UserId};
 use crate::responder::{Breach, Responder};
 use crate::store::{RecentHit, Store, StoreError, StoredAppointment, UserRecord};
 
@@ -137,58 +138,39 @@ impl Watcher {
         Ok(())
     }
 
-    /// Authenticates the user behind `signature` over `appointment`.
-    pub fn authenticate_appointment(
-        &self,
-        appointment: &Appointment,
-        signature: &str,
-        height: u32,
-    ) -> Result<(UserId, UserRecord), AppointmentError> {
-        Ok(self.gatekeeper.authenticate(&appointment.signed_bytes(), signature, height)?)
+    /// The user behind `signature` over `appointment` (signature recovery only: no store read;
+    /// whether it is registered is decided with its appointment, see [`crate::intake`]).
+    pub fn appointment_signer(&self, appointment: &Appointment, signature: &str) -> Result<UserId, AppointmentError> {
+        recover_signer(&appointment.signed_bytes(), signature)
+            .map_err(|_| AppointmentError::Subscription(SubscriptionError::Unauthenticated))
     }
 
     /// Stores `appointment` for an authenticated `user` and charges a slot if it is new (an
-    /// update is free), in one durable batch; then signs the receipt. The caller holds the user's
-    /// lock so that `record` is current.
+    /// update is free), in a durable batch of its own; then signs the receipt. The caller holds
+    /// the user's lock. (Requests go through [`crate::intake`], which batches many such.)
     pub fn store_appointment(
         &self,
         user: &UserId,
-        record: &UserRecord,
         appointment: Appointment,
         signature: String,
         height: u32,
     ) -> Result<AppointmentReceipt, AppointmentError> {
-        let locator = appointment.locator;
-        if self.store.has_tracker(&locator, user)? {
-            return Err(AppointmentError::AlreadyTriggered);
+        let mut group = AppointmentGroup::new(self);
+        let accepted = group.add(user, appointment, signature, height)?;
+        group.commit()?;
+        Ok(self.receipt(accepted))
+    }
+
+    /// The signed receipt of an accepted appointment (once it is durable).
+    pub fn receipt(&self, accepted: Accepted) -> AppointmentReceipt {
+        AppointmentReceipt {
+            late_dispute: accepted.late_dispute,
+            locator: accepted.locator,
+            start_block: accepted.start_block,
+            signature: self.signer.sign(&accepted.receipt),
+            available_slots: accepted.available_slots,
+            subscription_expiry: accepted.subscription_expiry,
         }
-        let cost = u32::from(self.store.appointment(&locator, record)?.is_none());
-        // Built before anything is written: a signature that does not decode is refused.
-        let receipt = record
-            .dialect
-            .appointment_receipt(&signature, height)
-            .ok_or(AppointmentError::Subscription(SubscriptionError::Unauthenticated))?;
-        let mut batch = self.store.batch();
-        let charged = self.gatekeeper.charge(&mut batch, user, record, cost)?;
-        let stored = StoredAppointment { appointment, user_signature: signature, start_block: height };
-        batch.put_appointment(user, record, &stored, cost == 1);
-        // A dispute already mined: the chain follower answers it (durably queued with the receipt).
-        // The hold on the recent-block index lasts until the commit (see `store::recent`).
-        let recent = self.store.recent();
-        let hits: Vec<_> = self.dialects().iter().flat_map(|d| recent.blocks_with(&locator, *d)).collect();
-        for hit in &hits {
-            batch.put_late_check(&locator, user, hit);
-        }
-        self.store.commit(batch)?;
-        drop(recent);
-        Ok(AppointmentReceipt {
-            late_dispute: !hits.is_empty(),
-            locator,
-            start_block: height,
-            signature: self.signer.sign(&receipt),
-            available_slots: charged.available_slots,
-            subscription_expiry: charged.subscription_expiry,
-        })
     }
 
     /// The state of `user`'s appointment at `locator` (`record` is the user's).
@@ -302,7 +284,7 @@ impl Watcher {
     /// either order and its blob decrypted with the key of the order it matched in, whatever its
     /// user's dialect: a python-teos user who works around its client's byte order (reference
     /// §10) is answered too, and no one can be harmed by it (a locator is the user's own choice).
-    fn dialects(&self) -> &'static [Dialect] {
+    pub(crate) fn dialects(&self) -> &'static [Dialect] {
         if self.store.has_python_users() {
             &Dialect::ALL
         } else {

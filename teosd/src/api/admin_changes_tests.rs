@@ -53,6 +53,8 @@ fn service(
 fn tower_over(scene: &Scene, dir: &std::path::Path) -> Tower {
     let disk = Arc::new(DiskReserve::new(dir, 0));
     Tower::new(scene.watcher.clone(), scene.locks.clone(), scene.follower.status(), None, disk)
+        .expect("the intake's thread")
+        .0
 }
 
 async fn admin(scene: Scene) -> Admin {

@@ -72,7 +72,7 @@ fn harness_with(watcher: Arc<Watcher>, store: Store, rates: RateLimits, disk_res
     let dir = tempfile::tempdir().unwrap();
     let disk = Arc::new(DiskReserve::new(dir.path(), disk_reserve));
     let health = HealthCheck::new(rx.clone(), disk.clone(), 3);
-    let tower = Tower::new(watcher, Arc::new(UserLocks::default()), rx, None, disk);
+    let tower = Tower::new(watcher, Arc::new(UserLocks::default()), rx, None, disk).expect("the intake's thread").0;
     let settings = HttpSettings {
         bodies: BodyLimits::for_blob_size(2048),
         connections: ConnectionLimits {

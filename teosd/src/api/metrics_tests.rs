@@ -69,7 +69,8 @@ async fn a_scrape_exposes_every_documented_metric_with_the_towers_state() {
 
     let dir = tempfile::tempdir().unwrap();
     let disk = Arc::new(DiskReserve::new(dir.path(), 1024));
-    let tower = Tower::new(s.watcher.clone(), s.locks.clone(), s.follower.status(), None, disk);
+    let tower =
+        Tower::new(s.watcher.clone(), s.locks.clone(), s.follower.status(), None, disk).expect("the intake's thread").0;
     let stop = CancellationToken::new();
     let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let public_addr = public.local_addr().unwrap();

@@ -1,0 +1,277 @@
+//! The appointment intake: accepted appointments are decided and committed in groups, by one
+//! thread, with one synced write per group.
+//!
+//! A request's signature work (recovering the user, signing the receipt) runs where the request
+//! runs; what needs the store (the user's subscription, whether the locator is new, whether its
+//! dispute was already seen) is decided on the intake's thread, for every request waiting there
+//! at once, into one batch ([`AppointmentGroup`]). The group is committed with one synced write,
+//! and only then is any of its requests answered: a receipt still follows its own durable commit.
+//!
+//! Within a group, one user may have several appointments: each is decided against the user's
+//! record as the group's earlier appointments left it (slots charged, locators written), so the
+//! group charges exactly what the same requests would charge one at a time. The intake holds, from
+//! its first read to the commit, a request's share of the chain's turn, the lock of every user in
+//! the group and the recent-block index (in that order, as every request does: see
+//! [`crate::locks`] and [`crate::store::RecentGuard`]). A refused appointment writes nothing; a
+//! failed commit fails the whole group and leaves the store and its counts as they were.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::gatekeeper::SubscriptionError;
+use crate::locks::UserLocks;
+use crate::protocol::{Appointment, Locator, UserId};
+use crate::store::{Batch, RecentGuard, StoreError, StoredAppointment, UserRecord};
+use crate::watcher::{AppointmentError, Watcher};
+
+/// Appointments waiting for the intake, at most; further requests wait for room (the public
+/// API's connection cap bounds how many can wait).
+const QUEUE: usize = 1024;
+/// Appointments decided into one group at most.
+pub const MAX_GROUP: usize = 256;
+
+/// An appointment decided into a group, to be answered once the group is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The receipt's bytes (in the user's dialect's layout), for the tower to sign.
+    pub receipt: Vec<u8>,
+    /// The locator.
+    pub locator: Locator,
+    /// The height the appointment was accepted at.
+    pub start_block: u32,
+    /// The user's slots left after it.
+    pub available_slots: u32,
+    /// The user's subscription end.
+    pub subscription_expiry: u32,
+    /// Its dispute was already mined: a late check is queued with it for the chain follower.
+    pub late_dispute: bool,
+}
+
+/// Appointments of authenticated users decided together and committed in one batch. The caller
+/// holds, until [`AppointmentGroup::commit`], the lock of every user it adds an appointment for.
+#[derive(Debug)]
+pub struct AppointmentGroup<'w> {
+    watcher: &'w Watcher,
+    batch: Batch,
+    /// Each user's record as this group's appointments left it.
+    records: HashMap<UserId, UserRecord>,
+    /// The locators this group wrote, per user.
+    written: HashSet<(UserId, Locator)>,
+    /// Held from the first probe to the commit (see [`crate::store::RecentGuard`]).
+    recent: RecentGuard<'w>,
+}
+
+impl<'w> AppointmentGroup<'w> {
+    /// An empty group over `watcher`'s store.
+    pub fn new(watcher: &'w Watcher) -> Self {
+        let store = watcher.store();
+        AppointmentGroup {
+            watcher,
+            batch: store.batch(),
+            records: HashMap::new(),
+            written: HashSet::new(),
+            recent: store.recent(),
+        }
+    }
+
+    /// Decides `user`'s `appointment` at `height`: refused (and nothing written), or written into
+    /// the group's batch with the user's slot charged if its locator is new to the user (an
+    /// update is free).
+    pub fn add(
+        &mut self,
+        user: &UserId,
+        appointment: Appointment,
+        signature: String,
+        height: u32,
+    ) -> Result<Accepted, AppointmentError> {
+        let record = self.record(user, height)?;
+        let locator = appointment.locator;
+        let store = self.watcher.store();
+        if store.has_tracker(&locator, user)? {
+            return Err(AppointmentError::AlreadyTriggered);
+        }
+        let known = self.written.contains(&(*user, locator)) || store.appointment(&locator, &record)?.is_some();
+        let cost = u32::from(!known);
+        // Built before anything is written: a signature that does not decode is refused.
+        let receipt = record
+            .dialect
+            .appointment_receipt(&signature, height)
+            .ok_or(AppointmentError::Subscription(SubscriptionError::Unauthenticated))?;
+        let charged = self.watcher.gatekeeper().charge(&mut self.batch, user, &record, cost)?;
+        let stored = StoredAppointment { appointment, user_signature: signature, start_block: height };
+        self.batch.put_appointment(user, &record, &stored, !known);
+        let hits: Vec<_> = self.watcher.dialects().iter().flat_map(|d| self.recent.blocks_with(&locator, *d)).collect();
+        for hit in &hits {
+            self.batch.put_late_check(&locator, user, hit);
+        }
+        self.records.insert(*user, charged);
+        self.written.insert((*user, locator));
+        Ok(Accepted {
+            receipt,
+            locator,
+            start_block: height,
+            available_slots: charged.available_slots,
+            subscription_expiry: charged.subscription_expiry,
+            late_dispute: !hits.is_empty(),
+        })
+    }
+
+    /// `user`'s subscription at `height`: as this group left it, or as stored.
+    fn record(&self, user: &UserId, height: u32) -> Result<UserRecord, SubscriptionError> {
+        let gatekeeper = self.watcher.gatekeeper();
+        match self.records.get(user) {
+            Some(record) => gatekeeper.still_valid(user, *record, height),
+            None => gatekeeper.subscription(user, height),
+        }
+    }
+
+    /// Whether no appointment was added.
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty()
+    }
+
+    /// Commits the group's batch (one synced write); returns once it is durable.
+    pub fn commit(self) -> Result<(), StoreError> {
+        let AppointmentGroup { watcher, batch, recent, .. } = self;
+        watcher.store().commit(batch)?;
+        drop(recent);
+        Ok(())
+    }
+}
+
+/// Why the intake could not decide an appointment.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The appointment was refused.
+    #[error(transparent)]
+    Refused(#[from] AppointmentError),
+    /// Its group's commit failed: nothing of it was stored.
+    #[error("the appointment's batch was not committed: {0}")]
+    NotCommitted(String),
+    /// The intake's thread is gone (shutdown) or dropped the request (a panic).
+    #[error("the appointment intake is not running")]
+    Gone,
+}
+
+/// One request waiting for the intake.
+#[derive(Debug)]
+struct Job {
+    user: UserId,
+    appointment: Appointment,
+    signature: String,
+    height: u32,
+    answer: oneshot::Sender<Result<Accepted, IntakeError>>,
+}
+
+/// The handle requests use to hand appointments to the intake's thread. The thread ends when
+/// the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// The intake's thread as its owner sees it: it ends once every [`Intake`] handle is dropped,
+/// having let go of the store.
+#[derive(Debug)]
+pub struct IntakeThread {
+    ended: oneshot::Receiver<()>,
+}
+
+impl IntakeThread {
+    /// Waits for the thread to end.
+    pub async fn ended(self) {
+        // An error is the sender dropped by a panic: ended too.
+        let _ = self.ended.await;
+    }
+}
+
+impl Intake {
+    /// Starts the intake's thread over `watcher`, taking `locks` as requests do.
+    pub fn spawn(watcher: Arc<Watcher>, locks: Arc<UserLocks>) -> std::io::Result<(Intake, IntakeThread)> {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let (end, ended) = oneshot::channel();
+        std::thread::Builder::new().name("teos-intake".into()).spawn(move || {
+            run(&watcher, &locks, queue);
+            // The store is let go before the owner hears of the end (it closes the store next).
+            drop(watcher);
+            let _ = end.send(());
+        })?;
+        Ok((Intake { jobs }, IntakeThread { ended }))
+    }
+
+    /// Decides authenticated `user`'s `appointment` at `height` with whatever else is waiting,
+    /// and answers once its group is durable (or refused).
+    pub async fn submit(
+        &self,
+        user: UserId,
+        appointment: Appointment,
+        signature: String,
+        height: u32,
+    ) -> Result<Accepted, IntakeError> {
+        let (answer, answered) = oneshot::channel();
+        let job = Job { user, appointment, signature, height, answer };
+        self.jobs.send(job).await.map_err(|_| IntakeError::Gone)?;
+        answered.await.map_err(|_| IntakeError::Gone)?
+    }
+}
+
+/// The intake's thread: takes every job waiting (up to [`MAX_GROUP`]) and decides them as one
+/// group, until every handle is dropped. A panic fails its group's requests, not the thread.
+fn run(watcher: &Watcher, locks: &UserLocks, mut queue: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = queue.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let group = std::mem::take(&mut jobs);
+        let size = group.len();
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide_and_commit(watcher, locks, group))).is_err()
+        {
+            tracing::error!(size, "the appointment intake panicked: its group's requests failed");
+        }
+    }
+}
+
+/// Decides `jobs` as one group, commits it, then answers each job.
+fn decide_and_commit(watcher: &Watcher, locks: &UserLocks, jobs: Vec<Job>) {
+    let _turn = locks.priority().request();
+    let mut held = locks.hold();
+    for job in &jobs {
+        held.add(&job.user);
+    }
+    let mut group = AppointmentGroup::new(watcher);
+    let mut decided = Vec::with_capacity(jobs.len());
+    for Job { user, appointment, signature, height, answer } in jobs {
+        match group.add(&user, appointment, signature, height) {
+            Ok(accepted) => decided.push((answer, accepted)),
+            Err(refused) => {
+                let _ = answer.send(Err(refused.into()));
+            }
+        }
+    }
+    let committed = if group.is_empty() { Ok(()) } else { group.commit() };
+    drop(held);
+    match committed {
+        Ok(()) => {
+            for (answer, accepted) in decided {
+                let _ = answer.send(Ok(accepted));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, appointments = decided.len(), "an appointment batch failed to commit");
+            for (answer, _) in decided {
+                let _ = answer.send(Err(IntakeError::NotCommitted(e.to_string())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "intake_tests.rs"]
+mod tests;
