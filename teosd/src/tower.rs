@@ -235,7 +235,8 @@ impl Tower {
             IntakeError::Gone => RequestError::Internal(e.to_string()),
         })?;
         let receipt = self.watcher.receipt(accepted);
-        tracing::info!(user_id = %user, locator = %receipt.locator, slots = receipt.available_slots, late = receipt.late_dispute, "appointment accepted");
+        // Debug, not info: strangers set this line's rate (the metrics count acceptances).
+        tracing::debug!(user_id = %user, locator = %receipt.locator, slots = receipt.available_slots, late = receipt.late_dispute, "appointment accepted");
         if let (true, Some(waker)) = (receipt.late_dispute, &self.chain_waker) {
             waker.notify_one();
         }

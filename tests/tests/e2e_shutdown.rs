@@ -103,7 +103,7 @@ async fn json_logs_carry_fields_and_never_a_blob() {
         let bitcoind = Bitcoind::start().await.unwrap();
         bitcoind.mine(101).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut tower = TowerProcess::start(&bitcoind, &dir.path().join("teos"), &["--logjson"]);
+        let mut tower = TowerProcess::start(&bitcoind, &dir.path().join("teos"), &["--logjson", "--debug"]);
         let user = TowerUser::new(5, &tower.api_url);
         assert_eq!(user.register().await.0, 200);
         let txid = dispute_txid(5, 1);

@@ -149,7 +149,9 @@ impl Batch {
         if old.is_none_or(|o| o.number != new.number) {
             self.ops.push(Op::Put(Cf::UserNumbers, new.number.to_be_bytes().to_vec(), user.to_bytes().to_vec()));
         }
-        self.ops.push(Op::Put(Cf::UsersByExpiry, expiry_key(new.subscription_expiry, user), Vec::new()));
+        if old.is_none_or(|o| o.subscription_expiry != new.subscription_expiry) {
+            self.ops.push(Op::Put(Cf::UsersByExpiry, expiry_key(new.subscription_expiry, user), Vec::new()));
+        }
         self.ops.push(Op::Put(Cf::Users, user.to_bytes().to_vec(), new.encode()));
         self.counts.users += i64::from(old.is_none());
         if old.is_none() && new.dialect == Dialect::Python {
