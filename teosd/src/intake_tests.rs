@@ -8,7 +8,8 @@ use std::time::Duration;
 use bitcoin::Transaction;
 
 use super::*;
-use crate::protocol::Dialect;
+use crate::gatekeeper::SubscriptionError;
+use crate::protocol::{Dialect, Locator};
 use crate::test_utils::{channel, policy, user, FakeChain, Scene};
 
 /// Every test's bound on waiting for the intake.

@@ -11,10 +11,13 @@ use bitcoin::{Transaction, Txid};
 
 use crate::chain::{BlockBatch, ChainError, ChainListener, ConnectedBlock, Revisit};
 use crate::gatekeeper::{Gatekeeper, SubscriptionError};
-use crate::intake::{Accepted, AppointmentGroup};
 use crate::protocol::{decrypt_penalty_as, recover_signer, Appointment, Dialect, Locator, TowerSigner, UserId};
 use crate::responder::{Breach, Responder};
 use crate::store::{RecentHit, Store, StoreError, StoredAppointment, UserRecord};
+
+#[path = "appointment_group.rs"]
+mod group;
+pub use group::{Accepted, AppointmentGroup};
 
 /// Late checks answered per page (each page is committed before the next is read).
 const LATE_CHECKS_PER_PAGE: usize = 256;
@@ -147,7 +150,7 @@ impl Watcher {
 
     /// Stores `appointment` for an authenticated `user` and charges a slot if it is new (an
     /// update is free), in a durable batch of its own; then signs the receipt. The caller holds
-    /// the user's lock. (Requests go through [`crate::intake`], which batches many such.)
+    /// the user's lock. (Requests go through [`crate::intake`], which groups many.)
     pub fn store_appointment(
         &self,
         user: &UserId,
