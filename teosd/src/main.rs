@@ -36,12 +36,33 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Threads for blocking work (store access with its synced writes, and the signature checks
-/// around them). Requests beyond this wait in the pool's queue: more threads than this only add
-/// context switches on a small machine, while this many still share each WAL sync (docs/performance.md).
+/// Threads for blocking work (registrations, reads, the operator's requests: store access and
+/// synced writes; appointments go through the intake's own thread). Requests beyond this wait in
+/// the pool's queue: more threads than this only add context switches on a small machine.
 const BLOCKING_THREADS: usize = 16;
 
+/// glibc's malloc arenas at most (see [`limit_malloc_arenas`]).
+const MALLOC_ARENA_MAX: &str = "2";
+
+/// glibc gives threads that allocate at the same time arenas of their own (up to 8 per core) and
+/// keeps what is freed in each: with RocksDB's and tokio's threads that was ~11 MiB of a loaded
+/// tower's peak RSS (docs/performance.md), for no throughput measured. glibc reads the limit only
+/// from the environment at start, so teosd sets it and executes itself again, once, before any
+/// thread exists. An operator's own `MALLOC_ARENA_MAX` is kept; if the re-execution fails, teosd
+/// says so and goes on as it is.
+fn limit_malloc_arenas() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let (Ok(exe), Some(arg0)) = (std::env::current_exe(), args.next()) else { return };
+    let error = std::process::Command::new(exe).arg0(arg0).args(args).env("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX).exec();
+    eprintln!("teosd: could not run again with MALLOC_ARENA_MAX={MALLOC_ARENA_MAX} ({error}); going on without");
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let config = match Config::load(&Cli::parse()) {
         Ok(config) => config,
         Err(e) => {

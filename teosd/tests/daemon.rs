@@ -129,3 +129,29 @@ fn help_lists_the_options() {
         assert!(help.contains(flag), "{flag}");
     }
 }
+
+/// The environment the running teosd (pid `pid`) sees.
+fn environment_of(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
+}
+
+#[test]
+fn runs_with_two_malloc_arenas_unless_the_operator_set_a_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    for (given, expected) in [(None, "MALLOC_ARENA_MAX=2"), (Some("4"), "MALLOC_ARENA_MAX=4")] {
+        let mut cmd = teosd(&dir.path().join("teos"), &[]);
+        match given {
+            Some(value) => cmd.env("MALLOC_ARENA_MAX", value),
+            None => cmd.env_remove("MALLOC_ARENA_MAX"),
+        };
+        let mut child = Guard(cmd.stderr(Stdio::piped()).spawn().unwrap());
+        let rx = stderr_lines(&mut child.0);
+        wait_for(&rx, "waiting for bitcoind");
+        // Same process (executed again in place), with the limit in its environment.
+        let environment = environment_of(child.0.id());
+        assert_eq!(environment.iter().filter(|v| v.starts_with("MALLOC_ARENA_MAX=")).collect::<Vec<_>>(), [expected]);
+        sigterm(&child.0);
+        assert!(child.0.wait().unwrap().success());
+    }
+}
