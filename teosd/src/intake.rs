@@ -107,36 +107,48 @@ impl Intake {
 }
 
 /// The intake's thread: takes every job waiting (up to [`MAX_GROUP`]) and decides them as one
-/// group, until every handle is dropped. A panic fails its group's requests, not the thread.
+/// group, until every handle is dropped. Jobs whose user's lock is held elsewhere wait for the
+/// next group, first in it. A panic fails its group's requests, not the thread.
 fn run(watcher: &Watcher, locks: &UserLocks, mut queue: mpsc::Receiver<Job>) {
-    let mut jobs = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = queue.blocking_recv() {
-        jobs.push(first);
-        while jobs.len() < MAX_GROUP {
+    let mut waiting = Vec::with_capacity(MAX_GROUP);
+    loop {
+        if waiting.is_empty() {
+            match queue.blocking_recv() {
+                Some(job) => waiting.push(job),
+                None => return,
+            }
+        }
+        while waiting.len() < MAX_GROUP {
             match queue.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) => waiting.push(job),
                 Err(_) => break,
             }
         }
-        let group = std::mem::take(&mut jobs);
-        let size = group.len();
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide_and_commit(watcher, locks, group))).is_err()
-        {
-            tracing::error!(size, "the appointment intake panicked: its group's requests failed");
+        let jobs = std::mem::take(&mut waiting);
+        let size = jobs.len();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide_and_commit(watcher, locks, jobs))) {
+            Ok(busy) => waiting = busy,
+            Err(_) => tracing::error!(size, "the appointment intake panicked: its group's requests failed"),
         }
     }
 }
 
-/// Decides `jobs` as one group, commits it, then answers each job.
-fn decide_and_commit(watcher: &Watcher, locks: &UserLocks, jobs: Vec<Job>) {
+/// Decides `jobs` as one group, commits it, then answers each job; returns the jobs left for the
+/// next group: those whose user's lock another request, or an operator's change, holds (one slow
+/// holder holds up only its users, not the intake). If every job's lock is held elsewhere, waits
+/// for the first job's.
+fn decide_and_commit(watcher: &Watcher, locks: &UserLocks, jobs: Vec<Job>) -> Vec<Job> {
     let _turn = locks.priority().request();
     let mut held = locks.hold();
-    for job in &jobs {
-        held.add(&job.user);
+    let (mut ready, mut busy): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| held.try_add(&job.user));
+    if ready.is_empty() && !busy.is_empty() {
+        let first = busy.remove(0);
+        held.add(&first.user);
+        ready.push(first);
     }
     let mut group = AppointmentGroup::new(watcher);
-    let mut decided = Vec::with_capacity(jobs.len());
-    for Job { user, appointment, signature, height, answer } in jobs {
+    let mut decided = Vec::with_capacity(ready.len());
+    for Job { user, appointment, signature, height, answer } in ready {
         match group.add(&user, appointment, signature, height) {
             Ok(accepted) => decided.push((answer, accepted)),
             Err(refused) => {
@@ -159,6 +171,7 @@ fn decide_and_commit(watcher: &Watcher, locks: &UserLocks, jobs: Vec<Job>) {
             }
         }
     }
+    busy
 }
 
 #[cfg(test)]

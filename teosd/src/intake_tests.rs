@@ -188,3 +188,43 @@ async fn the_thread_ends_and_lets_go_of_the_store_once_every_handle_is_dropped()
     tokio::time::timeout(BOUND, thread.ended()).await.expect("bounded");
     assert_eq!(Arc::strong_count(&s.watcher), before, "the thread let go of the watcher");
 }
+
+#[tokio::test]
+async fn a_user_whose_lock_is_held_elsewhere_holds_up_only_its_own_appointments() {
+    let s = scene().await;
+    let (slow, other) = (user(1), user(2));
+    assert_ne!(s.locks.stripe(&slow), s.locks.stripe(&other), "the test needs two stripes");
+    s.register(&slow);
+    s.register(&other);
+    let (intake, _) = Intake::spawn(s.watcher.clone(), s.locks.clone()).unwrap();
+    // Another thread holds the slow user's lock (an operator's long change, say) until released.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (taken, is_taken) = std::sync::mpsc::channel();
+    let locks = s.locks.clone();
+    let holder = std::thread::spawn(move || {
+        let _held = locks.lock(&slow);
+        taken.send(()).unwrap();
+        let _ = released.recv();
+    });
+    is_taken.recv_timeout(BOUND).unwrap();
+    let h = s.height();
+    let mut slow_requests = Vec::new();
+    let mut other_requests = Vec::new();
+    for n in 0..8u8 {
+        for (who, requests) in [(slow, &mut slow_requests), (other, &mut other_requests)] {
+            let intake = intake.clone();
+            requests.push(tokio::spawn(async move { intake.submit(who, appointment(n, 1), signature(), h).await }));
+        }
+    }
+    for answer in tokio::time::timeout(BOUND, futures_util::future::join_all(other_requests)).await.expect("bounded") {
+        answer.unwrap().expect("accepted while the other user's lock is held");
+    }
+    assert!(slow_requests.iter().all(|r| !r.is_finished()), "the slow user's requests wait for its lock");
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let answers = tokio::time::timeout(BOUND, futures_util::future::join_all(slow_requests)).await.expect("bounded");
+    let mut left: Vec<u32> = answers.into_iter().map(|a| a.unwrap().expect("accepted").available_slots).collect();
+    left.sort_unstable();
+    let slots = policy().subscription_slots;
+    assert_eq!(left, (slots - 8..slots).collect::<Vec<_>>());
+}

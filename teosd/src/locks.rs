@@ -3,12 +3,14 @@
 //! and an expiry never overwrite one another.
 //!
 //! Requests take one user's lock at a time. The chain follower may hold several at once (a block
-//! that refunds or expires many users), through [`HeldLocks`], which takes each stripe once. Only
-//! the follower ever holds more than one, so no lock order can deadlock. Both take their
-//! [`ChainPriority`] turn before any user lock.
+//! that refunds or expires many users), through [`HeldLocks`], which takes each stripe once; so
+//! may the appointment intake (`crate::intake`), but it only tries them ([`HeldLocks::try_add`])
+//! and waits for a lock only while it holds none. The follower holds its locks during its whole
+//! [`ChainPriority`] turn, which no request shares, so no lock order can deadlock. Everyone takes
+//! their turn before any user lock.
 
-use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use crate::protocol::UserId;
 
@@ -35,7 +37,7 @@ impl UserLocks {
         &self.priority
     }
 
-    fn stripe(&self, user: &UserId) -> usize {
+    pub(crate) fn stripe(&self, user: &UserId) -> usize {
         // Byte 1 is the first byte of the key's x coordinate: uniformly spread.
         usize::from(user.to_bytes()[1]) % self.stripes.len()
     }
@@ -52,7 +54,15 @@ impl UserLocks {
 
     /// An empty set of held locks, to which users are added as work finds them.
     pub fn hold(&self) -> HeldLocks<'_> {
-        HeldLocks { locks: self, held: BTreeMap::new() }
+        HeldLocks { locks: self, held: BTreeMap::new(), busy: BTreeSet::new() }
+    }
+
+    fn try_lock_stripe(&self, stripe: usize) -> Option<MutexGuard<'_, ()>> {
+        match self.stripes[stripe].try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 }
 
@@ -61,6 +71,8 @@ impl UserLocks {
 pub struct HeldLocks<'a> {
     locks: &'a UserLocks,
     held: BTreeMap<usize, MutexGuard<'a, ()>>,
+    /// Stripes found held elsewhere by [`HeldLocks::try_add`].
+    busy: BTreeSet<usize>,
 }
 
 impl HeldLocks<'_> {
@@ -69,6 +81,29 @@ impl HeldLocks<'_> {
         let stripe = self.locks.stripe(user);
         if !self.held.contains_key(&stripe) {
             self.held.insert(stripe, self.locks.lock_stripe(stripe));
+        }
+    }
+
+    /// Holds `user`'s lock if no one else holds it now (or it is held here already). False if
+    /// another holds it; its stripe then counts as taken for the rest of this set's life, so that
+    /// of one user's work, none overtakes what was turned away.
+    pub fn try_add(&mut self, user: &UserId) -> bool {
+        let stripe = self.locks.stripe(user);
+        if self.held.contains_key(&stripe) {
+            return true;
+        }
+        if self.busy.contains(&stripe) {
+            return false;
+        }
+        match self.locks.try_lock_stripe(stripe) {
+            Some(guard) => {
+                self.held.insert(stripe, guard);
+                true
+            }
+            None => {
+                self.busy.insert(stripe);
+                false
+            }
         }
     }
 
@@ -96,6 +131,20 @@ mod tests {
         assert!(locks.stripes[locks.stripe(&user(1))].try_lock().is_err());
         drop(held);
         assert!(locks.stripes[locks.stripe(&user(1))].try_lock().is_ok());
+    }
+
+    #[test]
+    fn trying_a_lock_held_elsewhere_fails_for_the_rest_of_the_set_even_once_it_is_free() {
+        let locks = UserLocks::default();
+        let elsewhere = locks.lock(&user(1));
+        let mut held = locks.hold();
+        assert!(!held.try_add(&user(1)));
+        drop(elsewhere);
+        assert!(!held.try_add(&user(1)), "turned away once, turned away for the set's life");
+        assert!(held.try_add(&user(2)) && held.try_add(&user(2)));
+        assert!(locks.stripes[locks.stripe(&user(2))].try_lock().is_err(), "user 2's lock is held by the set");
+        drop(held);
+        assert!(locks.hold().try_add(&user(1)), "a new set takes it");
     }
 }
 
