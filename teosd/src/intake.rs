@@ -4,16 +4,19 @@
 //! A request's signature work (recovering the user, signing the receipt) runs where the request
 //! runs; what needs the store (the user's subscription, whether the locator is new, whether its
 //! dispute was already seen) is decided on the intake's thread, for every request waiting there
-//! at once, into one batch ([`AppointmentGroup`], the Watcher's domain logic). The group is committed with one synced write,
-//! and only then is any of its requests answered: a receipt still follows its own durable commit.
+//! at once, into one batch ([`AppointmentGroup`], the Watcher's domain logic). The group is
+//! committed with one synced write, and only then is any of its requests answered: a receipt
+//! still follows its own durable commit.
 //!
 //! Within a group, one user may have several appointments: each is decided against the user's
 //! record as the group's earlier appointments left it (slots charged, locators written), so the
 //! group charges exactly what the same requests would charge one at a time. The intake holds, from
-//! its first read to the commit, a request's share of the chain's turn, the lock of every user in
-//! the group and the recent-block index (in that order, as every request does: see
-//! [`crate::locks`] and [`crate::store::RecentGuard`]). A refused appointment writes nothing; a
-//! failed commit fails the whole group and leaves the store and its counts as they were.
+//! its first read to the commit, a request's share of the chain's turn, the locks of the group's
+//! users and the recent-block index (in that order, as every request does: see [`crate::locks`]
+//! and [`crate::store::RecentGuard`]). It only tries the users' locks: an appointment whose user's
+//! lock is held elsewhere waits for the next group, so one slow holder holds up that user alone. A
+//! refused appointment writes nothing; a failed commit fails the whole group and leaves the store
+//! and its counts as they were.
 
 use std::sync::Arc;
 
