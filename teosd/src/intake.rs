@@ -32,6 +32,9 @@ use crate::watcher::{AppointmentError, Watcher};
 const QUEUE: usize = 1024;
 /// Appointments decided into one group at most.
 pub const MAX_GROUP: usize = 256;
+/// When every appointment waiting has its user's lock held elsewhere, the intake tries again after
+/// this long, or as soon as a new appointment arrives.
+const RETRY_BUSY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Why the intake could not decide an appointment.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,8 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct Intake {
     jobs: mpsc::Sender<Job>,
+    /// The intake's thread, woken by each new job when it waits for busy locks.
+    thread: std::thread::Thread,
 }
 
 /// The intake's thread as its owner sees it: it ends once every [`Intake`] handle is dropped,
@@ -84,13 +89,13 @@ impl Intake {
     pub fn spawn(watcher: Arc<Watcher>, locks: Arc<UserLocks>) -> std::io::Result<(Intake, IntakeThread)> {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let (end, ended) = oneshot::channel();
-        std::thread::Builder::new().name("teos-intake".into()).spawn(move || {
+        let handle = std::thread::Builder::new().name("teos-intake".into()).spawn(move || {
             run(&watcher, &locks, queue);
             // The store is let go before the owner hears of the end (it closes the store next).
             drop(watcher);
             let _ = end.send(());
         })?;
-        Ok((Intake { jobs }, IntakeThread { ended }))
+        Ok((Intake { jobs, thread: handle.thread().clone() }, IntakeThread { ended }))
     }
 
     /// Decides authenticated `user`'s `appointment` at `height` with whatever else is waiting,
@@ -105,13 +110,15 @@ impl Intake {
         let (answer, answered) = oneshot::channel();
         let job = Job { user, appointment, signature, height, answer };
         self.jobs.send(job).await.map_err(|_| IntakeError::Gone)?;
+        self.thread.unpark();
         answered.await.map_err(|_| IntakeError::Gone)?
     }
 }
 
 /// The intake's thread: takes every job waiting (up to [`MAX_GROUP`]) and decides them as one
 /// group, until every handle is dropped. Jobs whose user's lock is held elsewhere wait for the
-/// next group, first in it. A panic fails its group's requests, not the thread.
+/// next group, first in it; if no job could be decided, the thread waits [`RETRY_BUSY`] or for a
+/// new job first. A panic fails its group's requests, not the thread.
 fn run(watcher: &Watcher, locks: &UserLocks, mut queue: mpsc::Receiver<Job>) {
     let mut waiting = Vec::with_capacity(MAX_GROUP);
     loop {
@@ -130,6 +137,10 @@ fn run(watcher: &Watcher, locks: &UserLocks, mut queue: mpsc::Receiver<Job>) {
         let jobs = std::mem::take(&mut waiting);
         let size = jobs.len();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide_and_commit(watcher, locks, jobs))) {
+            Ok(busy) if busy.len() == size => {
+                waiting = busy;
+                std::thread::park_timeout(RETRY_BUSY);
+            }
             Ok(busy) => waiting = busy,
             Err(_) => tracing::error!(size, "the appointment intake panicked: its group's requests failed"),
         }
@@ -138,17 +149,11 @@ fn run(watcher: &Watcher, locks: &UserLocks, mut queue: mpsc::Receiver<Job>) {
 
 /// Decides `jobs` as one group, commits it, then answers each job; returns the jobs left for the
 /// next group: those whose user's lock another request, or an operator's change, holds (one slow
-/// holder holds up only its users, not the intake). If every job's lock is held elsewhere, waits
-/// for the first job's.
+/// holder holds up only its users, not the intake).
 fn decide_and_commit(watcher: &Watcher, locks: &UserLocks, jobs: Vec<Job>) -> Vec<Job> {
     let _turn = locks.priority().request();
     let mut held = locks.hold();
-    let (mut ready, mut busy): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| held.try_add(&job.user));
-    if ready.is_empty() && !busy.is_empty() {
-        let first = busy.remove(0);
-        held.add(&first.user);
-        ready.push(first);
-    }
+    let (ready, busy): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| held.try_add(&job.user));
     let mut group = AppointmentGroup::new(watcher);
     let mut decided = Vec::with_capacity(ready.len());
     for Job { user, appointment, signature, height, answer } in ready {

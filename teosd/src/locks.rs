@@ -5,7 +5,7 @@
 //! Requests take one user's lock at a time. The chain follower may hold several at once (a block
 //! that refunds or expires many users), through [`HeldLocks`], which takes each stripe once; so
 //! may the appointment intake (`crate::intake`), but it only tries them ([`HeldLocks::try_add`])
-//! and waits for a lock only while it holds none. The follower holds its locks during its whole
+//! and never waits for one. The follower holds its locks during its whole
 //! [`ChainPriority`] turn, which no request shares, so no lock order can deadlock. Everyone takes
 //! their turn before any user lock.
 
