@@ -220,7 +220,7 @@ impl Gatekeeper {
             return Err(SubscriptionError::Banned);
         }
         let record = self.store.user(user)?.ok_or(SubscriptionError::Unauthenticated)?;
-        self.still_valid(user, record, height)
+        unexpired(record, height)
     }
 
     /// `user`'s `record` if the user is not banned and the subscription not expired at `height`.
@@ -228,10 +228,7 @@ impl Gatekeeper {
         if self.is_banned(user) {
             return Err(SubscriptionError::Banned);
         }
-        if height >= record.subscription_expiry {
-            return Err(SubscriptionError::Expired(record.subscription_expiry));
-        }
-        Ok(record)
+        unexpired(record, height)
     }
 
     /// Adds to `batch` the charge of `slots` slots to `user`, if it has them.
@@ -255,6 +252,14 @@ impl Gatekeeper {
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
+}
+
+/// `record` if its subscription has not ended at `height`.
+fn unexpired(record: UserRecord, height: u32) -> Result<UserRecord, SubscriptionError> {
+    if height >= record.subscription_expiry {
+        return Err(SubscriptionError::Expired(record.subscription_expiry));
+    }
+    Ok(record)
 }
 
 impl ChainListener for Gatekeeper {
